@@ -1,0 +1,48 @@
+# mefn: the two commands of the quick start are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mefn-installed
+DEMO_DIR ?= demo_output
+# CI=true also runs the tests marked `slow`.
+ifeq ($(CI),true)
+PYTEST_MARK :=
+else
+PYTEST_MARK := -m "not slow"
+endif
+
+.PHONY: venv demo test test-all lint typecheck format clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@# torch first, from the CPU wheel: an open `torch` requirement would pull a multi-GB CUDA build.
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	@$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@$(PY) -m mefn.demo --out $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mefn pipelines tests
+	$(VENV)/bin/ruff format --check mefn pipelines tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_MARK) -q
+
+test-all: lint typecheck
+	$(VENV)/bin/pytest -q
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format mefn pipelines tests
+	$(VENV)/bin/ruff check --fix mefn pipelines tests
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
