@@ -1,0 +1,192 @@
+"""From network outputs to what a reader acts on: mask, uncertainty, lesion table.
+
+All functions work on arrays on one grid (``[i, j, k]`` with a :class:`~mefn.io.Geometry`).
+Connected components use 18-connectivity (faces and edges), as the AutoPET evaluation does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from mefn.io.volume import Geometry
+
+__all__ = [
+    "Lesion",
+    "LesionTable",
+    "lesion_table",
+    "mask_from_probabilities",
+    "suv_peak",
+    "SUV_PEAK_VOLUME_ML",
+]
+
+#: PERCIST SUVpeak: mean SUV in a 1 mL sphere (radius 6.2 mm) placed to maximise it.
+SUV_PEAK_VOLUME_ML = 1.0
+CONNECTIVITY: Literal[18] = 18
+
+
+def mask_from_probabilities(prob: np.ndarray, min_component_voxels: int = 0) -> np.ndarray:
+    """Label map (uint8) from class probabilities ``(K, X, Y, Z)`` by argmax.
+
+    ``min_component_voxels`` removes foreground components smaller than that (0 keeps all).
+    """
+    if prob.ndim != 4:
+        raise ValueError(f"expected probabilities (K, X, Y, Z), found shape {prob.shape}")
+    mask = np.argmax(prob, axis=0).astype(np.uint8)
+    if min_component_voxels > 0:
+        labels = cc3d.connected_components(mask > 0, connectivity=CONNECTIVITY)
+        counts = np.bincount(labels.ravel())
+        small = np.flatnonzero(counts < min_component_voxels)
+        small = small[small > 0]
+        if small.size:
+            mask[np.isin(labels, small)] = 0
+    return mask
+
+
+def _sphere_kernel(spacing_mm: tuple[float, float, float], volume_ml: float) -> np.ndarray:
+    radius_mm = (3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    half = [int(np.ceil(radius_mm / s)) for s in spacing_mm]
+    grids = np.meshgrid(
+        *[np.arange(-h, h + 1) * s for h, s in zip(half, spacing_mm)], indexing="ij"
+    )
+    dist2 = sum(g**2 for g in grids)
+    kernel = (dist2 <= radius_mm**2).astype(np.float64)
+    return kernel / kernel.sum()
+
+
+def suv_peak(
+    suv: np.ndarray,
+    lesion: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    volume_ml: float = SUV_PEAK_VOLUME_ML,
+) -> float:
+    """Highest mean SUV in a sphere of ``volume_ml`` whose centre lies in the lesion.
+
+    The sphere is the set of voxel centres within its radius (a voxelised 1 mL sphere); the
+    image outside the array counts as its nearest edge value.
+    """
+    if not lesion.any():
+        return float("nan")
+    kernel = _sphere_kernel(spacing_mm, volume_ml)
+    pad = [k // 2 for k in kernel.shape]
+    idx = np.argwhere(lesion)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + np.asarray(pad) + 1, suv.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    local = ndimage.convolve(suv[box].astype(np.float64), kernel, mode="nearest")
+    return float(local[lesion[box]].max())
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected component of the predicted mask and its clinical quantities."""
+
+    lesion_id: int
+    label: int
+    voxels: int
+    volume_ml: float
+    centroid_mm: tuple[float, float, float]
+    suv_max: float
+    suv_mean: float
+    suv_peak: float
+    tlg: float
+    uncertainty_mean: float
+    uncertainty_max: float
+    review: bool
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["centroid_mm"] = [round(c, 2) for c in self.centroid_mm]
+        return data
+
+
+@dataclass(frozen=True)
+class LesionTable:
+    lesions: tuple[Lesion, ...]
+    mtv_ml: float
+    tlg: float
+    review_threshold: float
+
+    @property
+    def n_review(self) -> int:
+        return sum(lesion.review for lesion in self.lesions)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n_lesions": len(self.lesions),
+            "mtv_ml": self.mtv_ml,
+            "tlg": self.tlg,
+            "review_threshold": self.review_threshold,
+            "n_review": self.n_review,
+            "lesions": [lesion.to_json() for lesion in self.lesions],
+        }
+
+
+def lesion_table(
+    mask: np.ndarray,
+    suv: np.ndarray,
+    uncertainty: np.ndarray,
+    geometry: Geometry,
+    review_threshold: float = 0.3,
+) -> LesionTable:
+    """Per-lesion quantities of a label map on ``geometry``.
+
+    Lesions are the 18-connected components of each foreground label. ``suv`` and
+    ``uncertainty`` must be on the same grid as ``mask``. A lesion is flagged for review
+    when its mean uncertainty is at least ``review_threshold``. Lesions are sorted by
+    decreasing volume and numbered from 1.
+    """
+    if not (mask.shape == suv.shape == uncertainty.shape == geometry.shape):
+        raise ValueError(
+            f"mask {mask.shape}, SUV {suv.shape}, uncertainty {uncertainty.shape} and grid "
+            f"{geometry.shape} must have one shape"
+        )
+    voxel_ml = geometry.voxel_volume_ml
+    kernel = _sphere_kernel(geometry.spacing_mm, SUV_PEAK_VOLUME_ML)
+    pad = np.asarray([k // 2 for k in kernel.shape])
+    rows: list[dict[str, object]] = []
+    for label in (int(v) for v in np.unique(mask) if v != 0):
+        components = cc3d.connected_components(mask == label, connectivity=CONNECTIVITY)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            if box is None:
+                continue
+            # Work inside the component's box grown by the SUVpeak sphere radius.
+            lo = np.maximum([b.start for b in box] - pad, 0)
+            hi = np.minimum(np.asarray([b.stop for b in box]) + pad, mask.shape)
+            grown = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            comp = components[grown] == index
+            suv_local = suv[grown].astype(np.float64)
+            values = suv_local[comp]
+            unc = uncertainty[grown][comp].astype(np.float64)
+            count = int(comp.sum())
+            volume_ml = count * voxel_ml
+            centroid = geometry.index_to_world(np.argwhere(comp).mean(axis=0) + lo)
+            suv_mean = float(values.mean())
+            peak = ndimage.convolve(suv_local, kernel, mode="nearest")[comp].max()
+            rows.append(
+                {
+                    "label": label,
+                    "voxels": count,
+                    "volume_ml": float(volume_ml),
+                    "centroid_mm": (float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                    "suv_max": float(values.max()),
+                    "suv_mean": suv_mean,
+                    "suv_peak": float(peak),
+                    "tlg": float(suv_mean * volume_ml),
+                    "uncertainty_mean": float(unc.mean()),
+                    "uncertainty_max": float(unc.max()),
+                    "review": bool(unc.mean() >= review_threshold),
+                }
+            )
+    rows.sort(key=lambda row: -int(row["voxels"]))  # type: ignore[call-overload]
+    lesions = [Lesion(lesion_id=n, **row) for n, row in enumerate(rows, start=1)]  # type: ignore[arg-type]
+    return LesionTable(
+        lesions=tuple(lesions),
+        mtv_ml=float(sum(lesion.volume_ml for lesion in lesions)),
+        tlg=float(sum(lesion.tlg for lesion in lesions)),
+        review_threshold=review_threshold,
+    )

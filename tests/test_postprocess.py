@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mefn.io.volume import Geometry
+from mefn.postprocess import lesion_table, mask_from_probabilities, suv_peak
+
+
+def _geo(shape, spacing=(2.0, 2.0, 2.0), origin=(10.0, -5.0, 3.0), direction=None):
+    if direction is None:
+        direction = (1, 0, 0, 0, -1, 0, 0, 0, 1)  # flipped j axis
+    return Geometry(shape=shape, spacing_mm=spacing, origin_mm=origin, direction=direction)
+
+
+def test_lesion_table_hand_computed_values():
+    shape = (21, 22, 23)
+    mask = np.zeros(shape, np.uint8)
+    suv = np.ones(shape, np.float32)
+    unc = np.full(shape, 0.1, np.float32)
+    mask[2:5, 3:6, 4:7] = 1  # 27 voxels
+    suv[2:5, 3:6, 4:7] = 4.0
+    suv[3, 4, 5] = 10.0
+    unc[2:5, 3:6, 4:7] = 0.5
+    mask[15:17, 15:17, 15:16] = 1  # 4 voxels, far away
+    geo = _geo(shape)
+    table = lesion_table(mask, suv, unc, geo, review_threshold=0.3)
+    assert len(table.lesions) == 2
+    big = table.lesions[0]
+    assert big.voxels == 27
+    assert big.volume_ml == pytest.approx(27 * 0.008)
+    assert big.suv_max == pytest.approx(10.0)
+    assert big.suv_mean == pytest.approx((26 * 4 + 10) / 27)
+    assert big.tlg == pytest.approx(big.suv_mean * 27 * 0.008)
+    assert big.uncertainty_mean == pytest.approx(0.5)
+    assert big.review is True
+    # centroid index (3, 4, 5): x = 10 + 3*2, y = -5 - 4*2 (flipped), z = 3 + 5*2
+    assert big.centroid_mm == pytest.approx((16.0, -13.0, 13.0))
+    small = table.lesions[1]
+    assert small.voxels == 4 and small.suv_max == pytest.approx(1.0)
+    assert small.review is False
+    assert table.mtv_ml == pytest.approx(31 * 0.008)
+    assert table.tlg == pytest.approx(big.tlg + small.tlg)
+    assert table.to_json()["n_review"] == 1
+
+
+def test_components_use_18_connectivity():
+    shape = (9, 9, 9)
+    geo = _geo(shape)
+    ones = np.ones(shape, np.float32)
+    edge = np.zeros(shape, np.uint8)
+    edge[2, 2, 2] = edge[3, 3, 2] = 1  # share an edge: one lesion under 18-connectivity
+    assert len(lesion_table(edge, ones, ones * 0, geo).lesions) == 1
+    corner = np.zeros(shape, np.uint8)
+    corner[2, 2, 2] = corner[3, 3, 3] = 1  # share a corner only: two lesions
+    assert len(lesion_table(corner, ones, ones * 0, geo).lesions) == 2
+
+
+def test_labels_are_separate_lesions():
+    shape = (9, 9, 9)
+    mask = np.zeros(shape, np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    mask[3:5, 1:3, 1:3] = 2  # touching, but another label
+    t = lesion_table(mask, np.ones(shape), np.zeros(shape), _geo(shape))
+    assert sorted(lesion.label for lesion in t.lesions) == [1, 2]
+
+
+def test_suv_peak_uniform_and_hotspot():
+    shape = (31, 32, 33)
+    suv = np.full(shape, 5.0)
+    lesion = np.zeros(shape, bool)
+    lesion[10:20, 10:20, 10:20] = True
+    assert suv_peak(suv, lesion, (2.0, 2.0, 2.0)) == pytest.approx(5.0)
+    # A single hot voxel: the 1 mL sphere at 2 mm holds 123 voxel centres (radius 6.2 mm)
+    suv[15, 15, 15] = 5.0 + 123.0
+    assert suv_peak(suv, lesion, (2.0, 2.0, 2.0)) == pytest.approx(6.0)
+
+
+def test_mask_from_probabilities_removes_small_components():
+    prob = np.zeros((2, 10, 11, 12), np.float32)
+    prob[0] = 1.0
+    prob[:, 1:4, 1:4, 1:4] = [[[[0.2]]], [[[0.8]]]]
+    prob[:, 8, 8, 8] = [0.1, 0.9]
+    mask = mask_from_probabilities(prob)
+    assert mask.sum() == 28
+    assert mask_from_probabilities(prob, min_component_voxels=2).sum() == 27
+
+
+def test_shape_mismatch_is_reported():
+    with pytest.raises(ValueError, match="must have one shape"):
+        lesion_table(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), np.zeros((3, 3, 3)), _geo((3, 3, 3)))
