@@ -1,0 +1,197 @@
+"""``mefn segment``: masks, voxel uncertainty maps and a lesion report for PET/CT studies."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+Segment lesions in co-registered PET/CT and write, per case, <case>_mask.nii.gz (uint8),
+<case>_uncertainty.nii.gz (float32 in [0, 1]) and <case>_report.json on the input's own grid.
+
+INPUT may be: a 2-volume 4D NIfTI (CT, PET); <case>_0000 / <case>_0001 files (CT, PET);
+HECKTOR <case>__CT / <case>__PT files; an AutoPET study folder (CTres + SUV); a folder of
+DICOM series; a folder holding many cases of one of these layouts; or use --ct and --pet.
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment lesions and write mask, uncertainty map and report",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="case files or folders")
+    p.add_argument("--ct", help="CT image (with --pet)")
+    p.add_argument("--pet", help="PET image in SUV or a PET DICOM series (with --ct)")
+    p.add_argument(
+        "-o", "--output", default="mefn_output", help="output folder (default %(default)s)"
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="bundled weights name, .safetensors file or training folder",
+    )
+    p.add_argument("--adapter", help="adapter folder from `mefn finetune`, applied to the model")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--extra",
+        action="store_true",
+        help="also write class probabilities and the CT and PET opinions' uncertainty",
+    )
+    p.add_argument("--sw-batch-size", type=int, default=1, help="tiles per forward pass")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (0-0.9)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--review-threshold",
+        type=float,
+        default=0.3,
+        help="flag lesions whose mean uncertainty reaches this (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-lesion-ml", type=float, default=0.0, help="drop predicted lesions smaller than this"
+    )
+    p.add_argument("--list-models", action="store_true", help="list bundled weights and exit")
+    p.set_defaults(func=run)
+
+
+def _print_table(report: dict[str, Any], file: Any) -> None:
+    lesions = report["lesions"]
+    if not lesions:
+        print("    no lesion found", file=file)
+        return
+    print(
+        f"    {'#':>3} {'label':>5} {'vol mL':>8} {'SUVmax':>7} {'SUVmean':>7} {'SUVpeak':>7} "
+        f"{'TLG':>8} {'u mean':>6}  centre (LPS mm)",
+        file=file,
+    )
+    for les in lesions:
+        flag = "  REVIEW" if les["review"] else ""
+        c = les["centroid_mm"]
+        print(
+            f"    {les['lesion_id']:>3} {les['label']:>5} {les['volume_ml']:>8.2f} "
+            f"{les['suv_max']:>7.2f} {les['suv_mean']:>7.2f} {les['suv_peak']:>7.2f} "
+            f"{les['tlg']:>8.1f} {les['uncertainty_mean']:>6.2f}  "
+            f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}){flag}",
+            file=file,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mefn.errors import InputError, MefnError
+
+    if args.list_models:
+        from mefn.inference import list_models
+
+        for name in list_models():
+            print(name)
+        return 0
+    if not args.inputs and not (args.ct and args.pet):
+        raise InputError("no input given: pass INPUT paths, or --ct CT --pet PET")
+    if (args.ct is None) != (args.pet is None):
+        raise InputError("--ct and --pet go together; give both or neither")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
+
+    from mefn.fileutil import check_writable_dir
+    from mefn.io.discovery import find_case_files, find_cases, load_case
+
+    outdir = check_writable_dir(args.output)
+    # Resolve every input before loading any weights: bad paths fail fast.
+    jobs: list[Any] = []
+    if args.ct:
+        jobs.append(find_case_files(None, ct=args.ct, pet=args.pet))
+    for item in args.inputs:
+        path = Path(item)
+        if not path.exists():
+            raise InputError(f"input {path} does not exist; check the path")
+        try:
+            jobs.append(find_case_files(path))
+        except InputError:
+            if not path.is_dir():
+                raise
+            many = find_cases(path)
+            if not many:
+                raise
+            jobs.extend(many)
+
+    # torchrun: each process takes its share of the cases, each case written once.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    jobs = jobs[rank::world]
+
+    from mefn.inference import Predictor, output_paths, save_prediction
+
+    if not args.overwrite:
+        for job in jobs:
+            for p in output_paths(outdir, job.case_id, extra=args.extra).values():
+                if p.exists():
+                    raise InputError(
+                        f"{p} already exists; pass --overwrite to replace it or choose another -o"
+                    )
+
+    device = args.device
+    if device == "cuda" and world > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    predictor = Predictor(
+        args.model,
+        adapter=args.adapter,
+        device=device,
+        sw_batch_size=args.sw_batch_size,
+        overlap=args.overlap,
+        threads=args.threads,
+        review_threshold=args.review_threshold,
+        min_lesion_ml=args.min_lesion_ml,
+    )
+
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    failures: list[tuple[str, str]] = []
+    quiet = args.quiet
+    show_bar = sys.stderr.isatty() and not quiet and len(jobs) > 1
+    # Load the next case in a background thread while the current one is segmented.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures: list[Future[Any]] = []
+
+        def submit(i: int) -> None:
+            if i < len(jobs):
+                futures.append(pool.submit(load_case, files=jobs[i]))
+
+        submit(0)
+        for i in tqdm(range(len(jobs)), disable=not show_bar, unit="case", file=sys.stderr):
+            job = jobs[i]
+            submit(i + 1)
+            try:
+                case = futures[i].result()
+                prediction = predictor.predict(case, keep_extra=args.extra)
+                paths = save_prediction(
+                    prediction, outdir, case=case, overwrite=args.overwrite, extra=args.extra
+                )
+            except MefnError as exc:
+                failures.append((job.case_id, str(exc)))
+                print(f"mefn segment: error: {job.case_id}: {exc}", file=sys.stderr)
+                continue
+            table = prediction.lesions
+            if not quiet:
+                print(
+                    f"{case.case_id}: {len(table.lesions)} lesion(s), MTV {table.mtv_ml:.2f} mL, "
+                    f"TLG {table.tlg:.1f}, {table.n_review} flagged for review, "
+                    f"{prediction.seconds:.1f} s -> {paths['mask']}"
+                )
+                if len(jobs) == 1:
+                    _print_table(prediction.report(case), sys.stdout)
+    if len(jobs) > 1 and not quiet:
+        print(f"segmented {len(jobs) - len(failures)} of {len(jobs)} case(s) into {outdir}")
+    if failures:
+        for case_id, message in failures:
+            print(f"  failed: {case_id}: {message}", file=sys.stderr)
+        return 1
+    return 0

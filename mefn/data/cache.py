@@ -1,0 +1,129 @@
+"""Cases resampled to model space once and kept on disk, memory-mapped for patch sampling.
+
+Each cached case is a folder ``<cache>/<case_id>/`` holding ``ct_hu.npy`` (float16),
+``suv.npy`` (float16), ``label.npy`` (uint8), ``indices.npz`` (sampled foreground indices
+per class and body indices for negative patches) and ``meta.json`` (grid, preprocessing
+fingerprint). Intensities stay in physical units so augmentation can act in HU and SUV
+before normalisation. A cache entry whose fingerprint differs from the current
+preprocessing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mefn.config import to_dict
+from mefn.data.preprocess import PreprocessConfig, model_grid, resample_case
+from mefn.io.case import Case
+from mefn.io.volume import Geometry
+
+__all__ = ["CachedCase", "cache_case", "load_cached_case", "preprocess_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+MAX_FG_INDICES = 50_000
+MAX_BODY_INDICES = 100_000
+
+
+@dataclass(frozen=True, eq=False)
+class CachedCase:
+    case_id: str
+    ct_hu: np.ndarray  # (X, Y, Z) float16, possibly a memmap
+    suv: np.ndarray
+    label: np.ndarray  # (X, Y, Z) uint8
+    grid: Geometry
+    fg_indices: dict[int, np.ndarray]  # class -> flat indices
+    body_indices: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.grid.shape
+
+
+def preprocess_fingerprint(cfg: PreprocessConfig) -> str:
+    text = json.dumps({"spacing_mm": list(cfg.spacing_mm), "version": 1}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _safe_name(case_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
+
+
+def cache_case(case: Case, cfg: PreprocessConfig, cache_dir: Path, seed: int = 0) -> CachedCase:
+    """Resample ``case`` to model space and store it under ``cache_dir`` (idempotent)."""
+    folder = Path(cache_dir) / _safe_name(case.case_id)
+    fingerprint = preprocess_fingerprint(cfg)
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint:
+            return load_cached_case(folder)
+    grid = model_grid(case.target_geometry, cfg.spacing_mm)
+    ct, pet, label = resample_case(case, grid, with_label=True)
+    if label is None:
+        label = np.zeros(grid.shape, np.uint8)
+    rng = np.random.default_rng(seed)
+    fg: dict[str, np.ndarray] = {}
+    flat = label.ravel()
+    for cls in (int(c) for c in np.unique(flat) if c != 0):
+        idx = np.flatnonzero(flat == cls)
+        if idx.size > MAX_FG_INDICES:
+            idx = np.sort(rng.choice(idx, MAX_FG_INDICES, replace=False))
+        fg[f"fg_{cls}"] = idx
+    body = np.flatnonzero(((ct > -500) | (pet > 0.1)).ravel())
+    if body.size == 0:
+        body = np.arange(flat.size)
+    if body.size > MAX_BODY_INDICES:
+        body = np.sort(rng.choice(body, MAX_BODY_INDICES, replace=False))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "ct_hu.npy", ct.astype(np.float16))
+    np.save(tmp / "suv.npy", np.minimum(pet, 60000).astype(np.float16))
+    np.save(tmp / "label.npy", label)
+    np.savez(tmp / "indices.npz", body=body, **fg)  # type: ignore[arg-type]
+    (tmp / "meta.json").write_text(
+        json.dumps(
+            {
+                "case_id": case.case_id,
+                "fingerprint": fingerprint,
+                "grid": grid.to_json(),
+                "preprocess": to_dict(cfg),
+            }
+        )
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    logger.debug("cached %s on %s", case.case_id, grid.shape)
+    return load_cached_case(folder)
+
+
+def load_cached_case(folder: Path) -> CachedCase:
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    g = meta["grid"]
+    grid = Geometry(
+        shape=tuple(g["shape"]),  # type: ignore[arg-type]
+        spacing_mm=tuple(g["spacing_mm"]),  # type: ignore[arg-type]
+        origin_mm=tuple(g["origin_mm"]),  # type: ignore[arg-type]
+        direction=tuple(g["direction"]),
+    )
+    with np.load(folder / "indices.npz") as idx:
+        fg = {int(k[3:]): idx[k] for k in idx.files if k.startswith("fg_")}
+        body = idx["body"]
+    return CachedCase(
+        case_id=meta["case_id"],
+        ct_hu=np.load(folder / "ct_hu.npy", mmap_mode="r"),
+        suv=np.load(folder / "suv.npy", mmap_mode="r"),
+        label=np.load(folder / "label.npy"),
+        grid=grid,
+        fg_indices=fg,
+        body_indices=body,
+    )

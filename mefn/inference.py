@@ -1,0 +1,361 @@
+"""``Predictor``: load weights (and an adapter) once, segment many cases.
+
+>>> from mefn import Predictor
+>>> from mefn.io.discovery import load_case
+>>> predictor = Predictor()                       # the bundled default weights
+>>> prediction = predictor.predict(load_case("case_0000.nii.gz"))
+>>> prediction.mask.shape == prediction.geometry.shape
+True
+
+A case is resampled into model space (:mod:`mefn.data.preprocess`), segmented with MONAI's
+sliding-window inference (Gaussian blending, bounded memory: tiles run on the chosen device,
+the full-size outputs stay on the CPU), and the class probabilities and uncertainty maps are
+resampled back onto the case's output grid, where the mask is their argmax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mefn import __version__
+from mefn.config import from_dict
+from mefn.data.preprocess import PreprocessConfig, model_grid, normalise, resample_case
+from mefn.errors import CheckpointError, InputError, OutputError
+from mefn.io.case import Case
+from mefn.io.volume import Geometry, Volume
+from mefn.postprocess import LesionTable, lesion_table
+
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "WEIGHTS_DIR",
+    "list_models",
+    "output_paths",
+    "resolve_weights",
+    "save_prediction",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "mefn_default"
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """Results for one case, all on ``geometry`` (the case's output grid)."""
+
+    case_id: str
+    geometry: Geometry
+    mask: np.ndarray
+    uncertainty: np.ndarray
+    suv: np.ndarray
+    lesions: LesionTable
+    probabilities: np.ndarray | None = None
+    uncertainty_ct: np.ndarray | None = None
+    uncertainty_pet: np.ndarray | None = None
+    seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, case: Case | None = None) -> dict[str, Any]:
+        """The ``<case>_report.json`` content."""
+        return {
+            "software": f"mefn {__version__}",
+            "case": self.case_id,
+            "settings": self.settings,
+            "input": (case.provenance if case is not None else {}),
+            "output_geometry": self.geometry.to_json(),
+            "seconds": round(self.seconds, 2),
+            "uncertainty": {
+                "mean_in_mask": float(self.uncertainty[self.mask > 0].mean())
+                if (self.mask > 0).any()
+                else None,
+                "max": float(self.uncertainty.max()),
+            },
+            **self.lesions.to_json(),
+        }
+
+
+def list_models() -> list[str]:
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def resolve_weights(model: str | Path) -> tuple[Path, Path]:
+    """(weights.safetensors, card.json) for a bundled name, a file or a training run folder."""
+    name = str(model)
+    candidates: list[tuple[Path, Path]] = []
+    if name in ("default", ""):
+        name = DEFAULT_MODEL
+    path = Path(name)
+    if path.is_dir():
+        candidates.append((path / "model.safetensors", path / "model.json"))
+    elif path.suffix == ".safetensors" or path.is_file():
+        candidates.append((path, path.with_suffix(".json")))
+    candidates.append((WEIGHTS_DIR / f"{name}.safetensors", WEIGHTS_DIR / f"{name}.json"))
+    for weights, card in candidates:
+        if weights.is_file():
+            if not card.is_file():
+                raise CheckpointError(
+                    f"weights {weights} have no model card {card.name} beside them; "
+                    "keep the .json written by `mefn train` next to the .safetensors"
+                )
+            return weights, card
+    known = ", ".join(list_models()) or "none bundled"
+    raise InputError(
+        f"model {model!r} not found: expected a bundled name ({known}), a .safetensors file "
+        "with its .json card, or a training output folder"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_paths(outdir: Path, case_id: str, extra: bool = False) -> dict[str, Path]:
+    paths = {
+        "mask": outdir / f"{case_id}_mask.nii.gz",
+        "uncertainty": outdir / f"{case_id}_uncertainty.nii.gz",
+        "report": outdir / f"{case_id}_report.json",
+    }
+    if extra:
+        paths["probabilities"] = outdir / f"{case_id}_probabilities.nii.gz"
+        paths["uncertainty_ct"] = outdir / f"{case_id}_uncertainty_ct.nii.gz"
+        paths["uncertainty_pet"] = outdir / f"{case_id}_uncertainty_pet.nii.gz"
+    return paths
+
+
+class Predictor:
+    """Segment PET/CT cases with a trained MEFN (or baseline) and report its uncertainty.
+
+    Parameters
+    ----------
+    model:
+        ``"default"``, a bundled weights name, a ``.safetensors`` file with its ``.json``
+        card, or a ``mefn train`` output folder.
+    adapter:
+        Folder of a fine-tuned adapter (``mefn finetune``) for these base weights.
+    device:
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    sw_batch_size, overlap:
+        Sliding-window tiles per forward pass and their overlap (default from the card).
+    review_threshold:
+        Lesions whose mean uncertainty reaches this are flagged for review.
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "default",
+        adapter: str | Path | None = None,
+        device: str = "auto",
+        sw_batch_size: int = 1,
+        overlap: float | None = None,
+        threads: int | None = None,
+        review_threshold: float = 0.3,
+        min_lesion_ml: float = 0.0,
+    ) -> None:
+        import torch
+
+        from mefn.model import ModelConfig, build_model
+
+        self.weights_path, self.card_path = resolve_weights(model)
+        try:
+            self.card = json.loads(self.card_path.read_text(encoding="utf-8"))
+            model_cfg = from_dict(ModelConfig, self.card["model"], where="model card")
+            self.preprocess = from_dict(
+                PreprocessConfig, self.card.get("preprocess", {}), where="model card preprocess"
+            )
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"model card {self.card_path} is not a mefn card ({type(exc).__name__}: {exc}); "
+                "use the .json written by `mefn train`"
+            ) from None
+        self.model_cfg = model_cfg
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = self._device(device)
+        net = build_model(model_cfg)
+        state = _load_state(self.weights_path)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(
+                f"weights {self.weights_path} do not fit the model in their card ({first}); "
+                "the file is corrupt or belongs to another model"
+            ) from None
+        self.base_hash = file_sha256(self.weights_path)
+        self.adapter_path = None
+        if adapter is not None:
+            from mefn.adapters import load_adapter, merge_adapters
+
+            load_adapter(net, Path(adapter), expected_base_hash=self.base_hash)
+            merge_adapters(net)
+            self.adapter_path = Path(adapter)
+        self.net = net.to(self.device).eval()
+        roi = [int(v) for v in self.card.get("patch_size_vox", (64, 64, 64))]
+        self.roi: tuple[int, int, int] = (roi[0], roi[1], roi[2])
+        self.overlap = float(overlap if overlap is not None else self.card.get("sw_overlap", 0.25))
+        self.sw_batch_size = sw_batch_size
+        self.review_threshold = review_threshold
+        self.min_lesion_ml = min_lesion_ml
+
+    @staticmethod
+    def _device(name: str) -> Any:
+        import torch
+
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"--device {name} requested but no CUDA GPU is available; use cpu")
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            raise InputError(
+                f"--device expects auto, cpu, cuda or cuda:N, found {name!r}"
+            ) from None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_cfg.num_classes)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "model": str(self.weights_path),
+            "model_sha256": self.base_hash,
+            "architecture": self.model_cfg.architecture,
+            "adapter": str(self.adapter_path) if self.adapter_path else None,
+            "device": str(self.device),
+            "spacing_mm": list(self.preprocess.spacing_mm),
+            "roi_size_vox": list(self.roi),
+            "overlap": self.overlap,
+            "review_threshold": self.review_threshold,
+            "min_lesion_ml": self.min_lesion_ml,
+        }
+
+    def predict_model_space(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw network outputs for a model-space image ``(2, X, Y, Z)``."""
+        import torch
+
+        from mefn.training import sliding_window_predict
+
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        out = sliding_window_predict(
+            self.net, x, self.roi, self.overlap, self.sw_batch_size, self.device
+        )
+        return {k: v[0].numpy() for k, v in out.items()}
+
+    def predict(self, case: Case, keep_extra: bool = False) -> Prediction:
+        """Segment one case; outputs on ``case.target_geometry``."""
+        t0 = time.monotonic()
+        target = case.target_geometry
+        grid = model_grid(target, self.preprocess.spacing_mm)
+        ct, pet, _ = resample_case(case, grid, with_label=False)
+        image = normalise(ct, pet, self.preprocess)
+        del ct, pet
+        out = self.predict_model_space(image)
+        del image
+        from mefn.data.preprocess import to_output_grid
+
+        prob = to_output_grid(
+            out["prob"], grid, target, default_values=(1.0,) + (0.0,) * (self.num_classes - 1)
+        )
+        mask = np.argmax(prob, axis=0).astype(np.uint8)
+        unc = np.clip(to_output_grid(out["uncertainty"], grid, target, (1.0,))[0], 0.0, 1.0)
+        extra: dict[str, np.ndarray | None] = {"uncertainty_ct": None, "uncertainty_pet": None}
+        if keep_extra:
+            for key in ("uncertainty_ct", "uncertainty_pet"):
+                if key in out:
+                    extra[key] = np.clip(to_output_grid(out[key], grid, target, (1.0,))[0], 0, 1)
+        from mefn.io.geometry import resample_to
+
+        suv = (
+            case.pet.array
+            if case.pet.geometry.same_grid(target)
+            else resample_to(case.pet, target, interpolation="linear", default_value=0.0).array
+        )
+        suv = np.asarray(suv, dtype=np.float32)
+        if self.min_lesion_ml > 0:
+            from mefn.postprocess import mask_from_probabilities
+
+            min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
+            mask = mask_from_probabilities(prob, min_component_voxels=min_vox)
+        table = lesion_table(mask, suv, unc, target, review_threshold=self.review_threshold)
+        return Prediction(
+            case_id=case.case_id,
+            geometry=target,
+            mask=mask,
+            uncertainty=unc.astype(np.float32),
+            suv=suv,
+            lesions=table,
+            probabilities=prob if keep_extra else None,
+            uncertainty_ct=extra["uncertainty_ct"],
+            uncertainty_pet=extra["uncertainty_pet"],
+            seconds=time.monotonic() - t0,
+            settings=self.settings(),
+        )
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid safetensors weights file ({exc}); re-download or retrain it"
+        ) from None
+
+
+def save_prediction(
+    prediction: Prediction,
+    outdir: str | Path,
+    case: Case | None = None,
+    overwrite: bool = False,
+    extra: bool = False,
+) -> dict[str, Path]:
+    """Write mask, uncertainty (and extras) and the report, atomically; return the paths.
+
+    Every target is checked before anything is written, so an existing output without
+    ``overwrite`` leaves the folder untouched.
+    """
+    from mefn.fileutil import atomic_write_text, check_writable_dir
+    from mefn.io.sitk_bridge import write_volume
+
+    outdir = check_writable_dir(outdir)
+    paths = output_paths(outdir, prediction.case_id, extra=extra)
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(
+            f"{existing[0]} already exists; pass --overwrite to replace it or choose another -o"
+        )
+    geo = prediction.geometry
+    write_volume(Volume(prediction.mask.astype(np.uint8), geo), paths["mask"], dtype=np.uint8)
+    write_volume(
+        Volume(prediction.uncertainty.astype(np.float32), geo),
+        paths["uncertainty"],
+        dtype=np.float32,
+    )
+    if extra:
+        if prediction.probabilities is not None:
+            from mefn.io.writers import write_multichannel
+
+            write_multichannel(prediction.probabilities, geo, paths["probabilities"])
+        for key in ("uncertainty_ct", "uncertainty_pet"):
+            arr = getattr(prediction, key)
+            if arr is not None:
+                write_volume(Volume(arr.astype(np.float32), geo), paths[key], dtype=np.float32)
+    atomic_write_text(paths["report"], json.dumps(prediction.report(case), indent=1))
+    return paths
