@@ -1,0 +1,393 @@
+"""Folder-level evaluation: match predictions to references, score, write CSV/JSON/PNG.
+
+Matching is by file name: the case of a reference ``<case>.nii.gz`` (or ``.nii``) is
+predicted by ``<case>.nii.gz`` or ``<case>_mask.nii.gz`` (what ``mefn segment`` writes).
+In the prediction folder, ``*_uncertainty.nii.gz``, ``*_probabilities.nii.gz`` and files
+that are not NIfTI are ignored. A missing prediction, a prediction without reference, or
+two candidates for one case is an :class:`InputError` naming the case.
+
+Uncertainty maps are ``<case>_uncertainty.nii.gz`` (or ``<case>.nii.gz``) in the
+uncertainty folder; probability maps ``<case>_probabilities.nii.gz`` (4D, one volume per
+class) in the probability folder, or, without one, in the uncertainty folder when every
+case has one there. Without probabilities, calibration uses ``1 - u`` as the confidence
+(see :mod:`mefn.metrics.calibration`).
+
+Outputs (atomic): ``per_case.csv`` (NaN as an empty field), ``summary.json`` (NaN and
+infinities as null), ``per_case_details.json`` (voxel counts, lesion detection and
+calibration per case) and, with uncertainty maps, ``reliability.png``,
+``risk_coverage.png``; ``per_case_dice.png`` always.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mefn.errors import GeometryError, InputError
+from mefn.fileutil import atomic_write_text, check_writable_dir
+
+__all__ = [
+    "CasePaths",
+    "AUTOPET_COLUMNS",
+    "HECKTOR_COLUMNS",
+    "case_name",
+    "match_cases",
+    "attach_maps",
+    "evaluate_autopet",
+    "evaluate_hecktor",
+]
+
+logger = logging.getLogger(__name__)
+
+AUTOPET_COLUMNS = ("case", "dice", "fpv_ml", "fnv_ml", "fp_voxels", "fn_voxels")
+HECKTOR_COLUMNS = (
+    "case",
+    "dice_gtvp",
+    "dice_gtvn",
+    "tp_gtvp",
+    "tp_gtvn",
+    "vol_sum_gtvp",
+    "vol_sum_gtvn",
+)
+_NIFTI = (".nii.gz", ".nii")
+_MAP_SUFFIXES = ("_uncertainty", "_probabilities")
+
+
+@dataclass(frozen=True)
+class CasePaths:
+    """The files of one case to evaluate."""
+
+    case: str
+    reference: Path
+    prediction: Path
+    uncertainty: Path | None = None
+    probabilities: Path | None = None
+
+
+def case_name(path: str | os.PathLike[str]) -> str | None:
+    """``name`` of ``name.nii.gz`` / ``name.nii``; None for other files."""
+    name = Path(path).name
+    for ext in _NIFTI:
+        if name.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def _nifti_files(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"{what} folder {folder} does not exist or is not a folder")
+    out: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = case_name(path)
+        if name is None or not path.is_file():
+            continue
+        if name in out:
+            raise InputError(
+                f"case {name}: both {out[name].name} and {path.name} in {folder}; keep one"
+            )
+        out[name] = path
+    return out
+
+
+def match_cases(
+    reference_dir: str | os.PathLike[str], prediction_dir: str | os.PathLike[str]
+) -> list[CasePaths]:
+    """Pair every reference with its prediction; error on missing, extra or ambiguous cases."""
+    refs = _nifti_files(Path(reference_dir), "reference")
+    if not refs:
+        raise InputError(f"no .nii.gz reference found in {reference_dir}")
+    preds = {
+        n: p
+        for n, p in _nifti_files(Path(prediction_dir), "prediction").items()
+        if not n.endswith(_MAP_SUFFIXES)
+    }
+    used: set[str] = set()
+    cases: list[CasePaths] = []
+    missing: list[str] = []
+    for case, ref in refs.items():
+        candidates = [n for n in (case, f"{case}_mask") if n in preds]
+        if not candidates:
+            missing.append(case)
+            continue
+        if len(candidates) > 1:
+            raise InputError(
+                f"case {case}: two predictions ({', '.join(preds[c].name for c in candidates)}); keep one"
+            )
+        used.add(candidates[0])
+        cases.append(CasePaths(case, ref, preds[candidates[0]]))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise InputError(
+            f"case {missing[0]}{more}: no prediction {missing[0]}.nii.gz or {missing[0]}_mask.nii.gz "
+            f"in {prediction_dir}; predict every reference case"
+        )
+    extra = sorted(set(preds) - used)
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise InputError(
+            f"case {extra[0]}{more}: prediction {preds[extra[0]].name} has no reference in "
+            f"{reference_dir}; remove it or add the reference"
+        )
+    return cases
+
+
+def attach_maps(
+    cases: Sequence[CasePaths],
+    uncertainty_dir: str | os.PathLike[str] | None = None,
+    probability_dir: str | os.PathLike[str] | None = None,
+) -> list[CasePaths]:
+    """Add uncertainty (and probability) map paths to each case; error naming a missing one."""
+    out = list(cases)
+    if uncertainty_dir is not None:
+        files = _nifti_files(Path(uncertainty_dir), "uncertainty")
+        new = []
+        for c in out:
+            name = next((n for n in (f"{c.case}_uncertainty", c.case) if n in files), None)
+            if name is None:
+                raise InputError(
+                    f"case {c.case}: no uncertainty map {c.case}_uncertainty.nii.gz in {uncertainty_dir}"
+                )
+            new.append(CasePaths(c.case, c.reference, c.prediction, files[name], c.probabilities))
+        out = new
+    if probability_dir is not None:
+        files = _nifti_files(Path(probability_dir), "probability")
+        new = []
+        for c in out:
+            name = next((n for n in (f"{c.case}_probabilities", c.case) if n in files), None)
+            if name is None:
+                raise InputError(
+                    f"case {c.case}: no probability map {c.case}_probabilities.nii.gz in {probability_dir}"
+                )
+            new.append(CasePaths(c.case, c.reference, c.prediction, c.uncertainty, files[name]))
+        out = new
+    elif uncertainty_dir is not None:
+        files = _nifti_files(Path(uncertainty_dir), "uncertainty")
+        if all(f"{c.case}_probabilities" in files for c in out):
+            out = [
+                CasePaths(
+                    c.case,
+                    c.reference,
+                    c.prediction,
+                    c.uncertainty,
+                    files[f"{c.case}_probabilities"],
+                )
+                for c in out
+            ]
+    return out
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_value(row[c]) for c in columns])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+
+
+# --- AutoPET ---------------------------------------------------------------------------------
+
+
+def _same_grid(
+    case: str,
+    what: str,
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    ref_affine: np.ndarray,
+    ref_shape: tuple[int, ...],
+) -> None:
+    if tuple(shape) != tuple(ref_shape):
+        raise GeometryError(
+            f"case {case}: {what} shape {tuple(shape)} differs from the reference {tuple(ref_shape)}; "
+            "resample it onto the reference grid"
+        )
+    if not np.allclose(affine, ref_affine, atol=1e-3):
+        raise GeometryError(
+            f"case {case}: {what} grid (origin {np.round(affine[:3, 3], 3).tolist()} mm) differs from "
+            f"the reference's (origin {np.round(ref_affine[:3, 3], 3).tolist()} mm); resample it onto "
+            "the reference grid"
+        )
+
+
+def _probabilities_first(array: np.ndarray, case: str, shape: tuple[int, ...]) -> np.ndarray:
+    arr = array
+    if arr.ndim == 5 and arr.shape[3] == 1:  # NIfTI vector images: (X, Y, Z, 1, C)
+        arr = arr[:, :, :, 0, :]
+    if arr.ndim != 4 or arr.shape[:3] != tuple(shape):
+        raise GeometryError(
+            f"case {case}: probability map {array.shape} must be 4D (X, Y, Z, classes) on the "
+            f"reference grid {tuple(shape)}"
+        )
+    return np.moveaxis(arr, -1, 0)
+
+
+def evaluate_autopet(
+    cases: Sequence[CasePaths],
+    out_dir: str | os.PathLike[str],
+    year: int = 2022,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Score AutoPET cases and write per_case.csv, summary.json (and plots); returns the summary."""
+    from mefn.io.challenge_io import read_autopet_mask, read_nifti_float
+    from mefn.metrics.autopet import aggregate_autopet, autopet_case_metrics, normalise_year
+    from mefn.metrics.calibration import (
+        CalibrationCounts,
+        LesionUnits,
+        calibration_counts,
+        lesion_units,
+        risk_coverage,
+    )
+    from mefn.metrics.lesions import aggregate_detection, lesion_detection
+
+    normalise_year(year)
+    out = check_writable_dir(out_dir)
+    with_maps = bool(cases) and all(c.uncertainty is not None for c in cases)
+    records = []
+    details: list[dict[str, Any]] = []
+    detections = []
+    pooled = CalibrationCounts()
+    units = LesionUnits.empty()
+    for c in cases:
+        logger.info("AutoPET %s: %s", year, c.case)
+        ref = read_autopet_mask(c.reference, c.case)
+        pred = read_autopet_mask(c.prediction, c.case)
+        _same_grid(c.case, "prediction", pred.affine, pred.array.shape, ref.affine, ref.array.shape)
+        rec = autopet_case_metrics(
+            ref.array, pred.array, ref.voxel_volume_ml, year=year, case=c.case
+        )
+        det = lesion_detection(ref.array, pred.array)
+        records.append(rec)
+        detections.append(det)
+        detail: dict[str, Any] = {**rec.to_dict(), "lesion_detection": det.to_dict()}
+        if with_maps and c.uncertainty is not None:
+            unc = read_nifti_float(c.uncertainty, c.case, "uncertainty map")
+            _same_grid(
+                c.case, "uncertainty map", unc.affine, unc.array.shape, ref.affine, ref.array.shape
+            )
+            probs = None
+            if c.probabilities is not None:
+                p = read_nifti_float(c.probabilities, c.case, "probability map")
+                probs = _probabilities_first(p.array, c.case, ref.array.shape)
+            counts = calibration_counts(
+                ref.array, pred.array, unc.array, probabilities=probs, n_classes=2
+            )
+            pooled = pooled + counts
+            units = units + lesion_units(ref.array, pred.array, unc.array)
+            detail["calibration"] = counts.summary()
+            detail["calibration"]["confidence_source"] = (
+                "probabilities" if probs is not None else "1 - u"
+            )
+        details.append(detail)
+
+    summary = aggregate_autopet(records, year)
+    summary["lesion_detection"] = aggregate_detection(detections)
+    if with_maps:
+        cal = pooled.summary()
+        sources = {d["calibration"]["confidence_source"] for d in details}
+        cal["confidence_source"] = sources.pop() if len(sources) == 1 else "mixed"
+        cal["definitions"] = (
+            "voxels pooled over cases, whole volumes; ECE: 15 equal-width right-closed bins on the "
+            "probability of the predicted (mask) class; Brier: mean sum over classes of (p - y)^2; "
+            "NLL: mean -log max(p_true, 1e-12); UEO: max over t in {0,0.01,...,0.99} of "
+            "Dice({u > t}, mask != reference); AUROC: exact tie-aware, u as score of error voxels"
+        )
+        curve = risk_coverage(units)
+        cal["risk_coverage"] = {
+            "rule": "units = 18-connected components of reference | mask, referred by decreasing mean u "
+            "and replaced by the reference; Dice pooled over cases",
+            "coverage": curve["coverage"],
+            "dice": curve["dice"],
+            "area": curve["area"],
+        }
+        summary["calibration"] = cal
+        if plots:
+            from mefn.metrics.plots import plot_reliability, plot_risk_coverage
+
+            plot_reliability(pooled.reliability(), cal["ece"], out / "reliability.png")
+            plot_risk_coverage(curve, out / "risk_coverage.png")
+    if plots and records:
+        from mefn.metrics.plots import plot_per_case_dice
+
+        plot_per_case_dice(
+            [r.case for r in records], [r.dice for r in records], out / "per_case_dice.png"
+        )
+
+    _write_csv(out / "per_case.csv", AUTOPET_COLUMNS, [r.to_dict() for r in records])
+    _write_json(out / "per_case_details.json", details)
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+# --- HECKTOR ---------------------------------------------------------------------------------
+
+
+def evaluate_hecktor(
+    cases: Sequence[CasePaths], out_dir: str | os.PathLike[str], plots: bool = True
+) -> dict[str, Any]:
+    """Score HECKTOR 2022 cases (DSCagg) and write per_case.csv and summary.json."""
+    from mefn.io.challenge_io import hecktor2022_overlap
+    from mefn.metrics.hecktor import aggregate_hecktor2022, hecktor2022_case_metrics
+
+    out = check_writable_dir(out_dir)
+    records = []
+    for c in cases:
+        logger.info("HECKTOR 2022: %s", c.case)
+        ov = hecktor2022_overlap(c.reference, c.prediction, c.case)
+        records.append(
+            hecktor2022_case_metrics(
+                ov.dice, ov.reference_voxels, ov.predicted_voxels, ov.voxel_volume_mm3, c.case
+            )
+        )
+    summary = aggregate_hecktor2022(records)
+    if plots and records:
+        from mefn.metrics.plots import plot_per_case_dice
+
+        plot_per_case_dice(
+            [f"{r.case} GTVp" for r in records] + [f"{r.case} GTVn" for r in records],
+            [r.dice_gtvp for r in records] + [r.dice_gtvn for r in records],
+            out / "per_case_dice.png",
+        )
+    _write_csv(out / "per_case.csv", HECKTOR_COLUMNS, [r.to_dict() for r in records])
+    _write_json(out / "per_case_details.json", [r.to_dict() for r in records])
+    _write_json(out / "summary.json", summary)
+    return summary
