@@ -1,0 +1,319 @@
+"""Review figures: orientation on screen, content, calibration curves, saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mefn import viz
+from mefn.errors import GeometryError, OutputError
+from mefn.io.volume import Geometry
+from mefn.postprocess import lesion_table
+
+SHAPE = (33, 34, 35)
+# i axis -> superior, j axis -> patient right (-L), k axis -> anterior (-P).
+ROTATED = (0.0, -1.0, 0.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0)
+
+
+def rotated_geometry() -> Geometry:
+    return Geometry(
+        SHAPE, spacing_mm=(3.0, 1.5, 2.0), origin_mm=(5.0, -7.0, 11.0), direction=ROTATED
+    )
+
+
+def flipped_geometry() -> Geometry:
+    # i -> patient right, j -> posterior, k -> inferior: a common NIfTI-from-DICOM layout.
+    return Geometry(
+        SHAPE,
+        spacing_mm=(2.0, 1.5, 3.0),
+        origin_mm=(10.0, -5.0, 7.0),
+        direction=(-1, 0, 0, 0, 1, 0, 0, 0, -1),
+    )
+
+
+def render(fig) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(np.float64) / 255.0
+
+
+@pytest.fixture
+def case_arrays():
+    geo = flipped_geometry()
+    rng = np.random.default_rng(3)
+    ct = rng.normal(40.0, 30.0, SHAPE).astype(np.float32)
+    suv = rng.gamma(2.0, 0.3, SHAPE).astype(np.float32)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[10:15, 12:18, 10:16] = 1  # large, confident
+    mask[25:28, 5:8, 28:31] = 1  # small, uncertain
+    suv[mask > 0] += 6.0
+    unc = rng.uniform(0.0, 0.2, SHAPE).astype(np.float32)
+    unc[25:28, 5:8, 28:31] = 0.8
+    reference = np.zeros(SHAPE, np.uint8)
+    reference[11:16, 12:18, 10:16] = 1
+    u_ct = rng.uniform(0.0, 1.0, SHAPE).astype(np.float32)
+    u_pet = rng.uniform(0.0, 1.0, SHAPE).astype(np.float32)
+    table = lesion_table(mask, suv, unc, geo)
+    return geo, ct, suv, mask, unc, reference, u_ct, u_pet, table
+
+
+# --- orientation -----------------------------------------------------------------------------
+def test_display_orientation_identity_and_rotated():
+    ident = viz.display_orientation(Geometry(SHAPE))
+    assert ident.perm == (0, 1, 2) and ident.flip == (False, False, False)
+    rot = viz.display_orientation(rotated_geometry())
+    # L <- j reversed, P <- k reversed, S <- i.
+    assert rot.perm == (1, 2, 0)
+    assert rot.flip == (True, True, False)
+    assert rot.shape == (34, 35, 33)
+    assert rot.spacing_mm == (1.5, 2.0, 3.0)
+    assert rot.oblique_deg == pytest.approx(0.0)
+    point = (4, 9, 30)
+    assert rot.to_canonical(point) == (34 - 1 - 9, 35 - 1 - 30, 4)
+    assert rot.from_canonical(rot.to_canonical(point)) == point
+
+
+def test_canonical_index_matches_physical_lps():
+    geo = rotated_geometry()
+    orient = viz.display_orientation(geo)
+    a = np.asarray(orient.to_canonical((0, 0, 0)))
+    b = np.asarray(orient.to_canonical((1, 1, 1)))
+    wa, wb = geo.index_to_world((0, 0, 0)), geo.index_to_world((1, 1, 1))
+    # Moving +1 along each array axis moves each canonical index the same way as LPS.
+    assert np.array_equal(np.sign(b - a), np.sign(wb - wa))
+
+
+def test_oblique_grid_uses_nearest_axes():
+    t = np.radians(20.0)
+    direction = (np.cos(t), -np.sin(t), 0.0, np.sin(t), np.cos(t), 0.0, 0.0, 0.0, 1.0)
+    orient = viz.display_orientation(Geometry(SHAPE, direction=direction))
+    assert orient.perm == (0, 1, 2) and orient.flip == (False, False, False)
+    assert orient.oblique_deg == pytest.approx(20.0, abs=1e-6)
+
+
+def test_marker_lands_where_the_anatomy_says():
+    geo = rotated_geometry()
+    marker = np.zeros(SHAPE, np.float32)
+    point = (16, 17, 34)  # k max: the most anterior voxel
+    marker[point] = 1.0
+    planes = viz.slice_planes(marker, geo, point)
+    axial = planes["axial"]
+    assert axial.shape == (35, 34)  # rows along A-P, columns along R-L
+    row, col = np.unravel_index(np.argmax(axial), axial.shape)
+    assert row == 0  # anterior at the top
+    assert col == 34 - 1 - 17  # j runs to the patient's right: right is on the left
+    sagittal = planes["sagittal"]
+    assert np.unravel_index(np.argmax(sagittal), sagittal.shape)[1] == 0  # anterior on the left
+
+    head = np.zeros(SHAPE, np.float32)
+    top = (32, 0, 5)  # i max: the most superior voxel, j 0: the patient's leftmost
+    head[top] = 1.0
+    coronal = viz.slice_planes(head, geo, top)["coronal"]
+    assert coronal.shape == (33, 34)
+    r, c = np.unravel_index(np.argmax(coronal), coronal.shape)
+    assert (r, c) == (0, 33)  # head at the top, patient's left on the right of the screen
+
+
+def test_plotted_map_shows_marker_at_top_with_physical_aspect():
+    geo = rotated_geometry()
+    marker = np.zeros(SHAPE, np.float32)
+    point = (16, 17, 34)
+    marker[point] = 1.0
+    fig = viz.plot_map(marker, geo, point, colorbar=False, crosshair=False)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [f"uncertainty u {p}" for p in viz.PLANES]
+    shown = np.asarray(axes[0].images[0].get_array())
+    assert np.unravel_index(np.argmax(shown), shown.shape)[0] == 0
+    # Axial rows run along P (2.0 mm), columns along L (1.5 mm).
+    assert axes[0].get_aspect() == pytest.approx(2.0 / 1.5)
+    assert axes[1].get_aspect() == pytest.approx(3.0 / 1.5)
+    assert axes[2].get_aspect() == pytest.approx(3.0 / 2.0)
+
+
+def test_slice_planes_rejects_bad_point_and_grid():
+    geo = rotated_geometry()
+    with pytest.raises(ValueError, match=r"slice point \(40, 0, 0\) is outside the image"):
+        viz.slice_planes(np.zeros(SHAPE), geo, (40, 0, 0))
+    with pytest.raises(GeometryError, match=r"image has shape \(3, 4, 5\).*resample"):
+        viz.slice_planes(np.zeros((3, 4, 5)), geo, (0, 0, 0))
+
+
+def test_move_point_and_n_slices():
+    geo = rotated_geometry()
+    assert viz.n_slices(geo, "axial") == 33
+    assert viz.n_slices(geo, "coronal") == 35
+    assert viz.n_slices(geo, "sagittal") == 34
+    # Axial slice 0 is the most inferior: i = 0 here (i runs superior).
+    assert viz.move_point(geo, (16, 17, 20), "axial", 0) == (0, 17, 20)
+    # Coronal slice 0 is the most anterior: k max here.
+    assert viz.move_point(geo, (16, 17, 20), "coronal", 0) == (16, 17, 34)
+    with pytest.raises(ValueError, match=r"axial slice 33 is outside 0\.\.32"):
+        viz.move_point(geo, (0, 0, 0), "axial", 33)
+    with pytest.raises(ValueError, match="plane must be one of"):
+        viz.n_slices(geo, "oblique")
+
+
+# --- maps, points, tables --------------------------------------------------------------------
+def test_modality_disagreement_values():
+    u_ct = np.array([[[0.9, 0.1, 0.5]]], np.float32)
+    u_pet = np.array([[[0.2, 0.6, 0.5]]], np.float32)
+    assert np.allclose(viz.modality_disagreement(u_ct, u_pet), [[[0.7, -0.5, 0.0]]])
+    assert np.allclose(viz.modality_disagreement(u_ct, u_pet, signed=False), [[[0.7, 0.5, 0.0]]])
+    with pytest.raises(GeometryError, match="must share a grid"):
+        viz.modality_disagreement(u_ct, u_pet[..., :2])
+
+
+def test_auto_point_prefers_flagged_lesion(case_arrays):
+    geo, _, suv, mask, unc, _, _, _, table = case_arrays
+    assert [lesion.review for lesion in table.lesions] == [False, True]
+    point = viz.auto_point(geo, table, suv)
+    assert mask[point] == 1 and unc[point] == pytest.approx(0.8)
+    # Without lesions: the hottest voxel; without anything: the centre.
+    hot = np.zeros(SHAPE, np.float32)
+    hot[3, 30, 7] = 9.0
+    assert viz.auto_point(geo, None, hot) == (3, 30, 7)
+    assert viz.auto_point(geo) == (16, 17, 17)
+    with pytest.raises(ValueError, match=r"no lesion 7 in the table; lesions are \[1, 2\]"):
+        viz.lesion_point(table, 7, geo)
+
+
+def test_lesion_rows_sorted_by_uncertainty(case_arrays):
+    table = case_arrays[-1]
+    rows = viz.lesion_rows(table)
+    assert [row[0] for row in rows] == ["2", "1"]  # lesion 2 (u 0.8) first
+    assert rows[0][viz.LESION_COLUMNS.index("u mean")] == "0.80"
+    assert rows[0][-1] == "REVIEW" and rows[1][-1] == ""
+    assert rows[1][viz.LESION_COLUMNS.index("vol mL")] == f"{5 * 6 * 6 * 9 / 1000:.2f}"
+    text = viz.format_lesion_table(table)
+    lines = text.splitlines()
+    assert [cell.strip() for cell in lines[0].split("  ") if cell.strip()] == list(
+        viz.LESION_COLUMNS
+    )
+    assert lines[1].split()[0] == "2" and lines[1].endswith("REVIEW")
+    assert "1 lesion(s) with mean u >= 0.3 flagged for review" in lines[-1]
+
+
+# --- calibration -----------------------------------------------------------------------------
+def test_reliability_curve_hand_checked():
+    conf = np.array([0.05, 0.15, 0.95, 0.95])
+    correct = np.array([False, True, True, False])
+    rel = viz.reliability_curve(conf, correct, n_bins=10)
+    count = np.asarray(rel["count"])
+    assert count.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+    acc = np.asarray(rel["accuracy"])
+    assert acc[0] == 0.0 and acc[1] == 1.0 and acc[9] == 0.5 and np.isnan(acc[5])
+    assert np.asarray(rel["confidence"])[9] == pytest.approx(0.95)
+    assert rel["ece"] == pytest.approx((0.05 + 0.85 + 2 * 0.45) / 4)
+    with pytest.raises(ValueError, match="must have one length"):
+        viz.reliability_curve(conf, correct[:3])
+
+
+def test_risk_coverage_curve_hand_checked():
+    rc = viz.risk_coverage_curve(np.array([0.1, 0.9, 0.5, 0.3]), np.array([1, 0, 1, 0], bool))
+    assert np.allclose(rc["coverage"], [0.25, 0.5, 0.75, 1.0])
+    assert np.allclose(rc["risk"], [0.0, 0.5, 1 / 3, 0.5])
+    assert rc["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+    with pytest.raises(ValueError, match="must have one length"):
+        viz.risk_coverage_curve(np.zeros(3), np.zeros(2, bool))
+
+
+def test_plot_calibration_titles_and_grid_check(case_arrays):
+    _, _, _, mask, unc, reference, _, _, _ = case_arrays
+    fig = viz.plot_calibration(mask, unc, reference)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("reliability (ECE") and titles[1].startswith("risk-coverage")
+    probs = np.stack([1.0 - mask, mask]).astype(np.float32)
+    fig = viz.plot_calibration(mask, unc, reference, probabilities=probs)
+    assert fig.axes[0].get_xlabel() == "predicted-class probability"
+    with pytest.raises(GeometryError, match="must share a grid"):
+        viz.plot_calibration(mask, unc, reference[:-1])
+
+
+# --- figures ----------------------------------------------------------------------------------
+def test_fusion_layers_and_orientation(case_arrays):
+    geo, ct, suv, mask, _, reference, _, _, _ = case_arrays
+    point = (12, 15, 12)  # inside lesion 1
+    fig = viz.plot_fusion(ct, suv, geo, point, mask=mask, reference=reference)
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        assert len(ax.images) == 2  # CT below, PET above
+        pet = np.asarray(ax.images[1].get_array())
+        assert pet.ndim == 3 and pet.shape[-1] == 4
+        assert pet[..., 3].max() > 0.5 and pet[..., 3].min() < 0.5  # hot lesion opaque
+        assert len(ax.collections) >= 1  # mask contours
+    pixels = render(fig)
+    assert pixels.var() > 0.01
+
+
+def test_mip_marks_each_lesion_and_puts_head_up(case_arrays):
+    geo, _, suv, mask, _, _, _, _, table = case_arrays
+    fig = viz.plot_mip(suv, geo, lesions=table, mask=mask)
+    ax = fig.axes[0]
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == [f"1 u={table.lesions[0].uncertainty_mean:.2f}", "2 u=0.80"]
+    assert "2 lesion(s), 1 to review" in ax.get_title()
+    mip = np.asarray(ax.images[0].get_array())
+    assert mip.shape == (35, 33)  # rows along S-I, columns along R-L
+    # Lesion 2 sits at k 28-30 (k runs inferior) and i 25-27 (i runs to the right).
+    hot = np.zeros(SHAPE, np.float32)
+    hot[26, 6, 29] = 1.0
+    mip_hot = np.asarray(viz.plot_mip(hot, geo).axes[0].images[0].get_array())
+    r, c = np.unravel_index(np.argmax(mip_hot), mip_hot.shape)
+    assert r == 29 and c == 32 - 26
+
+
+def test_review_figure_full(case_arrays):
+    geo, ct, suv, mask, unc, reference, u_ct, u_pet, table = case_arrays
+    data = viz.ReviewData(
+        geo, ct, suv, mask, unc, table, u_ct, u_pet, reference=reference, case_id="demo"
+    )
+    fig = viz.review_figure(data)
+    titles = [ax.get_title() for ax in fig.axes]
+    for plane in viz.PLANES:
+        assert any(t.startswith("PET/CT " + plane) for t in titles)
+        assert f"uncertainty u {plane}" in titles
+        assert f"u_CT - u_PET {plane}" in titles
+    assert any(t.startswith("PET MIP (coronal)") for t in titles)
+    assert any(t.startswith("lesions by uncertainty") for t in titles)
+    assert any(t.startswith("reliability") for t in titles)
+    assert any(t.startswith("risk-coverage") for t in titles)
+    assert "demo" in fig.get_suptitle() and "1 flagged for review" in fig.get_suptitle()
+    assert render(fig).var() > 0.01
+
+
+def test_review_figure_without_extras_says_so(case_arrays):
+    geo, ct, suv, mask, unc, *_ = case_arrays
+    fig = viz.review_figure(viz.ReviewData(geo, ct, suv, mask, unc), point=(12, 15, 12))
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("disagreement not available" in t for t in texts)
+    assert not any(ax.get_title().startswith("reliability") for ax in fig.axes)
+    with pytest.raises(ValueError, match="outside the image"):
+        viz.review_figure(viz.ReviewData(geo, ct, suv, mask, unc), point=(99, 0, 0))
+
+
+def test_review_data_checks_grids(case_arrays):
+    geo, ct, suv, mask, unc, *_ = case_arrays
+    with pytest.raises(GeometryError, match=r"suv has shape \(33, 34, 34\)"):
+        viz.ReviewData(geo, ct, suv[..., :-1], mask, unc)
+    with pytest.raises(GeometryError, match=r"probabilities \(2, 3, 3, 3\) do not match"):
+        viz.ReviewData(geo, ct, suv, mask, unc, probabilities=np.zeros((2, 3, 3, 3)))
+
+
+def test_save_figure_png_pdf_and_errors(tmp_path, case_arrays):
+    from matplotlib.image import imread
+
+    geo, ct, suv, mask, *_ = case_arrays
+    fig = viz.plot_fusion(ct, suv, geo, (12, 15, 12), mask=mask)
+    png = viz.save_figure(fig, tmp_path / "f.png", dpi=50)
+    image = imread(png)
+    assert image.shape[0] == 200 and image.shape[1] == 600  # 12 x 4 inches at 50 dpi
+    assert image[..., :3].var() > 0.005
+    pdf = viz.save_figure(fig, tmp_path / "f.pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]  # no temporaries
+    with pytest.raises(OutputError, match=r"must end in \.png or \.pdf, found 'f\.jpg'"):
+        viz.save_figure(fig, tmp_path / "f.jpg")
+    with pytest.raises(OutputError, match="does not exist; create it first"):
+        viz.save_figure(fig, tmp_path / "missing" / "f.png")
