@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mefn import viz
-from mefn.errors import GeometryError, OutputError
+from mefn.errors import GeometryError, InputError, OutputError
 from mefn.io.volume import Geometry
 from mefn.postprocess import lesion_table
 
@@ -317,3 +317,38 @@ def test_save_figure_png_pdf_and_errors(tmp_path, case_arrays):
         viz.save_figure(fig, tmp_path / "f.jpg")
     with pytest.raises(OutputError, match="does not exist; create it first"):
         viz.save_figure(fig, tmp_path / "missing" / "f.png")
+
+
+def test_output_case_id(tmp_path):
+    with pytest.raises(InputError, match="holds no <case>_mask.nii.gz: expected a `mefn segment`"):
+        viz.output_case_id(tmp_path)
+    (tmp_path / "a_mask.nii.gz").touch()
+    assert viz.output_case_id(tmp_path) == "a"
+    (tmp_path / "b_mask.nii.gz").touch()
+    with pytest.raises(InputError, match=r"outputs of 2 cases \(a, b\); choose one"):
+        viz.output_case_id(tmp_path)
+    assert viz.output_case_id(tmp_path, "b") == "b"
+
+
+def test_from_prediction_takes_volumes_on_its_grid(case_arrays):
+    from types import SimpleNamespace
+
+    from mefn.io.volume import Volume
+
+    geo, ct, suv, mask, unc, reference, u_ct, u_pet, table = case_arrays
+    prediction = SimpleNamespace(
+        geometry=geo,
+        suv=suv,
+        mask=mask,
+        uncertainty=unc,
+        lesions=table,
+        uncertainty_ct=u_ct,
+        uncertainty_pet=u_pet,
+        probabilities=None,
+        case_id="p",
+    )
+    data = viz.ReviewData.from_prediction(
+        prediction, Volume(ct, geo), reference=Volume(reference.astype(np.float32), geo)
+    )
+    assert data.ct is ct and data.reference is not None and data.reference.dtype == np.uint8
+    assert int(data.reference.sum()) == 5 * 6 * 6
