@@ -42,6 +42,7 @@ __all__ = [
     "HECKTOR_COLUMNS",
     "case_name",
     "match_cases",
+    "match_predictions",
     "attach_maps",
     "evaluate_autopet",
     "evaluate_hecktor",
@@ -102,10 +103,19 @@ def _nifti_files(folder: Path, what: str) -> dict[str, Path]:
 def match_cases(
     reference_dir: str | os.PathLike[str], prediction_dir: str | os.PathLike[str]
 ) -> list[CasePaths]:
-    """Pair every reference with its prediction; error on missing, extra or ambiguous cases."""
+    """Pair every reference ``<case>.nii.gz`` of a folder with its prediction."""
     refs = _nifti_files(Path(reference_dir), "reference")
     if not refs:
         raise InputError(f"no .nii.gz reference found in {reference_dir}")
+    return match_predictions(refs, prediction_dir, where=str(reference_dir))
+
+
+def match_predictions(
+    references: dict[str, Path],
+    prediction_dir: str | os.PathLike[str],
+    where: str = "the references",
+) -> list[CasePaths]:
+    """Pair references (case -> path) with predictions; error on missing, extra or ambiguous."""
     preds = {
         n: p
         for n, p in _nifti_files(Path(prediction_dir), "prediction").items()
@@ -114,29 +124,30 @@ def match_cases(
     used: set[str] = set()
     cases: list[CasePaths] = []
     missing: list[str] = []
-    for case, ref in refs.items():
+    for case, ref in references.items():
         candidates = [n for n in (case, f"{case}_mask") if n in preds]
         if not candidates:
             missing.append(case)
             continue
         if len(candidates) > 1:
             raise InputError(
-                f"case {case}: two predictions ({', '.join(preds[c].name for c in candidates)}); keep one"
+                f"case {case}: two predictions "
+                f"({', '.join(preds[c].name for c in candidates)}); keep one"
             )
         used.add(candidates[0])
         cases.append(CasePaths(case, ref, preds[candidates[0]]))
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise InputError(
-            f"case {missing[0]}{more}: no prediction {missing[0]}.nii.gz or {missing[0]}_mask.nii.gz "
-            f"in {prediction_dir}; predict every reference case"
+            f"case {missing[0]}{more}: no prediction {missing[0]}.nii.gz or "
+            f"{missing[0]}_mask.nii.gz in {prediction_dir}; predict every reference case"
         )
     extra = sorted(set(preds) - used)
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
         raise InputError(
             f"case {extra[0]}{more}: prediction {preds[extra[0]].name} has no reference in "
-            f"{reference_dir}; remove it or add the reference"
+            f"{where}; remove it or add the reference"
         )
     return cases
 
