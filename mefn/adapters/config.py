@@ -1,0 +1,189 @@
+"""``AdapterConfig``: what to inject, where, and how (frozen dataclasses read from YAML).
+
+One adapter *type* (``lora``, ``dora``, ``ia3``, ``norm_bias``, ``bottleneck``,
+``compacter``, ``paca``, ``bone``) plus optional *modifiers* that work on top of it:
+MoSA sparse training (``mosa``), low-bit weights (``quant``), VL-PET-style gates (``gate``)
+and the LAE online/offline pair (``lae``). ``configs/adapters/<name>.yaml`` holds one ready
+configuration per method; see ``docs/adapters.md`` for the maths and parameter counts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from mefn.config import load_config
+from mefn.errors import ConfigError
+
+__all__ = [
+    "ADAPTER_TYPES",
+    "AdapterConfig",
+    "GateConfig",
+    "LAEConfig",
+    "MosaConfig",
+    "QuantConfig",
+    "ShareConfig",
+    "TargetConfig",
+    "load_adapter_config",
+]
+
+AdapterType = Literal["lora", "dora", "ia3", "norm_bias", "bottleneck", "compacter", "paca", "bone"]
+ADAPTER_TYPES: tuple[str, ...] = get_args(AdapterType)
+
+#: Where the bundled YAML files live in a source checkout.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "adapters"
+
+# Types whose weights go through the quantiser (hand-written modules with weight matrices).
+QUANTISABLE_TYPES = ("lora", "dora", "bottleneck", "compacter")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Which modules receive an adapter.
+
+    A module is a target when its class name is in ``layer_types``, its dotted name starts
+    with one of ``prefixes`` (all modules when empty) and matches none of the ``exclude``
+    glob patterns (``fnmatch`` syntax on the dotted name, e.g. ``"*final_conv"``). When a
+    target contains another target, the outer one wins.
+    """
+
+    layer_types: tuple[str, ...] = ("Conv3d",)
+    prefixes: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """Weight sharing between layers and between the two modality branches.
+
+    ``rules``: Compacter's slow Kronecker factors (the A_i) are one tensor for every layer
+    and both branches. ``across_branches``: targets whose names agree once the branch prefix
+    is removed (``encoder_ct.stage1`` and ``encoder_pet.stage1``) use one adapter module
+    (bottleneck and compacter types).
+    """
+
+    rules: bool = True
+    across_branches: bool = False
+    branch_prefixes: tuple[str, ...] = ("encoder_ct", "encoder_pet")
+
+
+@dataclass(frozen=True)
+class MosaConfig:
+    """MoSA: split each adapter tensor into ``parts`` random disjoint masks; 1 turns it off."""
+
+    parts: int = 1
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Low-bit adapter weights: 0 = full precision, else 1, 2, 4 or 8 bits per weight.
+
+    Training uses the quantised weights in the forward pass with a straight-through gradient;
+    ``packed`` stores the saved file as bit-packed codes plus a mean and std per tensor.
+    """
+
+    bits: int = 0
+    packed: bool = True
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """A learned gate multiplying the adapter's output: per voxel, channel or sample."""
+
+    granularity: Literal["none", "voxel", "channel", "sample"] = "none"
+
+
+@dataclass(frozen=True)
+class LAEConfig:
+    """LAE: an online adapter trained as usual and an offline EMA copy, ensembled at inference."""
+
+    enabled: bool = False
+    ema_decay: float = 0.999
+    ensemble: Literal["max_confidence", "mean_logits"] = "max_confidence"
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Everything that decides an adapter's structure; saved beside its weights.
+
+    ``rank``: LoRA/DoRA rank, PaCA column count, Compacter fast-weight rank.
+    ``alpha``: LoRA/DoRA scaling numerator (scaling = alpha / rank).
+    ``reduction``: bottleneck/Compacter hidden channels = channels // reduction (at least
+    ``phm_n`` for Compacter, rounded up to a multiple of it).
+    ``placement``: bottleneck adapter beside the target (``parallel``, same input) or after it
+    (``sequential``, on its output). ``activation`` sits between down and up projections.
+    ``phm_n``: number of Kronecker terms / size of each rule matrix (Compacter).
+    ``block_size``: Bone block size. ``backend``: ``auto`` uses peft where it is correct for
+    the layer (LoRA/DoRA/IA3 on plain Conv3d) and the hand-written modules elsewhere;
+    ``own`` uses the hand-written modules everywhere.
+    """
+
+    type: AdapterType = "lora"
+    rank: int = 4
+    alpha: float = 8.0
+    dropout: float = 0.0
+    reduction: int = 4
+    placement: Literal["parallel", "sequential"] = "sequential"
+    activation: Literal["gelu", "relu", "none"] = "gelu"
+    phm_n: int = 4
+    block_size: int = 4
+    backend: Literal["auto", "own"] = "auto"
+    seed: int = 0
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    share: ShareConfig = field(default_factory=ShareConfig)
+    mosa: MosaConfig = field(default_factory=MosaConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    lae: LAEConfig = field(default_factory=LAEConfig)
+
+    def __post_init__(self) -> None:
+        if self.type not in ADAPTER_TYPES:
+            raise ConfigError(
+                f"adapter type must be one of {', '.join(ADAPTER_TYPES)}, found {self.type!r}"
+            )
+        for name in ("rank", "reduction", "phm_n", "block_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"adapter {name} must be at least 1, found {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"adapter dropout must be in [0, 1), found {self.dropout}")
+        if self.mosa.parts < 1:
+            raise ConfigError(f"mosa.parts must be at least 1 (1 = off), found {self.mosa.parts}")
+        if self.quant.bits not in (0, 1, 2, 4, 8):
+            raise ConfigError(f"quant.bits must be 0 (off), 1, 2, 4 or 8, found {self.quant.bits}")
+        if self.quant.bits and self.type not in QUANTISABLE_TYPES:
+            raise ConfigError(
+                f"quant.bits applies to {', '.join(QUANTISABLE_TYPES)} adapters, not "
+                f"{self.type!r}; set quant.bits: 0"
+            )
+        if not 0.0 < self.lae.ema_decay < 1.0:
+            raise ConfigError(f"lae.ema_decay must be in (0, 1), found {self.lae.ema_decay}")
+        if self.lae.enabled and self.mosa.parts > 1:
+            raise ConfigError(
+                "lae and mosa cannot be combined (the EMA would average masked weights); "
+                "set mosa.parts: 1 or lae.enabled: false"
+            )
+        if not self.targets.layer_types:
+            raise ConfigError("targets.layer_types is empty; name at least one layer class")
+
+    @property
+    def uses_own_modules_only(self) -> bool:
+        """True when every target must use the hand-written modules (no peft)."""
+        return self.backend == "own" or self.gate.granularity != "none" or self.quant.bits > 0
+
+
+def load_adapter_config(path_or_name: str | os.PathLike[str]) -> AdapterConfig:
+    """Read an ``AdapterConfig`` from a YAML path, or from a bundled name like ``"lora"``."""
+    path = Path(path_or_name)
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        candidate = CONFIG_DIR / f"{path_or_name}.yaml"
+        if not candidate.is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise ConfigError(
+                f"no adapter config named {str(path_or_name)!r}; give a .yaml path or one of "
+                f"{', '.join(known) or '(none found in ' + str(CONFIG_DIR) + ')'}"
+            )
+        path = candidate
+    return load_config(AdapterConfig, path)

@@ -1,0 +1,93 @@
+"""LAE: an online adapter, an offline EMA copy of it, and their ensemble at inference.
+
+Learning: the online adapter trains as usual. Accumulation: after every optimiser step the
+offline adapter moves towards it, θ_off <- d θ_off + (1 - d) θ_on (:meth:`LAEController.on_step`).
+Ensemble: at inference both are run and their outputs combined per voxel
+(:func:`ensemble_logits`). For sequential sites (centre A, then B, ...) call
+:meth:`LAEController.begin_site` before training on each; the offline adapter carries what
+earlier sites taught while the online one adapts to the new site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from mefn.errors import ConfigError
+
+__all__ = ["LAEController", "ensemble_logits"]
+
+log = logging.getLogger(__name__)
+
+
+def ensemble_logits(
+    online: torch.Tensor, offline: torch.Tensor, mode: str = "max_confidence", dim: int = 1
+) -> torch.Tensor:
+    """Combine two class-score tensors (classes along ``dim``).
+
+    ``mean_logits``: their average. ``max_confidence``: at each position, the scores of the
+    model whose softmax is more confident (higher top probability; ties go to online).
+    """
+    if online.shape != offline.shape:
+        raise ConfigError(
+            f"LAE ensemble needs outputs of one shape, found {tuple(online.shape)} and "
+            f"{tuple(offline.shape)}"
+        )
+    if mode == "mean_logits":
+        return (online + offline) / 2
+    if mode == "max_confidence":
+        conf_on = torch.softmax(online, dim=dim).amax(dim=dim, keepdim=True)
+        conf_off = torch.softmax(offline, dim=dim).amax(dim=dim, keepdim=True)
+        return torch.where(conf_on >= conf_off, online, offline)
+    raise ConfigError(
+        f"LAE ensemble mode must be 'max_confidence' or 'mean_logits', found {mode!r}"
+    )
+
+
+class LAEController:
+    """EMA bookkeeping for the adapter parameters (online = the parameters themselves)."""
+
+    def __init__(self, params: dict[str, nn.Parameter], decay: float, mode: str) -> None:
+        self.params = params
+        self.decay = decay
+        self.mode = mode
+        self.offline = {n: p.detach().clone() for n, p in params.items()}
+        self.sites: list[str] = []
+        self.steps = 0
+
+    def on_step(self) -> None:
+        """Move the offline adapter towards the online one (call after optimizer.step())."""
+        self.steps += 1
+        with torch.no_grad():
+            for name, p in self.params.items():
+                self.offline[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+
+    def begin_site(self, site: str) -> None:
+        """Mark the start of training on a new site; the offline adapter keeps the old ones."""
+        self.sites.append(site)
+        log.info("LAE: site %d (%s) begins after %d steps", len(self.sites), site, self.steps)
+
+    @contextlib.contextmanager
+    def offline_weights(self) -> Iterator[None]:
+        """Run the model with the offline (EMA) adapter inside this block."""
+        saved = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.offline[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(saved[n])
+
+    def ensemble(self, run: Callable[[], torch.Tensor], mode: str | None = None) -> torch.Tensor:
+        """``run()`` with the online and the offline adapter, combined by :func:`ensemble_logits`."""
+        online = run()
+        with self.offline_weights():
+            offline = run()
+        return ensemble_logits(online, offline, mode or self.mode)
