@@ -58,6 +58,10 @@ __all__ = [
     "auto_point",
     "display_orientation",
     "format_lesion_table",
+    "lesion_choices",
+    "prepare_review",
+    "slice_figure",
+    "slice_index",
     "load_review",
     "output_case_id",
     "lesion_point",
@@ -232,6 +236,12 @@ def n_slices(geometry: Geometry, plane: str) -> int:
     """Number of display slices in ``plane`` (e.g. axial slices from feet to head)."""
     orient = display_orientation(geometry)
     return orient.shape[_plane_axes(plane)[0]]
+
+
+def slice_index(geometry: Geometry, point: Sequence[int], plane: str) -> int:
+    """The display slice of ``plane`` that ``point`` lies in (inverse of :func:`move_point`)."""
+    orient = display_orientation(geometry)
+    return orient.to_canonical(point)[_plane_axes(plane)[0]]
 
 
 def move_point(
@@ -561,6 +571,19 @@ def lesion_rows(table: LesionTable) -> list[tuple[str, ...]]:
             f"{lesion.uncertainty_mean:.2f}",
             f"{lesion.uncertainty_max:.2f}",
             "REVIEW" if lesion.review else "",
+        )
+        for lesion in ordered
+    ]
+
+
+def lesion_choices(table: LesionTable) -> list[tuple[str, int]]:
+    """(label, lesion id) pairs for a lesion picker, most uncertain first."""
+    ordered = sorted(table.lesions, key=lambda lesion: (-lesion.uncertainty_mean, lesion.lesion_id))
+    return [
+        (
+            f"{lesion.lesion_id}: {lesion.volume_ml:.2f} mL, SUVmax {lesion.suv_max:.1f}, "
+            f"u {lesion.uncertainty_mean:.2f}{'  REVIEW' if lesion.review else ''}",
+            lesion.lesion_id,
         )
         for lesion in ordered
     ]
@@ -1060,6 +1083,98 @@ def review_figure(
         fontsize=11,
     )
     return fig
+
+
+def slice_figure(
+    data: ReviewData,
+    point: Sequence[int],
+    ct_window_hu: tuple[float, float] = CT_WINDOW_HU,
+    suv_max: float | None = None,
+) -> Figure:
+    """The three planes through ``point``: fusion, uncertainty and (when available) the
+    CT-versus-PET disagreement; lighter than :func:`review_figure`, for browsing slices."""
+    _check_point(point, data.geometry)
+    has_pair = data.uncertainty_ct is not None and data.uncertainty_pet is not None
+    rows = 3 if has_pair else 2
+    fig = _new_figure((13, 4 * rows))
+    axes = fig.subplots(rows, 3)
+    plot_fusion(
+        data.ct,
+        data.suv,
+        data.geometry,
+        point,
+        mask=data.mask,
+        reference=data.reference,
+        ct_window_hu=ct_window_hu,
+        suv_max=suv_max if suv_max is not None else _default_suv_max(data.suv),
+        axes=list(axes[0]),
+    )
+    plot_map(data.uncertainty, data.geometry, point, mask=data.mask, axes=list(axes[1]))
+    if data.uncertainty_ct is not None and data.uncertainty_pet is not None:
+        plot_map(
+            modality_disagreement(data.uncertainty_ct, data.uncertainty_pet),
+            data.geometry,
+            point,
+            label="u_CT - u_PET",
+            cmap="RdBu_r",
+            vmin=-1.0,
+            vmax=1.0,
+            mask=data.mask,
+            axes=list(axes[2]),
+        )
+    fig.suptitle(f"{data.case_id}: [i, j, k] = {tuple(int(p) for p in point)}", fontsize=10)
+    return fig
+
+
+def prepare_review(
+    case: Case | str | os.PathLike[str] | None = None,
+    outputs: str | os.PathLike[str] | None = None,
+    reference: Volume | str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] = "default",
+    device: str = "auto",
+    phantom_seed: int = 2026,
+) -> ReviewData:
+    """Review data for the notebook and scripts, from whatever is at hand.
+
+    With ``outputs`` (a `mefn segment` folder) and ``case``: :func:`load_review`. With a case
+    only: segmented here by :class:`mefn.inference.Predictor` (``model``, ``device``). With
+    neither: a whole-body phantom (:func:`mefn.data.phantoms.generate_study`, ``phantom_seed``)
+    is generated and segmented, and its true lesion mask becomes the reference.
+    """
+    if outputs is not None:
+        if case is None:
+            raise InputError(
+                f"outputs {outputs} need the input case they were made from; pass case="
+            )
+        return load_review(outputs, case, reference=reference)
+    from mefn.inference import Predictor
+
+    if case is None:
+        from mefn.data.phantoms import generate_study
+
+        study = generate_study(phantom_seed, kind="wholebody")
+        loaded = Case(f"phantom_{phantom_seed}", ct=study.ct, pet=study.pet, label=study.label_ct)
+        if reference is None:
+            reference = study.label_ct
+    elif isinstance(case, Case):
+        loaded = case
+    else:
+        from mefn.io.discovery import load_case
+
+        loaded = load_case(Path(case))
+    ref_volume: Volume | None = None
+    if isinstance(reference, Volume):
+        ref_volume = reference
+    elif reference is not None:
+        from mefn.io.readers import read_volume
+
+        if not Path(reference).is_file():
+            raise InputError(f"reference mask {reference} does not exist; check the path")
+        ref_volume = read_volume(Path(reference))
+    prediction = Predictor(model if isinstance(model, str) else Path(model), device=device).predict(
+        loaded, keep_extra=True
+    )
+    return ReviewData.from_prediction(prediction, loaded.ct, reference=ref_volume)
 
 
 def _reference_summary(data: ReviewData) -> str:

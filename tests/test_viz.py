@@ -352,3 +352,26 @@ def test_from_prediction_takes_volumes_on_its_grid(case_arrays):
     )
     assert data.ct is ct and data.reference is not None and data.reference.dtype == np.uint8
     assert int(data.reference.sum()) == 5 * 6 * 6
+
+
+def test_slice_figure_and_picker_helpers(case_arrays):
+    geo, ct, suv, mask, unc, reference, u_ct, u_pet, table = case_arrays
+    choices = viz.lesion_choices(table)
+    assert [lesion_id for _, lesion_id in choices] == [2, 1]
+    assert choices[0][0].startswith("2: 0.24 mL") and choices[0][0].endswith("REVIEW")
+    point = viz.lesion_point(table, 2, geo)
+    # Axial slice index: k runs inferior here, so slice = 34 - k.
+    assert viz.slice_index(geo, point, "axial") == 34 - point[2]
+    assert viz.move_point(geo, point, "axial", viz.slice_index(geo, point, "axial")) == point
+    data = viz.ReviewData(geo, ct, suv, mask, unc, table, u_ct, u_pet)
+    fig = viz.slice_figure(data, point)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len([t for t in titles if "axial" in t]) == 3
+    assert render(fig).var() > 0.01
+    fig = viz.slice_figure(viz.ReviewData(geo, ct, suv, mask, unc), point)
+    assert not any("u_CT" in ax.get_title() for ax in fig.axes)
+
+
+def test_prepare_review_needs_case_with_outputs(tmp_path):
+    with pytest.raises(InputError, match="need the input case they were made from"):
+        viz.prepare_review(outputs=tmp_path)

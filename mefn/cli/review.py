@@ -103,18 +103,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--case goes with an output folder, but {path} holds no <case>_mask.nii.gz"
             )
-        from mefn.inference import Predictor, resolve_weights
-        from mefn.io.discovery import load_case
+        from mefn.inference import resolve_weights
 
         resolve_weights(args.model)  # a bad model name fails before the case is read
-        case = load_case(path)
-        prediction = Predictor(args.model, device=args.device).predict(case, keep_extra=True)
-        reference = None
-        if args.reference is not None:
-            from mefn.io.readers import read_volume
-
-            reference = read_volume(Path(args.reference))
-        data = viz.ReviewData.from_prediction(prediction, case.ct, reference=reference)
+        data = viz.prepare_review(
+            case=path, reference=args.reference, model=args.model, device=args.device
+        )
 
     if point is not None and not all(p < n for p, n in zip(point, data.geometry.shape)):
         raise InputError(
