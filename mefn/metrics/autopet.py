@@ -41,11 +41,22 @@ __all__ = [
     "autopet_case_metrics",
     "aggregate_autopet",
     "normalise_year",
+    "voxel_volume_ml_from_spacing",
     "components",
     "unmatched_component_voxels",
 ]
 
 AUTOPET_YEARS = (2022, 2023, 2024, 2025)
+
+
+def voxel_volume_ml_from_spacing(spacing_mm: Sequence[float]) -> float:
+    """The AutoPET voxel volume of an (x, y, z) spacing: float32 product, float64 / 1000.
+
+    The same formula as :func:`mefn.io.challenge_io.autopet_voxel_volume_ml` applies to the
+    NIfTI pixdim (the header stores spacings as float32).
+    """
+    sx, sy, sz = (np.float32(v) for v in spacing_mm)
+    return float(np.float64(sx * sy * sz) / 1000.0)
 
 
 def normalise_year(year: int) -> int:
@@ -108,7 +119,7 @@ class AutopetCaseMetrics:
 def autopet_case_metrics(
     reference: np.ndarray,
     prediction: np.ndarray,
-    voxel_volume_ml: float,
+    voxel_volume_ml: float | Sequence[float],
     year: int = 2022,
     case: str = "",
     connectivity: int = 18,
@@ -116,7 +127,9 @@ def autopet_case_metrics(
     """Dice, FPV and FNV of one case under the given year's rules (see the module docstring).
 
     ``reference`` and ``prediction`` are the arrays as read (float64 from ``get_fdata``);
-    ``voxel_volume_ml`` is the reference's (the official scripts use the reference header).
+    ``voxel_volume_ml`` is the reference's (the official scripts use the reference header),
+    or its (x, y, z) spacing in mm, turned into a volume by
+    :func:`voxel_volume_ml_from_spacing`.
     """
     rules = normalise_year(year)
     if reference.shape != prediction.shape:
@@ -150,7 +163,11 @@ def autopet_case_metrics(
         else:
             fp_voxels = unmatched_component_voxels(prediction.astype(int), reference, connectivity)
 
-    vox = float(voxel_volume_ml)
+    vox = (
+        voxel_volume_ml_from_spacing(voxel_volume_ml)
+        if isinstance(voxel_volume_ml, Sequence)
+        else float(voxel_volume_ml)
+    )
     return AutopetCaseMetrics(
         case=case,
         year=int(year),

@@ -20,9 +20,11 @@ Definitions (voxels inside ``region``, the whole volume by default):
   ``U_t = {u > t}`` for ``t`` in 0.00, 0.01, ..., 0.99; ``UEO = max_t Dice(U_t, E)``, reported
   with the arg-max threshold (the smallest one on ties). Thresholds where both sets are empty
   are skipped.
-- **AUROC** of ``u`` as a detector of error voxels: exact and tie-aware (ties count 1/2),
-  computed from the counts of error and correct voxels at each distinct value of ``u``
-  (``np.unique``), i.e. the Mann-Whitney statistic with mid-ranks; no subsampling.
+- **AUROC** of ``u`` as a detector of error voxels: the Mann-Whitney statistic with ties
+  counting 1/2, computed from histograms of error and correct voxels over ``2**20`` equal
+  bins of ``u`` clipped to [0, 1] (no sorting, no subsampling, 16 MB whatever the volume,
+  exactly poolable over cases). It is exact for the scores quantised to ``2**-20`` (about
+  1e-6): values closer than that count as ties.
 - **Risk-coverage** (lesion referral): units are the 18-connected components of
   ``reference | mask``; they are referred to a reader in order of decreasing mean ``u``
   (ties: larger unit first), and a referred unit is replaced by the reference. The curve
@@ -44,6 +46,7 @@ from mefn.metrics.autopet import components
 
 __all__ = [
     "N_ECE_BINS",
+    "N_AUROC_BINS",
     "UEO_THRESHOLDS",
     "CalibrationCounts",
     "calibration_counts",
@@ -56,6 +59,8 @@ __all__ = [
 ]
 
 N_ECE_BINS = 15
+N_AUROC_BINS = 2**20
+_CHUNK = 1 << 22  # voxels per pass: bounds the temporaries to a few tens of MB
 UEO_THRESHOLDS = np.round(np.arange(100) / 100.0, 2)
 _EPS = 1e-12
 
@@ -78,20 +83,10 @@ class CalibrationCounts:
     n_error: int = 0
     above_all: np.ndarray = field(default_factory=lambda: np.zeros(len(UEO_THRESHOLDS), np.int64))
     above_error: np.ndarray = field(default_factory=lambda: np.zeros(len(UEO_THRESHOLDS), np.int64))
-    u_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    u_error: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    u_correct: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    u_error: np.ndarray = field(default_factory=lambda: np.zeros(N_AUROC_BINS, np.int64))
+    u_all: np.ndarray = field(default_factory=lambda: np.zeros(N_AUROC_BINS, np.int64))
 
     def __add__(self, other: CalibrationCounts) -> CalibrationCounts:
-        values, inv = np.unique(
-            np.concatenate([self.u_values, other.u_values]), return_inverse=True
-        )
-        err = np.bincount(
-            inv, weights=np.concatenate([self.u_error, other.u_error]), minlength=len(values)
-        )
-        cor = np.bincount(
-            inv, weights=np.concatenate([self.u_correct, other.u_correct]), minlength=len(values)
-        )
         return CalibrationCounts(
             n_voxels=self.n_voxels + other.n_voxels,
             bin_count=self.bin_count + other.bin_count,
@@ -102,9 +97,8 @@ class CalibrationCounts:
             n_error=self.n_error + other.n_error,
             above_all=self.above_all + other.above_all,
             above_error=self.above_error + other.above_error,
-            u_values=values,
-            u_error=err.astype(np.int64),
-            u_correct=cor.astype(np.int64),
+            u_error=self.u_error + other.u_error,
+            u_all=self.u_all + other.u_all,
         )
 
     # --- the metrics ------------------------------------------------------------------------
@@ -150,51 +144,73 @@ def calibration_counts(
     n_classes: int = 2,
     region: np.ndarray | None = None,
 ) -> CalibrationCounts:
-    """Counts for one case. ``probabilities`` has the class axis first: (C, *shape)."""
+    """Counts for one case. ``probabilities`` has the class axis first: (C, *shape).
+
+    Voxels are processed in chunks of 4 Mi, so memory stays bounded on whole-body volumes.
+    """
     ref = np.asarray(reference)
     pred = np.asarray(prediction)
-    u = np.asarray(uncertainty, dtype=np.float64)
+    u = np.asarray(uncertainty)
     if ref.shape != pred.shape or ref.shape != u.shape:
         raise GeometryError(
             f"reference {ref.shape}, prediction {pred.shape} and uncertainty {u.shape} must "
             "share one grid"
         )
+    probs = None
+    if probabilities is not None:
+        probs = np.asarray(probabilities)
+        if probs.ndim != ref.ndim + 1 or probs.shape[1:] != ref.shape:
+            raise GeometryError(f"probabilities {probs.shape} must be (classes, {ref.shape})")
+        n_classes = probs.shape[0]
+    elif n_classes < 2:
+        raise ConfigError(f"n_classes must be at least 2, found {n_classes}")
     if region is not None:
         if region.shape != ref.shape:
             raise GeometryError(f"region {region.shape} does not match the images {ref.shape}")
         sel = np.asarray(region, dtype=bool)
         ref, pred, u = ref[sel], pred[sel], u[sel]
+        probs = probs[:, sel] if probs is not None else None
     else:
-        ref, pred, u = ref.ravel(), pred.ravel(), u.ravel()
-    ref = np.rint(ref).astype(np.int64)
-    pred = np.rint(pred).astype(np.int64)
-    correct = ref == pred
+        ref, pred, u = ref.reshape(-1), pred.reshape(-1), u.reshape(-1)
+        probs = probs.reshape(n_classes, -1) if probs is not None else None
 
-    if probabilities is not None:
-        probs = np.asarray(probabilities, dtype=np.float64)
-        if probs.shape[1:] != np.asarray(reference).shape:
-            raise GeometryError(
-                f"probabilities {probs.shape} must be (classes, {np.asarray(reference).shape})"
-            )
-        n_classes = probs.shape[0]
-        probs = (
-            probs[:, np.asarray(region, dtype=bool)]
-            if region is not None
-            else probs.reshape(n_classes, -1)
+    total = CalibrationCounts()
+    for start in range(0, ref.size, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        total = total + _chunk_counts(
+            ref[part],
+            pred[part],
+            u[part],
+            probs[:, part] if probs is not None else None,
+            n_classes,
         )
-        if ref.max(initial=0) >= n_classes or pred.max(initial=0) >= n_classes:
+    return total
+
+
+def _chunk_counts(
+    ref_values: np.ndarray,
+    pred_values: np.ndarray,
+    u_values: np.ndarray,
+    probs: np.ndarray | None,
+    n_classes: int,
+) -> CalibrationCounts:
+    ref = np.rint(ref_values).astype(np.int64)
+    pred = np.rint(pred_values).astype(np.int64)
+    u = u_values.astype(np.float64)
+    correct = ref == pred
+    if probs is not None:
+        top = max(int(ref.max(initial=0)), int(pred.max(initial=0)))
+        if top >= n_classes:
             raise ConfigError(
-                f"labels up to {max(ref.max(initial=0), pred.max(initial=0))} but only "
-                f"{n_classes} probability volumes; give one volume per class"
+                f"labels up to {top} but only {n_classes} probability volumes; "
+                "give one volume per class"
             )
+        p = probs.astype(np.float64)
         cols = np.arange(ref.size)
-        confidence = probs[pred, cols]
-        p_true = probs[ref, cols]
-        onehot_sq = (probs**2).sum(axis=0) - 2 * p_true + 1.0  # sum_k (p_k - y_k)^2
-        brier = onehot_sq
+        confidence = p[pred, cols]
+        p_true = p[ref, cols]
+        brier = (p**2).sum(axis=0) - 2 * p_true + 1.0  # sum_k (p_k - y_k)^2
     else:
-        if n_classes < 2:
-            raise ConfigError(f"n_classes must be at least 2, found {n_classes}")
         k1 = n_classes - 1
         confidence = 1.0 - u
         p_other = u / k1
@@ -223,12 +239,9 @@ def calibration_counts(
     counts.above_all = suffix_all[1:].astype(np.int64)
     counts.above_error = suffix_err[1:].astype(np.int64)
 
-    values, inv = np.unique(u, return_inverse=True)
-    inv = inv.ravel()
-    err = np.bincount(inv, weights=error, minlength=len(values)).astype(np.int64)
-    counts.u_values = values
-    counts.u_error = err
-    counts.u_correct = np.bincount(inv, minlength=len(values)).astype(np.int64) - err
+    score_bin = np.clip(np.floor(u * N_AUROC_BINS), 0, N_AUROC_BINS - 1).astype(np.int64)
+    counts.u_all = np.bincount(score_bin, minlength=N_AUROC_BINS).astype(np.int64)
+    counts.u_error = np.bincount(score_bin[error], minlength=N_AUROC_BINS).astype(np.int64)
     return counts
 
 
@@ -257,7 +270,7 @@ def uncertainty_error_overlap(counts: CalibrationCounts) -> tuple[float, float]:
 def auroc(counts: CalibrationCounts) -> float:
     """Exact tie-aware AUROC of uncertainty separating error voxels from correct ones."""
     pos = counts.u_error.astype(np.float64)
-    neg = counts.u_correct.astype(np.float64)
+    neg = (counts.u_all - counts.u_error).astype(np.float64)
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return math.nan

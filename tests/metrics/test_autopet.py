@@ -9,7 +9,11 @@ import pytest
 
 from mefn.errors import ConfigError, GeometryError
 from mefn.io.challenge_io import autopet_voxel_volume_ml, read_autopet_mask
-from mefn.metrics.autopet import aggregate_autopet, autopet_case_metrics
+from mefn.metrics.autopet import (
+    aggregate_autopet,
+    autopet_case_metrics,
+    voxel_volume_ml_from_spacing,
+)
 
 REF = "test_orig_psma_95b833d46f153cd2_2018-04-16.nii.gz"
 NNUNET = "test_expected_output_nnUNet_psma_95b833d46f153cd2_2018-04-16.nii.gz"
@@ -46,6 +50,13 @@ def test_voxel_volume_is_float32_product_divided_in_float64():
     # neither float64 throughout nor float32 throughout (NumPy 2) gives this number
     assert vol != 4.07283 * 4.07283 * 2.0 / 1000
     assert vol != float(np.float32(pixdim[1] * pixdim[2] * pixdim[3]) / np.float32(1000))
+    assert voxel_volume_ml_from_spacing((4.07283, 4.07283, 2.0)) == vol
+
+
+def test_spacing_instead_of_voxel_volume(psma):
+    ref, pred = psma
+    m = autopet_case_metrics(ref.array, pred.array, (4.07283, 4.07283, 2.0))
+    assert m.fnv_ml == 25.01462247467041
 
 
 def _masks(ref_idx, pred_idx, shape=(9, 10, 11)):
