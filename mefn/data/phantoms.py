@@ -488,23 +488,29 @@ def generate_study(
 
     rng_scan = np.random.default_rng([seed, _SCANNER])
     choice = _grid_choices(rng_grid, kind)
+    if fov == "full":  # the grids first, so that lesions are drawn large enough to be seen
+        ct_geo, pet_geo = _grids(
+            rng_grid, choice, anatomy, kind, z_range, None, crop_mm, opts.voxel_cap
+        )
+        pet_spacing = float(max(pet_geo.spacing_mm))
+    else:
+        pet_spacing = float(np.max(choice["pet_sp"]))
     lesions = sample_lesions(
         np.random.default_rng([seed, _LESIONS]),
         anatomy,
         kind,
         z_range,
         opts.n_lesions,
-        min_diameter_mm=max(4.0, 1.2 * float(np.max(choice["pet_sp"]))),
+        min_diameter_mm=max(4.0, 1.25 * pet_spacing),
     )
-    crop_center = None
     if fov == "crop":
         if lesions and rng_grid.random() < 0.85:
             crop_center = np.asarray(lesions[int(rng_grid.integers(len(lesions)))].center_mm)
         else:
             crop_center = _body_point(rng_grid, anatomy, z_range)
-    ct_geo, pet_geo = _grids(
-        rng_grid, choice, anatomy, kind, z_range, crop_center, crop_mm, opts.voxel_cap
-    )
+        ct_geo, pet_geo = _grids(
+            rng_grid, choice, anatomy, kind, z_range, crop_center, crop_mm, opts.voxel_cap
+        )
     scanner: dict[str, Any] = {
         "psf_fwhm_mm": float(rng_scan.uniform(4.0, 7.0)),
         "noise_cv": float(math.exp(rng_scan.uniform(math.log(0.08), math.log(0.35)))),
