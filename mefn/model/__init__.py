@@ -1,0 +1,39 @@
+"""The MEFN network, its DynUNet baselines, evidential maths and losses (torch + MONAI only)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mefn.model.baselines import DynUNetBaseline
+from mefn.model.blocks import pad_to_divisor, use_onednn_convolutions
+from mefn.model.config import LossConfig, ModelConfig
+from mefn.model.evidential import (
+    alpha_to_opinion,
+    combine_opinions,
+    evidence_to_opinion,
+    opinion_to_alpha,
+)
+from mefn.model.losses import build_loss
+from mefn.model.mefn import MEFN
+from mefn.model.output import ModelOutput
+
+__all__ = [
+    "MEFN",
+    "DynUNetBaseline",
+    "LossConfig",
+    "ModelConfig",
+    "ModelOutput",
+    "alpha_to_opinion",
+    "build_loss",
+    "build_model",
+    "combine_opinions",
+    "evidence_to_opinion",
+    "opinion_to_alpha",
+    "pad_to_divisor",
+]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network named by ``cfg.architecture``; it has ``size_divisor`` and ``infer(x)``."""
+    model: nn.Module = MEFN(cfg) if cfg.architecture == "mefn" else DynUNetBaseline(cfg)
+    return use_onednn_convolutions(model)
