@@ -131,6 +131,7 @@ class PhantomScene:
     ct_noise_hu: float
     ct_blur_mm: float
     noise: bool
+    ct_voxel_volume_ml: float = 0.0  # the CT grid's voxel, the one ct_noise_hu is for
 
 
 @dataclass(frozen=True, eq=False)
@@ -373,7 +374,10 @@ def render_ct(scene: PhantomScene, geometry: Geometry, stream: int = 0) -> Volum
     if scene.noise:
         rng = np.random.default_rng([scene.seed, _CT_NOISE, stream])
         noise = _correlated_noise(rng, geometry.shape, sigma_vox)
-        hu += np.float32(scene.ct_noise_hu) * noise
+        level = scene.ct_noise_hu
+        if scene.ct_voxel_volume_ml > 0:  # averaging over larger voxels lowers the noise
+            level *= min(1.0, math.sqrt(scene.ct_voxel_volume_ml / geometry.voxel_volume_ml))
+        hu += np.float32(level) * noise
     np.clip(hu, -1024.0, 3071.0, out=hu)
     return Volume(hu, geometry, modality="CT", units="HU")
 
@@ -527,6 +531,7 @@ def generate_study(
         ct_noise_hu=scanner["ct_noise_hu"],
         ct_blur_mm=scanner["ct_blur_mm"],
         noise=opts.noise,
+        ct_voxel_volume_ml=ct_geo.voxel_volume_ml,
     )
     ct = render_ct(scene, ct_geo)
     pet_arr, truth = _render_pet(
