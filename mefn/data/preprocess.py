@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from mefn.io.geometry import resample_to
 
 from mefn.io.case import Case
+from mefn.io.geometry import resample_to
 from mefn.io.volume import Geometry, Volume
 
 __all__ = [
