@@ -1,6 +1,26 @@
-"""Reading, writing and checking PET/CT images (the only package that imports SimpleITK/nibabel)."""
+"""Reading, writing and checking PET/CT images (the only package that imports SimpleITK/nibabel).
+
+SimpleITK, nibabel and pydicom are imported inside the functions that need them, so
+importing :mod:`mefn.io` stays cheap.
+"""
 
 from mefn.io.case import Case
+from mefn.io.discovery import CaseFiles, find_case_files, find_cases, load_case
+from mefn.io.geometry import check_pair, reference_grid, resample_to
+from mefn.io.readers import read_volume, read_volumes
 from mefn.io.volume import Geometry, Volume
 
-__all__ = ["Case", "Geometry", "Volume"]
+__all__ = [
+    "Case",
+    "CaseFiles",
+    "Geometry",
+    "Volume",
+    "check_pair",
+    "find_case_files",
+    "find_cases",
+    "load_case",
+    "read_volume",
+    "read_volumes",
+    "reference_grid",
+    "resample_to",
+]
