@@ -236,6 +236,62 @@ def _to_volumes(image: Any, path: Path) -> list[Volume]:
     return out
 
 
+def _read_nifti(path: Path) -> list[Volume]:
+    """NIfTI: geometry from SimpleITK's header reader, voxels from nibabel.
+
+    SimpleITK 2.5.7 reads NaN voxels of a NIfTI file as 0, which would hide them from the
+    non-finite check; nibabel returns them as they are stored (scl_slope/inter applied).
+    """
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)  # type: ignore[attr-defined]
+    except Exception as exc:  # ITK RuntimeError, nibabel ImageFileError, zlib/EOF errors
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise InputError(
+            f"cannot read {path} as a NIfTI image ({lines[-1] if lines else type(exc).__name__}); "
+            "check the file is complete: copy or download it again"
+        ) from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim < 3:
+        raise InputError(
+            f"expected a 3D image in {path}, found {data.ndim}D of size {tuple(data.shape)}; "
+            "give a volume, not a single slice"
+        )
+    if data.ndim > 4:
+        raise InputError(f"expected a 3D image in {path}, found {data.ndim}D {tuple(data.shape)}")
+    if data.dtype.fields is not None or np.iscomplexobj(data):
+        raise InputError(f"{path} holds {data.dtype} pixels; expected a scalar real image")
+    dim = reader.GetDimension()
+    if dim < 3:
+        raise InputError(f"expected a 3D image in {path}, found {dim}D")
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    geometry = Geometry(
+        shape=tuple(data.shape[:3]),  # type: ignore[arg-type]
+        spacing_mm=tuple(reader.GetSpacing()[:3]),  # type: ignore[arg-type]
+        origin_mm=tuple(reader.GetOrigin()[:3]),  # type: ignore[arg-type]
+        direction=tuple(direction.ravel()),
+    )
+    if tuple(reader.GetSize()[:3]) != geometry.shape:
+        raise InputError(
+            f"{path}: header size {tuple(reader.GetSize())} disagrees with the data "
+            f"{tuple(data.shape)}; the file is corrupt"
+        )
+    arrays = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
+    out = []
+    for t, a in enumerate(arrays):
+        array = np.ascontiguousarray(a)
+        _finite(array, path, f" (volume {t})" if data.ndim == 4 else "")
+        out.append(Volume(array=array, geometry=geometry))
+    return out
+
+
 def read_volumes(path: str | os.PathLike[str]) -> list[Volume]:
     """Every 3D volume of an image file: one for a 3D image, N for a 4D image of N volumes."""
     path = Path(path)
@@ -246,8 +302,10 @@ def read_volumes(path: str | os.PathLike[str]) -> list[Volume]:
             "or a DICOM folder"
         )
     check_file_complete(path)
-    image = _sitk_read(path)
-    volumes = _to_volumes(image, path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        volumes = _read_nifti(path)
+    else:
+        volumes = _to_volumes(_sitk_read(path), path)
     meta = {"source": str(path), "format": image_suffix(path)}
     return [v.with_array(v.array, meta=dict(meta, volume=i)) for i, v in enumerate(volumes)]
 
