@@ -342,7 +342,7 @@ def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
             )
         dz = float(np.median(gaps))
         deviation = float(np.max(np.abs(gaps - dz)))
-        if deviation > 0.01 * dz + 1e-3:
+        if deviation > 0.05 * dz:
             logger.warning(
                 "DICOM series %s: slice spacing varies %.3f-%.3f mm; using the median %.4f mm",
                 series.uid,

@@ -178,7 +178,8 @@ def _has_dicom(folder: Path) -> bool:
     from mefn.io.dicom import is_dicom_file
 
     for root, _dirs, files in os.walk(folder):
-        if any(is_dicom_file(Path(root) / f) for f in files if not f.startswith(".")):
+        names = (f for f in files if not f.startswith(".") and image_suffix(f) is None)
+        if any(is_dicom_file(Path(root) / f) for f in names):
             return True
     return False
 

@@ -121,9 +121,9 @@ def check_pair(ct: Volume, pet: Volume, check_units: bool = True) -> PairCheck:
     inter = _box_volume(lo, hi)
     fct = inter / max(_box_volume(*ct.geometry.extent_mm()), 1e-12)
     fpet = inter / max(_box_volume(*pet.geometry.extent_mm()), 1e-12)
-    if min(fct, fpet) < 0.5:
+    if fct < 0.5:
         logger.warning(
-            "PET and CT overlap only partly (%.0f%% of the CT, %.0f%% of the PET box)",
+            "the PET covers only part of the CT (%.0f%% of the CT box, %.0f%% of the PET box)",
             100 * fct,
             100 * fpet,
         )

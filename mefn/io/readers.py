@@ -236,6 +236,22 @@ def _to_volumes(image: Any, path: Path) -> list[Volume]:
     return out
 
 
+def _nifti_array(image: Any) -> np.ndarray:
+    """The stored voxels, scaled by scl_slope/inter when the header asks for it.
+
+    Unscaled data keep their dtype (labels stay integers); scaled integers become float32
+    (not nibabel's float64, which would double the memory of a large CT).
+    """
+    proxy = image.dataobj
+    slope = float(getattr(proxy, "slope", 1.0))
+    inter = float(getattr(proxy, "inter", 0.0))
+    if slope == 1.0 and inter == 0.0:
+        return np.asanyarray(proxy)
+    disk = np.dtype(image.get_data_dtype())
+    out_dtype = np.float64 if disk == np.float64 else np.float32
+    return np.asarray(image.get_fdata(dtype=out_dtype, caching="unchanged"))
+
+
 def _read_nifti(path: Path) -> list[Volume]:
     """NIfTI: geometry from SimpleITK's header reader, voxels from nibabel.
 
@@ -250,7 +266,7 @@ def _read_nifti(path: Path) -> list[Volume]:
     try:
         reader.ReadImageInformation()
         image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)  # type: ignore[attr-defined]
+        data = _nifti_array(image)
     except Exception as exc:  # ITK RuntimeError, nibabel ImageFileError, zlib/EOF errors
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         raise InputError(

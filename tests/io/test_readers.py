@@ -164,3 +164,18 @@ def test_missing_empty_and_unknown_files(tmp_path: Path) -> None:
         read_volume(tmp_path / "image.png")
     with pytest.raises(InputError, match="modality must be CT, PT"):
         read_volume(tmp_path / "nope.nii.gz", modality="MR")
+
+
+def test_nifti_scaling_is_applied_in_float32(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    stored = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    image = nib.Nifti1Image(stored, np.diag([-2.0, -2.0, 3.0, 1.0]))
+    image.header.set_slope_inter(2.0, -1024.0)
+    nib.save(image, tmp_path / "scaled.nii.gz")
+    vol = read_volume(tmp_path / "scaled.nii.gz")
+    assert vol.array.dtype == np.float32
+    assert float(vol.array[2, 3, 4]) == 59 * 2.0 - 1024.0  # stored 2*20 + 3*5 + 4 = 59
+    # RAS diag(-2, -2, 3) is LPS diag(2, 2, 3): identity direction, spacing (2, 2, 3)
+    assert vol.spacing_mm == pytest.approx((2.0, 2.0, 3.0))
+    np.testing.assert_allclose(vol.geometry.direction, np.eye(3).ravel(), atol=1e-7)
