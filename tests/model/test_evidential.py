@@ -74,7 +74,7 @@ def test_combination_is_commutative_and_associative_on_random_maps() -> None:
     b, u = combine_many(ops)
     assert torch.allclose(b, left[0]) and torch.allclose(u, left[1])
     assert torch.allclose(b.sum(1, keepdim=True) + u, torch.ones_like(u), atol=1e-6)
-    # combining never increases uncertainty when there is no conflict to renormalise away
+    # 1 - C >= max(u1, u2), so the combined u never exceeds the smaller input u
     assert bool((u <= torch.minimum(ops[0][1], ops[1][1]) + 1e-6).all())
 
 
