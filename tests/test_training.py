@@ -1,0 +1,137 @@
+"""End-to-end training on tiny phantoms: files, logs, resume, DDP (gloo, 2 CPU processes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mefn.config import save_config
+from mefn.data.preprocess import PreprocessConfig
+from mefn.errors import InputError
+from mefn.training import DataConfig, TrainConfig, train
+
+TINY_MODEL = """\
+architecture: mefn
+num_classes: 2
+base_width: 4
+depth: 3
+attention_heads: 2
+loss:
+  kl_anneal_epochs: 2
+  uncertainty_anneal_epochs: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from mefn.data.phantoms import write_phantoms
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(root, n=4, layout="nnunet", seed=7, small=True, n_lesions=2)
+    return root
+
+
+def _config(tmp: Path, data: Path, **changes) -> TrainConfig:
+    model = tmp / "tiny.yaml"
+    model.write_text(TINY_MODEL)
+    cfg = TrainConfig(
+        model=str(model),
+        data=DataConfig(root=str(data), val_fraction=0.3, cache_dir=str(tmp / "cache")),
+        preprocess=PreprocessConfig(spacing_mm=(8.0, 8.0, 8.0)),
+        patch_size_vox=(24, 24, 24),
+        batch_size=1,
+        epochs=2,
+        steps_per_epoch=2,
+        warmup_steps=1,
+        val_every=1,
+        val_max_cases=1,
+        threads=1,
+    )
+    return replace(cfg, **changes)
+
+
+def _log(run: Path) -> list[dict[str, str]]:
+    with (run / "log.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_writes_weights_card_logs(tmp_path, tiny_data):
+    cfg = _config(tmp_path, tiny_data)
+    result = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert result.epochs_done == 2 and result.stopped == "epochs"
+    assert (run / "model.safetensors").is_file()
+    card = json.loads((run / "model.json").read_text())
+    assert card["model"]["architecture"] == "mefn" and card["labels"]["1"] == "lesion"
+    assert card["training"]["steps"] == 4
+    rows = _log(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(float(r["loss"]) > 0 for r in rows) and "val_dice" in rows[0]
+    assert (run / "train_config.yaml").is_file() and any((run / "tensorboard").iterdir())
+    # a second run into the same folder without --resume is refused
+    with pytest.raises(InputError, match="pass --resume"):
+        train(cfg, run)
+
+
+def test_resume_continues_the_same_run(tmp_path, tiny_data):
+    from safetensors.torch import load_file
+
+    straight = train(_config(tmp_path, tiny_data, epochs=3), tmp_path / "straight")
+    # the same run (same schedule), stopped by its time budget after the first epoch
+    first = train(_config(tmp_path, tiny_data, epochs=3, max_minutes=0.0), tmp_path / "split")
+    assert first.stopped == "time_budget" and first.epochs_done == 1
+    resumed = train(_config(tmp_path, tiny_data, epochs=3), tmp_path / "split", resume=True)
+    assert resumed.epochs_done == straight.epochs_done == 3
+    assert [r["epoch"] for r in _log(tmp_path / "split")] == ["1", "2", "3"]
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() < 1e-5, key
+
+
+def test_missing_data_folder_is_reported(tmp_path):
+    cfg = _config(tmp_path, tmp_path / "nowhere")
+    with pytest.raises(InputError, match="does not exist"):
+        train(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, tiny_data):
+    cfg = _config(tmp_path, tiny_data)
+    save_config(cfg, tmp_path / "train.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "mefn",
+            "-q",
+            "train",
+            "--config",
+            str(tmp_path / "train.yaml"),
+            "-o",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((tmp_path / "ddp" / "model.json").read_text())
+    assert card["training"]["steps"] == 4
+    assert len(_log(tmp_path / "ddp")) == 2
