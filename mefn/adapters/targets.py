@@ -43,7 +43,9 @@ def select_targets(model: nn.Module, targets: TargetConfig) -> list[str]:
             )
     chosen: list[str] = []
     for name, module in model.named_modules():
-        if not name or type(module).__name__ not in targets.layer_types:
+        # match the class or any base class by name: mefn.model's OneDnnConv3d is a Conv3d
+        kinds = {cls.__name__ for cls in type(module).__mro__}
+        if not name or not kinds & set(targets.layer_types):
             continue
         if targets.prefixes and not any(_under(name, p) for p in targets.prefixes):
             continue

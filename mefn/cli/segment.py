@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
         for name in list_models():
             print(name)
         return 0
-    if not args.inputs and not (args.ct and args.pet):
-        raise InputError("no input given: pass INPUT paths, or --ct CT --pet PET")
     if (args.ct is None) != (args.pet is None):
         raise InputError("--ct and --pet go together; give both or neither")
+    if not args.inputs and not (args.ct and args.pet):
+        raise InputError("no input given: pass INPUT paths, or --ct CT --pet PET")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
 

@@ -2,130 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
-import numpy as np
 import pytest
+from support import (
+    BQML_PER_SUV,
+    COL,
+    NORMAL,
+    PET_TAGS,
+    ROW,
+    ct_pet_pair,
+    write_series,
+)
 
 from mefn.io.volume import Volume
-
-# An oblique orientation: rows along (cos 20°, sin 20°, 0), columns along (0, cos 10°, -sin 10°)
-# rotated to be orthogonal to the row cosine.
-_A = np.deg2rad(20.0)
-ROW = np.array([np.cos(_A), np.sin(_A), 0.0])
-_col = np.array([-np.sin(_A), np.cos(_A), 0.3])
-COL = (_col - (_col @ ROW) * ROW) / np.linalg.norm(_col - (_col @ ROW) * ROW)
-NORMAL = np.cross(ROW, COL)
-
-# The tags of a complete FDG PET series: 70 kg, 368.08 MBq at 10:00:00, scan at 11:00:00.
-PET_TAGS: dict[str, Any] = {
-    "Units": "BQML",
-    "DecayCorrection": "START",
-    "PatientWeight": "70",
-    "PatientSize": "1.75",
-    "PatientSex": "M",
-    "SeriesDate": "20240301",
-    "SeriesTime": "110000",
-    "AcquisitionDate": "20240301",
-    "AcquisitionTime": "110000",
-    "RadiopharmaceuticalStartTime": "100000",
-    "RadionuclideTotalDose": "368080000",
-    "RadionuclideHalfLife": "6586.2",
-}
-# Bq/mL that make SUV 1 with PET_TAGS: 70000 g / (368.08e6 Bq * 2^(-3600/6586.2)).
-BQML_PER_SUV = 368.08e6 * 2.0 ** (-3600.0 / 6586.2) / 70000.0
-
-
-def write_series(
-    folder: Path,
-    stored: np.ndarray,
-    modality: str,
-    *,
-    spacing: tuple[float, float, float] = (1.5, 2.0, 3.0),
-    origin: Sequence[float] = (-20.0, 15.0, 40.0),
-    row: np.ndarray = ROW,
-    col: np.ndarray = COL,
-    slopes: Sequence[float] | None = None,
-    intercept: float = 0.0,
-    tags: dict[str, Any] | None = None,
-    series_uid: str | None = None,
-    shuffle: bool = True,
-    skip: Sequence[int] = (),
-) -> Path:
-    """Write ``stored[i, j, k]`` (int16) as one file per slice k; returns ``folder``.
-
-    Voxel (i, j, k) sits at ``origin + i sx row + j sy col + k sz normal``. Files are named
-    in shuffled order so readers must sort by position.
-    """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    nx, ny, nz = stored.shape
-    normal = np.cross(row, col)
-    uid = series_uid or generate_uid()
-    study = generate_uid()
-    order = np.random.default_rng(0).permutation(nz) if shuffle else np.arange(nz)
-    tags = dict(tags or {})
-    rp_keys = (
-        "RadiopharmaceuticalStartTime",
-        "RadiopharmaceuticalStartDateTime",
-        "RadionuclideTotalDose",
-        "RadionuclideHalfLife",
-    )
-    for n, k in enumerate(order):
-        if k in skip:
-            continue
-        meta = FileMetaDataset()
-        sop_class = (
-            "1.2.840.10008.5.1.4.1.1.128" if modality == "PT" else "1.2.840.10008.5.1.4.1.1.2"
-        )
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = modality
-        ds.SeriesInstanceUID = uid
-        ds.StudyInstanceUID = study
-        ds.PatientID = "P1"
-        ds.SeriesDescription = f"tiny {modality}"
-        ds.InstanceNumber = int(k) + 1
-        ds.ImageOrientationPatient = [f"{v:.10f}" for v in (*row, *col)]
-        pos = np.asarray(origin) + k * spacing[2] * normal
-        ds.ImagePositionPatient = [f"{v:.10f}" for v in pos]
-        ds.PixelSpacing = [spacing[1], spacing[0]]  # row spacing (j), column spacing (i)
-        ds.SliceThickness = spacing[2]
-        ds.Rows, ds.Columns = ny, nx
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleSlope = slopes[k] if slopes is not None else 1.0
-        ds.RescaleIntercept = intercept
-        item = Dataset()
-        for key, value in tags.items():
-            if key in rp_keys:
-                setattr(item, key, value)
-            elif key.startswith("("):
-                group, elem = (int(x, 16) for x in key.strip("()").split(","))
-                vr, val = value
-                ds.add_new((group, elem), vr, val)
-            else:
-                setattr(ds, key, value)
-        if len(item):
-            ds.RadiopharmaceuticalInformationSequence = DicomSequence([item])
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T.astype("<i2")).tobytes()
-        pydicom.dcmwrite(folder / f"im{n:03d}.dcm", ds, enforce_file_format=True)
-    return folder
 
 
 @pytest.fixture
@@ -145,24 +37,6 @@ def kit() -> SimpleNamespace:
         NORMAL=NORMAL,
         ct_pet_pair=ct_pet_pair,
     )
-
-
-def ct_pet_pair(
-    ct_origin: tuple[float, float, float] = (-30.0, -25.0, -20.0),
-    pet_origin: tuple[float, float, float] = (-28.0, -22.0, -18.0),
-) -> tuple[Volume, Volume]:
-    """A small CT (HU, 13x11x9 at 2.5 mm, flipped x) and PET (SUV, 9x7x7 at 4 mm) that overlap."""
-    rng = np.random.default_rng(1)
-    ct = rng.uniform(-1000, 200, size=(13, 11, 9)).astype(np.float32)
-    pet = rng.uniform(0, 12, size=(9, 7, 7)).astype(np.float32)
-    ct_vol = Volume.from_array(
-        ct,
-        spacing_mm=(2.5, 2.5, 2.5),
-        origin_mm=(ct_origin[0] + 12 * 2.5, ct_origin[1], ct_origin[2]),
-        direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1),
-    )
-    pet_vol = Volume.from_array(pet, spacing_mm=(4.0, 4.0, 4.0), origin_mm=pet_origin)
-    return ct_vol, pet_vol
 
 
 @pytest.fixture

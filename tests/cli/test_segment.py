@@ -1,0 +1,385 @@
+"""`mefn segment` end to end: every input form, output geometry, report, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from support import BQML_PER_SUV, PET_TAGS, write_series
+
+from mefn.cli import main
+from mefn.io.sitk_bridge import from_sitk, write_volume
+from mefn.io.volume import Volume
+from mefn.io.writers import write_multichannel
+
+TINY_MODEL = {
+    "architecture": "mefn",
+    "num_classes": 2,
+    "base_width": 4,
+    "depth": 3,
+    "attention_heads": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A real (untrained, seeded) MEFN saved as a weights file + card, at 8 mm model spacing."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mefn.config import from_dict
+    from mefn.data.preprocess import PreprocessConfig
+    from mefn.model import ModelConfig, build_model
+    from mefn.training import TrainConfig, model_card
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    cfg = from_dict(ModelConfig, TINY_MODEL)
+    net = build_model(cfg)
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "tiny.safetensors")
+    )
+    train_cfg = TrainConfig(
+        preprocess=PreprocessConfig(spacing_mm=(8.0, 8.0, 8.0)), patch_size_vox=(32, 32, 32)
+    )
+    (folder / "tiny.json").write_text(json.dumps(model_card(train_cfg, cfg)))
+    return folder / "tiny.safetensors"
+
+
+def _volumes(seed: int = 0, flip: bool = True, oblique: bool = False) -> tuple[Volume, Volume]:
+    """CT (HU) on a fine flipped grid and PET (SUV) on a coarse grid; a hot lesion in both."""
+    rng = np.random.default_rng(seed)
+    ct = rng.normal(40, 10, (41, 38, 23)).astype(np.float32)
+    ct[:4] = -1000
+    pet = rng.gamma(4, 0.25, (21, 19, 13)).astype(np.float32)
+    pet[8:13, 8:12, 5:9] = 12.0
+    if oblique:
+        a = np.deg2rad(12)
+        direction = (np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0, 0, 0, 1)
+    elif flip:
+        direction = (-1, 0, 0, 0, -1, 0, 0, 0, 1)
+    else:
+        direction = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    ct_origin = (40.0, 38.0, -10.0) if flip and not oblique else (-40.0, -38.0, -10.0)
+    ct_vol = Volume.from_array(ct, (2.0, 2.0, 3.0), ct_origin, direction)
+    pet_vol = Volume.from_array(pet, (4.0, 4.0, 5.0), (-42.0, -40.0, -12.0))
+    return ct_vol, pet_vol
+
+
+def _run(*args: str) -> int:
+    return main(["-q", *args])
+
+
+def _check_outputs(out: Path, case_id: str, grid: Volume) -> dict:
+    mask = sitk.ReadImage(str(out / f"{case_id}_mask.nii.gz"))
+    unc = sitk.ReadImage(str(out / f"{case_id}_uncertainty.nii.gz"))
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert unc.GetPixelID() == sitk.sitkFloat32
+    for img in (mask, unc):
+        assert img.GetSize() == grid.shape
+        np.testing.assert_allclose(img.GetSpacing(), grid.spacing_mm, rtol=1e-6)
+        np.testing.assert_allclose(img.GetOrigin(), grid.geometry.origin_mm, atol=1e-4)
+        np.testing.assert_allclose(img.GetDirection(), grid.geometry.direction, atol=1e-6)
+    u = sitk.GetArrayFromImage(unc)
+    assert np.all((u >= 0) & (u <= 1)) and u.std() > 0
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+    report = json.loads((out / f"{case_id}_report.json").read_text())
+    assert report["case"] == case_id and report["software"].startswith("mefn ")
+    assert report["settings"]["model_sha256"]
+    return report
+
+
+def test_nnunet_pair_and_report_figures(tmp_path, tiny_weights):
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "case A_0000.nii.gz")
+    write_volume(pet, tmp_path / "case A_0001.nii.gz")
+    out = tmp_path / "out"
+    assert (
+        _run(
+            "segment",
+            str(tmp_path / "case A_0000.nii.gz"),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_weights),
+            "--extra",
+        )
+        == 0
+    )
+    report = _check_outputs(out, "case A", ct)
+    for extra in ("probabilities", "uncertainty_ct", "uncertainty_pet"):
+        assert (out / f"case A_{extra}.nii.gz").is_file()
+    prob = sitk.ReadImage(str(out / "case A_probabilities.nii.gz"))
+    assert prob.GetDimension() == 4 and prob.GetSize()[3] == 2
+    # report figures recomputed by hand from the written mask and the PET on the CT grid
+    from mefn.io.geometry import resample_to
+    from mefn.postprocess import lesion_table
+
+    mask = from_sitk(sitk.ReadImage(str(out / "case A_mask.nii.gz")))
+    unc = from_sitk(sitk.ReadImage(str(out / "case A_uncertainty.nii.gz")))
+    suv = resample_to(pet, ct.geometry, interpolation="linear").array
+    assert report["n_lesions"] == len(lesion_table(mask.array, suv, unc.array, ct.geometry).lesions)
+    assert report["mtv_ml"] == pytest.approx((mask.array > 0).sum() * 2 * 2 * 3 / 1000)
+    if report["lesions"]:
+        first = report["lesions"][0]
+        assert first["volume_ml"] == pytest.approx(first["voxels"] * 0.012)
+        assert first["tlg"] == pytest.approx(first["suv_mean"] * first["volume_ml"])
+        assert suv[mask.array > 0].max() == pytest.approx(
+            max(les["suv_max"] for les in report["lesions"]), rel=1e-5
+        )
+
+
+def test_hecktor_pair_oblique(tmp_path, tiny_weights):
+    ct, pet = _volumes(oblique=True)
+    write_volume(ct, tmp_path / "CHUM-001__CT.nii.gz")
+    write_volume(pet, tmp_path / "CHUM-001__PT.nii.gz")
+    out = tmp_path / "out"
+    assert (
+        _run(
+            "segment",
+            str(tmp_path / "CHUM-001__PT.nii.gz"),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_weights),
+        )
+        == 0
+    )
+    _check_outputs(out, "CHUM-001", ct)
+
+
+def test_four_d_nifti(tmp_path, tiny_weights):
+    ct, pet = _volumes(flip=False)
+    from mefn.io.geometry import resample_to
+
+    pet_on_ct = resample_to(pet, ct.geometry, interpolation="linear")
+    write_multichannel(np.stack([ct.array, pet_on_ct.array]), ct.geometry, tmp_path / "both.nii.gz")
+    out = tmp_path / "out"
+    assert (
+        _run("segment", str(tmp_path / "both.nii.gz"), "-o", str(out), "--model", str(tiny_weights))
+        == 0
+    )
+    _check_outputs(out, "both", ct)
+
+
+def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):
+    ct, pet = _volumes()
+    from mefn.io.geometry import resample_to
+
+    study = tmp_path / "PETCT_0af7ffe12a" / "08-12-2005-NA-PET-CT Ganzkoerper  primaer mit KM-96698"
+    study.mkdir(parents=True)
+    write_volume(resample_to(ct, pet.geometry, "linear", -1000.0), study / "CTres.nii.gz")
+    write_volume(pet, study / "SUV.nii.gz")
+    out = tmp_path / "out"
+    assert _run("segment", str(study), "-o", str(out), "--model", str(tiny_weights)) == 0
+    (mask_path,) = out.glob("*_mask.nii.gz")
+    case_id = mask_path.name[: -len("_mask.nii.gz")]
+    _check_outputs(out, case_id, pet)
+
+
+def test_dicom_folder_and_explicit_paths(tmp_path, tiny_weights):
+    ct, pet = _volumes(flip=False)
+    dicom = tmp_path / "study"
+    write_series(
+        dicom / "ct",
+        np.round(ct.array + 1024).astype(np.int16),
+        "CT",
+        spacing=ct.spacing_mm,
+        origin=ct.geometry.origin_mm,
+        row=np.array([1.0, 0, 0]),
+        col=np.array([0, 1.0, 0]),
+        intercept=-1024.0,
+        tags={"SeriesDescription": "CT"},
+    )
+    write_series(
+        dicom / "pet",
+        np.round(pet.array * BQML_PER_SUV / 0.5).astype(np.int16),
+        "PT",
+        spacing=pet.spacing_mm,
+        origin=pet.geometry.origin_mm,
+        row=np.array([1.0, 0, 0]),
+        col=np.array([0, 1.0, 0]),
+        slopes=[0.5] * pet.shape[2],
+        tags=dict(PET_TAGS),
+    )
+    out = tmp_path / "out"
+    assert _run("segment", str(dicom), "-o", str(out), "--model", str(tiny_weights)) == 0
+    (mask_path,) = out.glob("*_mask.nii.gz")
+    assert sitk.ReadImage(str(mask_path)).GetSize() == ct.shape
+    write_volume(ct, tmp_path / "ct.nrrd")
+    write_volume(pet, tmp_path / "pet.mha")
+    out2 = tmp_path / "out2"
+    assert (
+        _run(
+            "segment",
+            "--ct",
+            str(tmp_path / "ct.nrrd"),
+            "--pet",
+            str(tmp_path / "pet.mha"),
+            "-o",
+            str(out2),
+            "--model",
+            str(tiny_weights),
+        )
+        == 0
+    )
+    assert len(list(out2.glob("*_mask.nii.gz"))) == 1
+
+
+def test_folder_of_cases_one_bad_case_does_not_stop_the_others(tmp_path, tiny_weights, capsys):
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for name in ("p1_a_x", "p2_b_y"):
+        ct, pet = _volumes(seed=len(name))
+        write_volume(ct, images / f"{name}_0000.nii.gz")
+        write_volume(pet, images / f"{name}_0001.nii.gz")
+    ct, pet = _volumes()
+    write_volume(ct, images / "p3_bad_z_0000.nii.gz")
+    far = Volume.from_array(pet.array, pet.spacing_mm, (0.0, 0.0, 5000.0))
+    write_volume(far, images / "p3_bad_z_0001.nii.gz")  # does not overlap the CT
+    out = tmp_path / "out"
+    assert _run("segment", str(images), "-o", str(out), "--model", str(tiny_weights)) == 1
+    assert sorted(p.name for p in out.glob("*_mask.nii.gz")) == [
+        "p1_a_x_mask.nii.gz",
+        "p2_b_y_mask.nii.gz",
+    ]
+    err = capsys.readouterr().err
+    assert "p3_bad_z" in err and "do not overlap" in err
+
+
+def test_existing_outputs_need_overwrite(tmp_path, tiny_weights, capsys):
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    out = tmp_path / "out"
+    args = [
+        "segment",
+        str(tmp_path / "c_0000.nii.gz"),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_weights),
+    ]
+    assert _run(*args) == 0
+    before = (out / "c_mask.nii.gz").stat().st_mtime_ns
+    assert _run(*args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "c_mask.nii.gz").stat().st_mtime_ns == before
+    assert _run(*args, "--overwrite") == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+def test_unwritable_output(tmp_path, tiny_weights, capsys):
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    assert (
+        _run(
+            "segment", str(tmp_path / "c_0000.nii.gz"), "-o", str(out), "--model", str(tiny_weights)
+        )
+        == 2
+    )
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_output_folder_that_is_a_file(tmp_path, tiny_weights, capsys):
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    (tmp_path / "file").write_text("x")
+    assert (
+        _run(
+            "segment",
+            str(tmp_path / "c_0000.nii.gz"),
+            "-o",
+            str(tmp_path / "file"),
+            "--model",
+            str(tiny_weights),
+        )
+        == 2
+    )
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_corrupt_and_foreign_weights(tmp_path, tiny_weights, capsys):
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 100)
+    (tmp_path / "bad.json").write_text(tiny_weights.with_suffix(".json").read_text())
+    out = tmp_path / "out"
+    assert (
+        _run("segment", str(tmp_path / "c_0000.nii.gz"), "-o", str(out), "--model", str(bad)) == 1
+    )
+    err = capsys.readouterr().err
+    assert "not a valid safetensors weights file" in err and err.count("\n") == 1
+    assert not out.exists() or not any(out.iterdir())
+    # a valid safetensors file of another network
+    import torch
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"layer.weight": torch.zeros(3, 3)}, str(foreign))
+    (tmp_path / "foreign.json").write_text(tiny_weights.with_suffix(".json").read_text())
+    assert (
+        _run("segment", str(tmp_path / "c_0000.nii.gz"), "-o", str(out), "--model", str(foreign))
+        == 1
+    )
+    assert "do not fit the model" in capsys.readouterr().err
+    (tmp_path / "nocard.safetensors").write_bytes(tiny_weights.read_bytes())
+    assert (
+        _run(
+            "segment",
+            str(tmp_path / "c_0000.nii.gz"),
+            "-o",
+            str(out),
+            "--model",
+            str(tmp_path / "nocard.safetensors"),
+        )
+        == 1
+    )
+    assert "no model card" in capsys.readouterr().err
+
+
+def test_adapter_for_another_model_is_refused(tmp_path, tiny_weights, capsys):
+    from mefn.adapters import AdapterConfig, inject_adapters, save_adapter
+    from mefn.config import from_dict
+    from mefn.model import ModelConfig, build_model
+
+    net = build_model(from_dict(ModelConfig, TINY_MODEL))
+    cfg = from_dict(AdapterConfig, {"type": "bottleneck"})
+    inject_adapters(net, cfg)
+    save_adapter(net, tmp_path / "adapter", base_model_hash="0" * 64)
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    code = _run(
+        "segment",
+        str(tmp_path / "c_0000.nii.gz"),
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        str(tiny_weights),
+        "--adapter",
+        str(tmp_path / "adapter"),
+    )
+    assert code == 1
+    assert "adapter" in capsys.readouterr().err.lower()
+
+
+def test_usage_errors(tmp_path, capsys):
+    assert _run("segment") == 2
+    assert "no input given" in capsys.readouterr().err
+    assert _run("segment", "--ct", "x.nii.gz") == 2
+    assert "--ct and --pet go together" in capsys.readouterr().err
+    assert _run("segment", str(tmp_path / "missing_0000.nii.gz"), "-o", str(tmp_path / "o")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _run("segment", "--list-models") == 0
