@@ -200,7 +200,10 @@ class Predictor:
         if adapter is not None:
             from mefn.adapters import load_adapter, merge_adapters
 
-            load_adapter(net, Path(adapter), expected_base_hash=self.base_hash)
+            adapter = Path(adapter)
+            if (adapter / "adapter").is_dir() and not (adapter / "adapter_config.json").exists():
+                adapter = adapter / "adapter"  # a `mefn finetune` output folder
+            load_adapter(net, adapter, expected_base_hash=self.base_hash)
             merge_adapters(net)
             self.adapter_path = Path(adapter)
         self.net = net.to(self.device).eval()

@@ -63,7 +63,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole training run. ``model`` names ``configs/model/<model>.yaml`` or a YAML path."""
+    """A whole training run. ``model`` names ``configs/model/<model>.yaml`` or a YAML path.
+
+    Fine-tuning: ``init_weights`` is the base weights file; with ``adapter`` (a bundled adapter
+    name such as ``lora`` or a YAML path) the base stays frozen and only the adapter trains; it
+    is saved to ``<output>/adapter`` tied to the SHA-256 of the base weights file.
+    """
 
     model: str = "mefn_small"
     data: DataConfig = field(default_factory=DataConfig)
@@ -88,6 +93,7 @@ class TrainConfig:
     device: str = "auto"
     max_minutes: float | None = None
     init_weights: str | None = None
+    adapter: str | None = None
     threads: int | None = None
 
 
@@ -170,7 +176,8 @@ def _pick_device(name: str, dist_info: _Dist) -> Any:
 def _save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # clone: adapters share tensors between layers (Compacter rules), safetensors refuses aliases
+    clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
 
@@ -390,6 +397,7 @@ def train(
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     config_dir: Path | None = None,
+    model_cfg: Any = None,
 ) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; files go to ``output_dir``.
 
@@ -402,7 +410,10 @@ def train(
 
     t_start = time.monotonic()
     out = Path(output_dir)
-    model_cfg = resolve_model_config(cfg.model, config_dir)
+    if model_cfg is None:
+        model_cfg = resolve_model_config(cfg.model, config_dir)
+    if cfg.adapter and not cfg.init_weights:
+        raise ConfigError("fine-tuning an adapter needs init_weights: the base weights file")
     device_kind = (
         "cuda"
         if (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()))
@@ -448,6 +459,12 @@ def train(
                 f"{cfg.init_weights} does not fit model {cfg.model}: {len(missing)} missing and "
                 f"{len(unexpected)} unexpected tensors; use weights trained with this model config"
             )
+    handle = None
+    if cfg.adapter:
+        from mefn.adapters import inject_adapters, load_adapter_config
+
+        handle = inject_adapters(model, load_adapter_config(cfg.adapter))
+        model.to(device)
     loss_fn = build_loss(model_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -536,6 +553,8 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if handle is not None:
+                handle.on_step()
             state["global_step"] = step + 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -615,8 +634,18 @@ def train(
                 "validation": {"dice": state["best_dice"], "epoch": state["best_epoch"]},
             },
         )
-        _save_tensors(weights, out / "model.safetensors", {"format": "mefn-weights/1"})
-        atomic_write_text(out / "model.json", json.dumps(card, indent=1))
+        if handle is not None and cfg.init_weights:
+            from mefn.adapters import save_adapter
+            from mefn.inference import file_sha256
+
+            model.load_state_dict(weights)
+            save_adapter(
+                handle, out / "adapter", base_model_hash=file_sha256(Path(cfg.init_weights))
+            )
+            atomic_write_text(out / "adapter" / "training.json", json.dumps(card, indent=1))
+        else:
+            _save_tensors(weights, out / "model.safetensors", {"format": "mefn-weights/1"})
+            atomic_write_text(out / "model.json", json.dumps(card, indent=1))
     if tb is not None:
         tb.close()
     if dist_info.world > 1:

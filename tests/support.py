@@ -142,3 +142,36 @@ def ct_pet_pair(
     )
     pet_vol = Volume.from_array(pet, spacing_mm=(4.0, 4.0, 4.0), origin_mm=pet_origin)
     return ct_vol, pet_vol
+
+
+TINY_MODEL: dict[str, Any] = {
+    "architecture": "mefn",
+    "num_classes": 2,
+    "base_width": 4,
+    "depth": 3,
+    "attention_heads": 2,
+}
+
+
+def make_tiny_weights(folder: Path, model: dict[str, Any] | None = None) -> Path:
+    """A real (untrained, seeded) MEFN saved as weights + card at 8 mm model spacing."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mefn.config import from_dict
+    from mefn.data.preprocess import PreprocessConfig
+    from mefn.model import ModelConfig, build_model
+    from mefn.training import TrainConfig, model_card
+
+    torch.manual_seed(0)
+    cfg = from_dict(ModelConfig, model or TINY_MODEL)
+    net = build_model(cfg)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / "tiny.safetensors"))
+    train_cfg = TrainConfig(
+        preprocess=PreprocessConfig(spacing_mm=(8.0, 8.0, 8.0)), patch_size_vox=(32, 32, 32)
+    )
+    (folder / "tiny.json").write_text(json.dumps(model_card(train_cfg, cfg)))
+    return folder / "tiny.safetensors"

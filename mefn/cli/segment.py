@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
                     prediction, outdir, case=case, overwrite=args.overwrite, extra=args.extra
                 )
             except MefnError as exc:
-                failures.append((job.case_id, str(exc)))
-                print(f"mefn segment: error: {job.case_id}: {exc}", file=sys.stderr)
+                failures.append((job.case_id, " ".join(str(exc).split())))
+                print(f"mefn segment: error: {job.case_id}: {failures[-1][1]}", file=sys.stderr)
                 continue
             table = prediction.lesions
             if not quiet:

@@ -9,45 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from support import BQML_PER_SUV, PET_TAGS, write_series
+from support import BQML_PER_SUV, PET_TAGS, TINY_MODEL, make_tiny_weights, write_series
 
 from mefn.cli import main
 from mefn.io.sitk_bridge import from_sitk, write_volume
 from mefn.io.volume import Volume
 from mefn.io.writers import write_multichannel
 
-TINY_MODEL = {
-    "architecture": "mefn",
-    "num_classes": 2,
-    "base_width": 4,
-    "depth": 3,
-    "attention_heads": 2,
-}
-
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
-    """A real (untrained, seeded) MEFN saved as a weights file + card, at 8 mm model spacing."""
-    import torch
-    from safetensors.torch import save_file
-
-    from mefn.config import from_dict
-    from mefn.data.preprocess import PreprocessConfig
-    from mefn.model import ModelConfig, build_model
-    from mefn.training import TrainConfig, model_card
-
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    cfg = from_dict(ModelConfig, TINY_MODEL)
-    net = build_model(cfg)
-    save_file(
-        {k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "tiny.safetensors")
-    )
-    train_cfg = TrainConfig(
-        preprocess=PreprocessConfig(spacing_mm=(8.0, 8.0, 8.0)), patch_size_vox=(32, 32, 32)
-    )
-    (folder / "tiny.json").write_text(json.dumps(model_card(train_cfg, cfg)))
-    return folder / "tiny.safetensors"
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
 def _volumes(seed: int = 0, flip: bool = True, oblique: bool = False) -> tuple[Volume, Volume]:

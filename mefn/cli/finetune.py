@@ -1,0 +1,93 @@
+"""``mefn finetune``: train a small adapter file on top of frozen base weights."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+adapter types: lora, dora, ia3, norm_bias, bottleneck, shared_bottleneck, compacter, mosa,
+lowbit, paca, bone, gated, lae (configs/adapters/), or a YAML file.
+
+example:
+  mefn finetune --from mefn_default --adapter compacter --data my_centre/ -o adapters/my_centre
+  mefn segment case_0000.nii.gz --adapter adapters/my_centre -o results/
+"""
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "finetune.yaml"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune an adapter on new data (base weights stay frozen)",
+        description="Train an adapter on a labelled dataset; the base weights stay untouched.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--from", dest="base", default="default", help="base weights (name, file or run)"
+    )
+    p.add_argument("--adapter", required=True, help="adapter type or YAML")
+    p.add_argument(
+        "--data", required=True, help="labelled dataset folder (AutoPET, nnU-Net or HECKTOR layout)"
+    )
+    p.add_argument(
+        "--config", default=None, help="training YAML (default configs/train/finetune.yaml)"
+    )
+    p.add_argument("-o", "--output", required=True, help="adapter folder to write")
+    p.add_argument("--epochs", type=int, help="override epochs")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from mefn.config import from_dict
+    from mefn.data.preprocess import PreprocessConfig
+    from mefn.errors import InputError
+    from mefn.inference import resolve_weights
+    from mefn.model import ModelConfig
+    from mefn.training import load_train_config, train
+
+    weights, card_path = resolve_weights(args.base)
+    card = json.loads(card_path.read_text())
+    model_cfg = from_dict(ModelConfig, card["model"], where="model card")
+    preprocess = from_dict(PreprocessConfig, card.get("preprocess", {}), where="model card")
+    if not Path(args.data).is_dir():
+        raise InputError(f"--data {args.data} is not a folder; give a labelled dataset folder")
+    cfg = load_train_config(args.config or DEFAULT_CONFIG)
+    patch = card.get("patch_size_vox", list(cfg.patch_size_vox))
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, root=str(args.data)),
+        preprocess=preprocess,
+        patch_size_vox=(int(patch[0]), int(patch[1]), int(patch[2])),
+        init_weights=str(weights),
+        adapter=args.adapter,
+        epochs=args.epochs if args.epochs is not None else cfg.epochs,
+        device=args.device or cfg.device,
+    )
+
+    def progress(event: dict[str, Any]) -> None:
+        if event["event"] == "epoch" and not args.quiet:
+            dice = event.get("val_dice")
+            text = f"epoch {event['epoch']}: loss {event.get('loss', float('nan')):.4f}"
+            if dice is not None:
+                text += f", validation Dice {dice:.4f}"
+            print(text, file=sys.stderr, flush=True)
+
+    result = train(cfg, args.output, resume=args.resume, progress=progress, model_cfg=model_cfg)
+    if not args.quiet:
+        adapter_dir = Path(args.output) / "adapter"
+        size_kb = sum(p.stat().st_size for p in adapter_dir.iterdir()) / 1024
+        print(
+            f"adapter {args.adapter}: {result.epochs_done} epochs, best validation Dice "
+            f"{result.best_dice:.4f}; {adapter_dir} ({size_kb:.1f} KB)"
+        )
+    return 0
