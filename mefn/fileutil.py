@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from mefn.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "check_writable_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "check_writable_dir", "file_sha256"]
 
 
 @contextlib.contextmanager
@@ -58,3 +59,12 @@ def check_writable_dir(path: str | os.PathLike[str], create: bool = True) -> Pat
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {path} is not writable; choose another with -o")
     return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (identifies base weights for adapters)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

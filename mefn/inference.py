@@ -15,7 +15,6 @@ resampled back onto the case's output grid, where the mask is their argmax.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from mefn import __version__
 from mefn.config import from_dict
 from mefn.data.preprocess import PreprocessConfig, model_grid, normalise, resample_case
 from mefn.errors import CheckpointError, InputError, OutputError
+from mefn.fileutil import file_sha256
 from mefn.io.case import Case
 from mefn.io.volume import Geometry, Volume
 from mefn.postprocess import LesionTable, lesion_table
@@ -113,14 +113,6 @@ def resolve_weights(model: str | Path) -> tuple[Path, Path]:
         f"model {model!r} not found: expected a bundled name ({known}), a .safetensors file "
         "with its .json card, or a training output folder"
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def output_paths(outdir: Path, case_id: str, extra: bool = False) -> dict[str, Path]:

@@ -636,7 +636,7 @@ def train(
         )
         if handle is not None and cfg.init_weights:
             from mefn.adapters import save_adapter
-            from mefn.inference import file_sha256
+            from mefn.fileutil import file_sha256
 
             model.load_state_dict(weights)
             save_adapter(

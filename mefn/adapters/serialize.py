@@ -32,7 +32,7 @@ from mefn.adapters.inject import (
 from mefn.adapters.quant import dequantize, pack_codes, quantize_codes, unpack_codes
 from mefn.config import from_dict, to_dict
 from mefn.errors import CheckpointError, ConfigError
-from mefn.fileutil import atomic_path, atomic_write_text, check_writable_dir
+from mefn.fileutil import atomic_path, atomic_write_text, check_writable_dir, file_sha256
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_adapter", "model_hash", "save_adapter"]
 
@@ -55,14 +55,6 @@ def model_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
         digest.update(name.encode("utf-8"))
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -149,7 +141,7 @@ def save_adapter(
         "aliases": aliases,
         "packing": packing,
         "lae": lae,
-        "weights_sha256": _file_sha256(weights_path),
+        "weights_sha256": file_sha256(weights_path),
     }
     atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
     log.info("saved %s adapter (%d tensors) to %s", cfg.type, len(tensors), folder)
@@ -208,7 +200,7 @@ def load_adapter(
             f"is {expected_base_hash[:16]}...; load it onto the base weights it was trained on"
         )
     weights_path = folder / WEIGHTS_NAME
-    if meta.get("weights_sha256") != _file_sha256(weights_path):
+    if meta.get("weights_sha256") != file_sha256(weights_path):
         raise CheckpointError(
             f"{weights_path} does not match the checksum in {CONFIG_NAME}: the file is corrupt "
             "or was replaced; save the adapter again"
