@@ -60,13 +60,13 @@ class ShareConfig:
 
     ``rules``: Compacter's slow Kronecker factors (the A_i) are one tensor for every layer
     and both branches. ``across_branches``: targets whose names agree once the branch prefix
-    is removed (``encoder_ct.stage1`` and ``encoder_pet.stage1``) use one adapter module
+    is removed (``enc_ct.stage1`` and ``enc_pet.stage1``) use one adapter module
     (bottleneck and compacter types).
     """
 
     rules: bool = True
     across_branches: bool = False
-    branch_prefixes: tuple[str, ...] = ("encoder_ct", "encoder_pet")
+    branch_prefixes: tuple[str, ...] = ("enc_ct", "enc_pet")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def branch_key(name: str, branch_prefixes: tuple[str, ...]) -> str | None:
-    """The name with its branch prefix removed (``encoder_ct.stage1`` -> ``stage1``), or None."""
+    """The name with its branch prefix removed (``enc_ct.stage1`` -> ``stage1``), or None."""
     for prefix in branch_prefixes:
         if name.startswith(prefix + "."):
             return name[len(prefix) + 1 :]

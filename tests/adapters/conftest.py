@@ -23,13 +23,13 @@ def _encoder() -> nn.Sequential:
 
 
 class TwoBranchNet(nn.Module):
-    """encoder_ct / encoder_pet (MONAI blocks), a fusion with a 1x1x1, a dilated and a grouped
+    """enc_ct / enc_pet (MONAI blocks), a fusion with a 1x1x1, a dilated and a grouped
     conv, a decoder with a ConvTranspose3d and a replicate-padded conv, and a 1x1x1 head."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder_ct = _encoder()
-        self.encoder_pet = _encoder()
+        self.enc_ct = _encoder()
+        self.enc_pet = _encoder()
         self.fusion = nn.Sequential(
             nn.Conv3d(16, 8, 1),
             nn.GELU(),
@@ -44,8 +44,8 @@ class TwoBranchNet(nn.Module):
         self.head = nn.Conv3d(8, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ct = self.encoder_ct(x[:, :1])
-        pet = self.encoder_pet(x[:, 1:])
+        ct = self.enc_ct(x[:, :1])
+        pet = self.enc_pet(x[:, 1:])
         fused = self.fusion(torch.cat([ct, pet], dim=1))
         up = self.decoder(fused)[..., : x.shape[2], : x.shape[3], : x.shape[4]]
         return self.head(up)

@@ -19,7 +19,7 @@ def test_bundled_configs_load(path: Path) -> None:
 
 def test_values_come_from_the_yaml() -> None:
     cfg = load_adapter_config("compacter")
-    assert (cfg.type, cfg.phm_n, cfg.rank, cfg.share.rules) == ("compacter", 4, 1, True)
+    assert (cfg.type, cfg.phm_n, cfg.rank, cfg.share.rules) == ("compacter", 2, 1, True)
     assert load_adapter_config("lowbit").quant.bits == 1
     assert load_adapter_config("mosa").mosa.parts == 4
 

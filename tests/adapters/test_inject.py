@@ -115,8 +115,8 @@ def test_routing_peft_only_where_its_merge_is_correct(make_net) -> None:
         "decoder.1",  # replicate padding
         "head",  # 1x1x1
     }
-    assert plan["encoder_ct.stage0.conv"] == "peft"
-    assert plan["encoder_pet.stage1.conv.unit0.conv"] == "peft"  # strided 3x3x3
+    assert plan["enc_ct.stage0.conv"] == "peft"
+    assert plan["enc_pet.stage1.conv.unit0.conv"] == "peft"  # strided 3x3x3
     ia3 = plan_targets(make_net(), load_adapter_config("ia3"))
     assert {n for n, k in ia3.items() if k == "own"} == {"decoder.0"}
     gated = plan_targets(make_net(), load_adapter_config("gated"))
@@ -211,8 +211,8 @@ def test_compacter_rules_are_one_tensor_for_all_layers_and_both_branches(
     assert len(deltas) == 12
     rules = {id(d.rules.weight) for d in deltas}
     assert len(rules) == 1
-    ct = net.encoder_ct.stage0.conv.delta
-    pet = net.encoder_pet.stage0.conv.delta
+    ct = net.enc_ct.stage0.conv.delta
+    pet = net.enc_pet.stage0.conv.delta
     assert ct.rules.weight is pet.rules.weight
     assert ct.rules.weight.data_ptr() == pet.rules.weight.data_ptr()
     assert ct.down_s is not pet.down_s  # fast weights stay per layer
@@ -226,8 +226,8 @@ def test_compacter_rules_are_one_tensor_for_all_layers_and_both_branches(
 def test_shared_bottleneck_is_one_module_in_both_branches(make_net, x, tmp_path: Path) -> None:
     net = make_net()
     handle = inject_adapters(net, load_adapter_config("shared_bottleneck"))
-    ct = net.encoder_ct.stage0.conv
-    pet = net.encoder_pet.stage0.conv
+    ct = net.enc_ct.stage0.conv
+    pet = net.enc_pet.stage0.conv
     assert isinstance(ct, AdaptedModule) and ct.delta is pet.delta
     assert ct.delta.up.data_ptr() == pet.delta.up.data_ptr()
     # 4 convs of 8 channels per branch, m = 2: m (2C + 27) each, stored once for both branches
@@ -235,7 +235,7 @@ def test_shared_bottleneck_is_one_module_in_both_branches(make_net, x, tmp_path:
     save_adapter(handle, tmp_path / "a", "h")
     fresh = make_net()
     load_adapter(fresh, tmp_path / "a", "h")
-    assert fresh.encoder_ct.stage0.conv.delta is fresh.encoder_pet.stage0.conv.delta
+    assert fresh.enc_ct.stage0.conv.delta is fresh.enc_pet.stage0.conv.delta
 
 
 def test_parallel_linear_bottleneck_and_channel_gate_merge(make_net, x, train) -> None:
@@ -277,8 +277,8 @@ def test_injecting_twice_is_refused(make_net) -> None:
 
 
 def test_unknown_prefix_suggests_the_nearest(make_net) -> None:
-    cfg = AdapterConfig(targets=TargetConfig(prefixes=("encoder_tc",)))
-    with pytest.raises(ConfigError, match="did you mean 'encoder_ct'"):
+    cfg = AdapterConfig(targets=TargetConfig(prefixes=("enc_tc",)))
+    with pytest.raises(ConfigError, match="did you mean 'enc_ct'"):
         inject_adapters(make_net(), cfg)
 
 
@@ -309,9 +309,9 @@ def test_sequential_bottleneck_wraps_blocks(make_net, x) -> None:
     expected = net(x)
     cfg = AdapterConfig(type="bottleneck", targets=TargetConfig(layer_types=("ResidualUnit",)))
     handle = inject_adapters(net, cfg)
-    assert set(handle.targets) == {"encoder_ct.stage1", "encoder_pet.stage1"}
-    assert isinstance(net.encoder_ct.stage1, AdaptedModule)
-    assert isinstance(net.encoder_ct.stage1.base, ResidualUnit)
+    assert set(handle.targets) == {"enc_ct.stage1", "enc_pet.stage1"}
+    assert isinstance(net.enc_ct.stage1, AdaptedModule)
+    assert isinstance(net.enc_ct.stage1.base, ResidualUnit)
     torch.testing.assert_close(net(x), expected, atol=1e-6, rtol=0)
 
 
@@ -333,11 +333,11 @@ def test_sharing_needs_equal_channels() -> None:
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.encoder_ct = nn.Sequential(nn.Conv3d(1, 4, 3))
-            self.encoder_pet = nn.Sequential(nn.Conv3d(1, 8, 3))
+            self.enc_ct = nn.Sequential(nn.Conv3d(1, 4, 3))
+            self.enc_pet = nn.Sequential(nn.Conv3d(1, 8, 3))
 
     cfg = AdapterConfig(type="bottleneck", share=ShareConfig(across_branches=True))
-    with pytest.raises(ConfigError, match="cannot share one adapter between 'encoder_ct.0'"):
+    with pytest.raises(ConfigError, match="cannot share one adapter between 'enc_ct.0'"):
         inject_adapters(Net(), cfg)
 
 
