@@ -10,8 +10,9 @@ Evidential terms, per head with Dirichlet ``alpha`` and one-hot ``y`` (Sensoy et
 - soft Dice on ``alpha / S`` over the foreground classes, aggregated over the batch;
 - uncertainty perceptual loss (accuracy versus uncertainty, after Krishnan & Tickoo 2020 and
   Zou et al. 2023): ``-p log(1 - u)`` on voxels predicted right, ``-p log u`` on voxels
-  predicted wrong, each averaged over its own voxels, with ``p`` the (detached) probability of
-  the predicted class, so that a confident mistake costs most; annealed over
+  predicted wrong, averaged over all voxels, with ``p`` the (detached) probability of
+  the predicted class, so that a confident mistake costs most; on wrong voxels only the
+  misleading evidence is pushed down (the true class's alpha is detached); annealed over
   ``uncertainty_anneal_epochs``. (Zou et al. weight the wrong voxels by ``1 - p``, which makes
   a confident mistake cheaper than a hesitant one; we do not.)
 
@@ -87,17 +88,27 @@ def soft_dice_loss(prob: Tensor, y: Tensor, smooth: float = 1e-5) -> Tensor:
 
 
 def uncertainty_perceptual_loss(alpha: Tensor, y: Tensor, eps: float = 1e-6) -> Tensor:
-    """Accuracy-versus-uncertainty loss: low ``u`` where right, high ``u`` where wrong."""
+    """Accuracy-versus-uncertainty loss: low ``u`` where right, high ``u`` where wrong.
+
+    Averaged over all voxels. Where the prediction is wrong, ``u`` is raised only by removing
+    the misleading evidence: the true class's alpha is detached in that term, so the loss never
+    asks the network to withhold evidence for the right answer (which would let it settle on
+    "vacuous where unsure" instead of learning the lesion class).
+    """
     strength = alpha.sum(dim=1, keepdim=True)
-    u = alpha.shape[1] / strength
+    k = alpha.shape[1]
+    u = k / strength
     prob = (alpha / strength).detach()
     confidence, predicted = prob.max(dim=1, keepdim=True)
     correct = (predicted == y.argmax(dim=1, keepdim=True)).to(alpha.dtype)
     wrong = 1.0 - correct
+    strength_misleading = (alpha * (1.0 - y)).sum(dim=1, keepdim=True) + (alpha * y).sum(
+        dim=1, keepdim=True
+    ).detach()
+    u_wrong = k / strength_misleading
     right_term = -(confidence * torch.log((1.0 - u).clamp(min=eps)))
-    wrong_term = -(confidence * torch.log(u.clamp(min=eps)))
-    loss = (right_term * correct).sum() / correct.sum().clamp(min=1.0)
-    return loss + (wrong_term * wrong).sum() / wrong.sum().clamp(min=1.0)
+    wrong_term = -(confidence * torch.log(u_wrong.clamp(min=eps)))
+    return (right_term * correct + wrong_term * wrong).mean()
 
 
 def _ramp(epoch: int, epochs: int) -> float:

@@ -128,3 +128,15 @@ def test_wrong_output_kind_is_refused() -> None:
         )
     with pytest.raises(InputError, match="needs an output with logits"):
         BaselineLoss(ModelConfig(architecture="dynunet"))(ModelOutput(), zeros, zeros, 0)
+
+
+def test_uncertainty_loss_never_asks_to_withhold_the_right_evidence() -> None:
+    # a wrong voxel: true class 0, alpha (2, 5) predicts class 1
+    alpha = _vox((2.0, 5.0)).requires_grad_(True)
+    uncertainty_perceptual_loss(alpha, _y(0)).backward()
+    assert alpha.grad is not None
+    assert alpha.grad[0, 0, 0].item() == 0.0  # the true class's evidence is left alone
+    assert alpha.grad[0, 1, 0].item() > 0.0  # the misleading evidence is pushed down
+    # hand value: p = 5/7, u_wrong = 2 / (2 + 5) -> -(5/7) ln(2/7)
+    value = uncertainty_perceptual_loss(_vox((2.0, 5.0)), _y(0)).item()
+    assert value == pytest.approx(-(5 / 7) * math.log(2 / 7))
