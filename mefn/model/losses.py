@@ -7,7 +7,9 @@ Evidential terms, per head with Dirichlet ``alpha`` and one-hot ``y`` (Sensoy et
 - expected cross-entropy ``sum_k y_k (psi(S) - psi(alpha_k))``;
 - ``KL(Dir(alpha~) || Dir(1))`` with ``alpha~ = y + (1 - y) alpha`` (the misleading evidence
   only), weighted by ``min(1, epoch / kl_anneal_epochs)``;
-- soft Dice on ``alpha / S`` over the foreground classes, aggregated over the batch;
+- soft Dice on the belief ``b = (alpha - 1) / S`` over the foreground classes, aggregated over
+  the batch (on ``alpha / S`` the floor ``1 / S`` of every class over a patch of background
+  swamps a small lesion's Dice);
 - uncertainty perceptual loss (accuracy versus uncertainty, after Krishnan & Tickoo 2020 and
   Zou et al. 2023): ``-p log(1 - u)`` on voxels predicted right, ``-p log u`` on voxels
   predicted wrong, averaged over all voxels, with ``p`` the (detached) probability of
@@ -146,7 +148,10 @@ class EvidentialLoss(nn.Module):
         for name, alpha, head_weight in present:
             ce = edl_cross_entropy(alpha, y).mean()
             kl = edl_kl_misleading(alpha, y).mean()
-            dice = soft_dice_loss(alpha / alpha.sum(dim=1, keepdim=True), y)
+            # Dice on the belief e / S, not on alpha / S: alpha >= 1 puts a floor of 1 / S on
+            # every class's probability, which over a whole patch of background swamps a small
+            # lesion's Dice denominator and stalls learning of the lesion class.
+            dice = soft_dice_loss((alpha - 1.0) / alpha.sum(dim=1, keepdim=True), y)
             head = w.ce_weight * ce + kl_factor * kl + w.dice_weight * dice
             if self.cfg.uncertainty_loss:
                 unc = uncertainty_perceptual_loss(alpha, y)
