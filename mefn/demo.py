@@ -2,7 +2,7 @@
 
 Run as ``python -m mefn.demo --out demo_output``. It writes the study as
 ``<out>/input/demo_0000.nii.gz`` (CT) and ``demo_0001.nii.gz`` (PET, SUV), runs
-``mefn info`` and ``mefn segment`` on it, and prints where the outputs are.
+``mefn info``, ``mefn segment`` and ``mefn review`` on it, and prints where the outputs are.
 """
 
 from __future__ import annotations
@@ -49,10 +49,30 @@ def main(argv: list[str] | None = None) -> int:
     code = mefn_main(
         ["segment", str(inp / "demo_0000.nii.gz"), "-o", str(seg_out), "--overwrite", "--extra"]
     )
+    if code != 0:
+        return code
+    review = out / "review.png"
+    print(
+        f"[demo] $ mefn review {seg_out} --case {inp / 'demo_0000.nii.gz'} -o {review}", flush=True
+    )
+    code = mefn_main(
+        [
+            "review",
+            str(seg_out),
+            "--case",
+            str(inp / "demo_0000.nii.gz"),
+            "--reference",
+            str(inp / "demo_reference_mask.nii.gz"),
+            "-o",
+            str(review),
+            "--overwrite",
+        ]
+    )
+    print(f"[demo] outputs in {seg_out.resolve()}:")
+    for path in sorted(seg_out.iterdir()):
+        print(f"         {path.name}")
     if code == 0:
-        print(f"[demo] outputs in {seg_out.resolve()}:")
-        for path in sorted(seg_out.iterdir()):
-            print(f"         {path.name}")
+        print(f"[demo] review figure: {review.resolve()}")
     return code
 
 
