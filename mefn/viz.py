@@ -164,7 +164,7 @@ def display_orientation(geometry: Geometry) -> DisplayOrientation:
     cosines = [abs(direction[lps, perm[lps]]) for lps in range(3)]
     oblique = float(np.degrees(np.arccos(np.clip(min(cosines), -1.0, 1.0))))
     if oblique > 1.0:
-        logger.info("grid is oblique by %.1f degrees; shown on its nearest axes", oblique)
+        logger.debug("grid is oblique by %.1f degrees; shown on its nearest axes", oblique)
     shape = tuple(geometry.shape[p] for p in perm)
     spacing = tuple(geometry.spacing_mm[p] for p in perm)
     return DisplayOrientation(

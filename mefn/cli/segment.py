@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _print_table(report: dict[str, Any], file: Any) -> None:
+def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
     lesions = report["lesions"]
     if not lesions:
         print("    no lesion found", file=file)
@@ -72,7 +72,7 @@ def _print_table(report: dict[str, Any], file: Any) -> None:
         f"{'TLG':>8} {'u mean':>6}  centre (LPS mm)",
         file=file,
     )
-    for les in lesions:
+    for les in lesions[:max_rows]:
         flag = "  REVIEW" if les["review"] else ""
         c = les["centroid_mm"]
         print(
@@ -82,6 +82,8 @@ def _print_table(report: dict[str, Any], file: Any) -> None:
             f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}){flag}",
             file=file,
         )
+    if len(lesions) > max_rows:
+        print(f"    ... {len(lesions) - max_rows} smaller lesion(s) in the report", file=file)
 
 
 def run(args: argparse.Namespace) -> int:
