@@ -496,6 +496,9 @@ def plot_map(
     return fig  # type: ignore[return-value]
 
 
+MIP_MAX_MARKS = 25
+
+
 def plot_mip(
     suv: np.ndarray,
     geometry: Geometry,
@@ -526,7 +529,9 @@ def plot_mip(
         from matplotlib import colormaps
 
         cmap = colormaps["viridis"]
-        for lesion in lesions.lesions:
+        # mark the flagged lesions and the largest others, at most MIP_MAX_MARKS in all
+        ranked = sorted(lesions.lesions, key=lambda les: (not les.review, -les.volume_ml))
+        for lesion in ranked[:MIP_MAX_MARKS]:
             index = lesion_point(lesions, lesion.lesion_id, geometry)
             x, y = _screen_position(orient, "coronal", orient.to_canonical(index))
             colour = cmap(float(np.clip(lesion.uncertainty_mean, 0.0, 1.0)))
@@ -552,6 +557,8 @@ def plot_mip(
     title = "PET MIP (coronal)"
     if lesions is not None:
         title += f": {len(lesions.lesions)} lesion(s), {lesions.n_review} to review"
+        if len(lesions.lesions) > MIP_MAX_MARKS:
+            title += f"\n(marked: flagged and largest, {MIP_MAX_MARKS} of {len(lesions.lesions)})"
     ax.set_title(title, fontsize=9)
     return fig  # type: ignore[return-value]
 
