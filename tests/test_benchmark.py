@@ -1,0 +1,213 @@
+"""pipelines/benchmark.py: target checks, the generated doc section, peak memory, a tiny run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "pipelines" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mefn_pipeline_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(model: str, seconds: float, rss: float = 1.0, study: str = "wholebody") -> dict:
+    return {
+        "device": "cpu",
+        "study": study,
+        "model": model,
+        "seconds": seconds,
+        "net_seconds": seconds * 0.9,
+        "voxels_per_s": 1e6,
+        "peak_rss_gib": rss,
+        "tiles": 10,
+        "gflop": 100.0,
+        "gflops_achieved": 50.0,
+        "matmul_gflops": 100.0,
+    }
+
+
+def _quality(dice_mefn: float, dice_dyn: float, auroc: float, ece: float) -> dict:
+    def summary(dice: float, au: float, e: float) -> dict:
+        return {
+            "dice": dice,
+            "fpv_ml": 1.0,
+            "fnv_ml": 2.0,
+            "lesion_f1": 0.5,
+            "ece": e,
+            "auroc": au,
+        }
+
+    return {
+        "models": {
+            "mefn_small": {"summary": summary(dice_mefn, auroc, ece)},
+            "dynunet_small": {"summary": summary(dice_dyn, 0.7, 0.01)},
+        }
+    }
+
+
+def test_targets_met_and_missed_by_how_much(bench):
+    inference = {
+        "rows": [
+            _row("mefn_small", 12.0, rss=4.5),
+            _row("dynunet_small", 10.0),
+            _row("dynunet_mcdropout_small", 100.0),
+        ]
+    }
+    checks = {c["what"]: c for c in bench.check_targets(inference, _quality(0.6, 0.5, 0.8, 0.07))}
+    ratio = checks["cpu wholebody: MEFN time / DynUNet time"]
+    assert ratio["met"] is True and ratio["value"] == pytest.approx(1.2)
+    speedup = checks["cpu wholebody: MC-dropout time / MEFN time"]
+    assert speedup["met"] is True and speedup["value"] == pytest.approx(100 / 12)
+    rss = checks["cpu wholebody: MEFN peak RSS"]
+    assert rss["met"] is False and rss["missed_by"].startswith("0.5 GiB (12 %)")
+    assert checks["MEFN Dice - DynUNet Dice"]["met"] is True
+    auroc = checks["MEFN uncertainty-error AUROC"]
+    assert auroc["met"] is False and auroc["missed_by"].startswith("0.05 (6 %)")
+    ece = checks["MEFN ECE"]
+    assert ece["met"] is False and ece["missed_by"].startswith("0.02 (40 %)")
+
+
+def test_slow_mefn_and_missing_measurements(bench):
+    inference = {"rows": [_row("mefn_small", 14.0), _row("dynunet_small", 10.0)]}
+    checks = {c["what"]: c for c in bench.check_targets(inference, _quality(0.4, 0.5, 0.9, 0.01))}
+    ratio = checks["cpu wholebody: MEFN time / DynUNet time"]
+    assert ratio["met"] is False and ratio["missed_by"].startswith("0.1x (8 %)")
+    assert "cpu wholebody: MC-dropout time / MEFN time" not in checks  # not run
+    assert checks["MEFN Dice - DynUNet Dice"]["met"] is False
+    assert checks["MEFN uncertainty-error AUROC"]["met"] is True
+    nan = bench.check_targets(None, _quality(0.4, 0.5, float("nan"), 0.01))
+    assert [c["met"] for c in nan if "AUROC" in c["what"]] == [None]
+
+
+def test_doc_keeps_hand_written_text(bench, tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nHand-written notes.\n")
+    machine = {
+        "cpu": "test cpu",
+        "cores": 2,
+        "cpu_capability": "AVX2",
+        "gpu": None,
+        "python": "3",
+        "torch": "2",
+        "monai": "1",
+        "SimpleITK": "2",
+        "numpy": "2",
+        "mefn": "0",
+        "commit": "abc",
+        "date_utc": "today",
+    }
+    quality = _quality(0.6, 0.5, 0.9, 0.01)
+    quality.update(
+        command="python pipelines/benchmark.py --quality",
+        load_before=2.0,
+        load_after=2.1,
+        budget={
+            "steps": 10,
+            "epochs": 1,
+            "steps_per_epoch": 10,
+            "patch_vox": 64,
+            "batch": 2,
+            "train_cases": 4,
+            "train_config": "x.yaml",
+            "test_cases": 2,
+            "test_fov": "full",
+            "ablation_test_cases": 1,
+        },
+    )
+    bench.write_doc(doc, bench.render_report(machine, None, quality))
+    first = doc.read_text()
+    assert first.startswith("# Benchmarks\n\nHand-written notes.\n")
+    assert "| mefn_small | 0.600 | 1.00 | 2.00 | 0.500 | 0.0100 | 0.900 |" in first
+    quality["models"]["mefn_small"]["summary"]["dice"] = 0.7
+    bench.write_doc(doc, bench.render_report(machine, None, quality))
+    second = doc.read_text()
+    assert second.count(bench.BEGIN) == 1 and second.count(bench.END) == 1
+    assert "| mefn_small | 0.700 |" in second and "| mefn_small | 0.600 |" not in second
+    assert second.startswith("# Benchmarks\n\nHand-written notes.\n")
+
+
+def test_child_peak_memory_is_its_own(bench, tmp_path):
+    # A child of a big parent must not report the parent's size (ru_maxrss would).
+    code = (
+        "import importlib.util, sys; "
+        f"s = importlib.util.spec_from_file_location('b', {str(SCRIPT)!r}); "
+        "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+        "print(m.peak_rss_kib())"
+    )
+    ballast = np.ones(300 * 1024 * 1024 // 8)  # 300 MiB, written so it is resident
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    del ballast
+    assert int(out.stdout.strip()) < 250 * 1024  # numpy import only: well under 300 MiB
+
+
+@pytest.mark.slow
+def test_tiny_run_of_both_sections(tmp_path):
+    out, doc = tmp_path / "out", tmp_path / "benchmarks.md"
+    common = ["--out", str(out), "--doc", str(doc), "--threads", "1", "--spacing", "12"]
+    common += ["--patch", "32"]
+    inference = ["--inference", "--studies", "wholebody", "--wb-shape", "41", "37", "33"]
+    inference += ["--matmul-size", "128", "--devices", "cpu"]
+    quality = ["--quality", "--small-phantoms", "--cases", "3", "--test-cases", "2"]
+    quality += ["--ablation-test-cases", "1", "--steps", "2", "--batch", "1", "--val-cases", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *common, *inference, *quality],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "inference.json").read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"mefn_small", "dynunet_small", "dynunet_mcdropout_small"}
+    # 816 x 816 x 978 mm at 12 mm: 68 x 68 x 82 voxels, 32^3 windows at 24-voxel steps
+    assert all(r["tiles"] == 3 * 3 * 4 for r in rows.values())
+    assert all(0 < r["peak_rss_gib"] < 4 for r in rows.values())
+    # ten dropout passes: ten times the FLOPs of the plain DynUNet
+    mc, dyn = rows["dynunet_mcdropout_small"], rows["dynunet_small"]
+    assert mc["tile_gflop"] == pytest.approx(10 * dyn["tile_gflop"], rel=0.01)
+    assert rows["mefn_small"]["tile_gflop"] < dyn["tile_gflop"]
+    quality_res = json.loads((out / "quality.json").read_text())
+    models = quality_res["models"]
+    assert len(models) == 3 + 5
+    assert models["mefn_small"]["summary"]["n_cases"] == 2
+    assert models["mefn_small-no_cfl"]["summary"]["n_cases"] == 1
+    for res in models.values():
+        assert 0.0 <= res["summary"]["ece"] <= 1.0
+    text = doc.read_text()
+    assert "| cpu | wholebody | mefn_small |" in text and "| no_calibrator |" in text
+    assert "MEFN time / DynUNet time" in proc.stdout
+    # a second run finds every model trained and scored, and only rewrites the doc
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), *common, *quality],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("trained already") == 8
+    assert "scoring" not in again.stdout
+
+
+def test_no_section_is_a_usage_error():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "choose at least one of --inference, --quality, --report" in proc.stderr
