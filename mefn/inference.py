@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,15 +240,17 @@ class Predictor:
             "min_lesion_ml": self.min_lesion_ml,
         }
 
-    def predict_model_space(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw network outputs for a model-space image ``(2, X, Y, Z)``."""
+    def predict_model_space(
+        self, image: np.ndarray, keys: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Raw network outputs for a model-space image ``(2, X, Y, Z)`` (only ``keys``, if given)."""
         import torch
 
         from mefn.training import sliding_window_predict
 
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         out = sliding_window_predict(
-            self.net, x, self.roi, self.overlap, self.sw_batch_size, self.device
+            self.net, x, self.roi, self.overlap, self.sw_batch_size, self.device, keys=keys
         )
         return {k: v[0].numpy() for k, v in out.items()}
 
@@ -259,20 +262,31 @@ class Predictor:
         ct, pet, _ = resample_case(case, grid, with_label=False)
         image = normalise(ct, pet, self.preprocess)
         del ct, pet
-        out = self.predict_model_space(image)
+        # Without keep_extra only these two maps are blended and brought back (less memory).
+        out = self.predict_model_space(image, keys=None if keep_extra else _MAIN_OUTPUTS)
         del image
         from mefn.data.preprocess import to_output_grid
 
         prob = to_output_grid(
             out["prob"], grid, target, default_values=(1.0,) + (0.0,) * (self.num_classes - 1)
         )
-        mask = np.argmax(prob, axis=0).astype(np.uint8)
-        unc = np.clip(to_output_grid(out["uncertainty"], grid, target, (1.0,))[0], 0.0, 1.0)
+        if self.min_lesion_ml > 0:
+            from mefn.postprocess import mask_from_probabilities
+
+            min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
+            mask = mask_from_probabilities(prob, min_component_voxels=min_vox)
+        else:
+            mask = _argmax_uint8(prob)
+        kept_prob = prob if keep_extra else None
+        del prob  # without keep_extra, freed before the SUV resampling and the lesion table
+        unc = to_output_grid(out["uncertainty"], grid, target, (1.0,))[0]
+        np.clip(unc, 0.0, 1.0, out=unc)
         extra: dict[str, np.ndarray | None] = {"uncertainty_ct": None, "uncertainty_pet": None}
         if keep_extra:
             for key in ("uncertainty_ct", "uncertainty_pet"):
                 if key in out:
                     extra[key] = np.clip(to_output_grid(out[key], grid, target, (1.0,))[0], 0, 1)
+        del out
         from mefn.io.geometry import resample_to
 
         suv = (
@@ -281,25 +295,37 @@ class Predictor:
             else resample_to(case.pet, target, interpolation="linear", default_value=0.0).array
         )
         suv = np.asarray(suv, dtype=np.float32)
-        if self.min_lesion_ml > 0:
-            from mefn.postprocess import mask_from_probabilities
-
-            min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
-            mask = mask_from_probabilities(prob, min_component_voxels=min_vox)
         table = lesion_table(mask, suv, unc, target, review_threshold=self.review_threshold)
         return Prediction(
             case_id=case.case_id,
             geometry=target,
             mask=mask,
-            uncertainty=unc.astype(np.float32),
+            uncertainty=unc.astype(np.float32, copy=False),
             suv=suv,
             lesions=table,
-            probabilities=prob if keep_extra else None,
+            probabilities=kept_prob,
             uncertainty_ct=extra["uncertainty_ct"],
             uncertainty_pet=extra["uncertainty_pet"],
             seconds=time.monotonic() - t0,
             settings=self.settings(),
         )
+
+
+_MAIN_OUTPUTS = ("prob", "uncertainty")
+
+
+def _argmax_uint8(prob: np.ndarray) -> np.ndarray:
+    """``np.argmax(prob, axis=0).astype(np.uint8)`` (the first class wins a tie) without the
+    int64 temporary, eight bytes per voxel of the output grid. ``prob`` holds no NaN."""
+    if prob.shape[0] == 2:
+        return np.greater(prob[1], prob[0]).view(np.uint8)
+    mask = np.zeros(prob.shape[1:], np.uint8)
+    best = prob[0].copy()
+    for c in range(1, prob.shape[0]):
+        higher = np.greater(prob[c], best)
+        mask[higher] = c
+        np.maximum(best, prob[c], out=best)
+    return mask
 
 
 def _load_state(path: Path) -> dict[str, Any]:

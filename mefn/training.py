@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -288,11 +288,17 @@ def sliding_window_predict(
     overlap: float,
     sw_batch_size: int,
     device: Any,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """MONAI sliding-window inference of ``model.infer`` over a (1, 2, X, Y, Z) tensor.
 
     The input is padded to a multiple of the model's size divisor and of the window, and
-    the outputs are cropped back. Tiles are blended with a Gaussian weight.
+    the outputs are cropped back. Tiles are blended with a Gaussian weight, on the CPU.
+    ``keys`` keeps only those outputs of ``model.infer`` (default: all of them).
+
+    All kept maps travel through MONAI as one tensor (their channels concatenated), so the
+    blending runs once per tile and one count map serves them all (MONAI keeps a full-size
+    count map per output otherwise); the values are those of blending each map alone.
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -308,11 +314,20 @@ def sliding_window_predict(
         pad += [0, t - s]
     padded = torch.nn.functional.pad(image, pad, mode="replicate") if any(pad) else image
 
+    channels: dict[str, tuple[int, int]] = {}  # output name -> its channels in the blend
+
     def predictor(x: Any) -> Any:
-        return model.infer(x.to(device))
+        maps = model.infer(x.to(device))
+        if not channels:
+            start = 0
+            for key, value in maps.items():
+                if keys is None or key in keys:
+                    channels[key] = (start, start + int(value.shape[1]))
+                    start += int(value.shape[1])
+        return torch.cat([maps[key] for key in channels], dim=1)
 
     with torch.no_grad():
-        out = sliding_window_inference(
+        blended: Any = sliding_window_inference(
             padded,
             roi_size=roi,
             sw_batch_size=sw_batch_size,
@@ -322,8 +337,8 @@ def sliding_window_predict(
             sw_device=device,
             device=torch.device("cpu"),
         )
-    crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in shape)
-    return {k: v[crop] for k, v in out.items()}  # type: ignore[union-attr]
+    crop = tuple(slice(0, s) for s in shape)
+    return {key: blended[(slice(None), slice(a, b), *crop)] for key, (a, b) in channels.items()}
 
 
 def _dice_sums(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:

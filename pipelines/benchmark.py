@@ -1,12 +1,16 @@
 """MEFN against DynUNet and MC-dropout DynUNet: inference cost and segmentation/uncertainty quality.
 
-    python pipelines/benchmark.py --inference             # speed and memory, about 25 min
+    python pipelines/benchmark.py --quality --inference   # both (~2 h 15 min on 2 quiet cores)
     python pipelines/benchmark.py --quality               # train + score, see --help for budget
-    python pipelines/benchmark.py --inference --quality   # both, then docs/benchmarks.md
+    python pipelines/benchmark.py --inference --untrained # speed and memory only, ~15 min
     python pipelines/benchmark.py --report                # rewrite the doc from saved results
 
 Sections (results are saved as JSON under ``--out``, default ``runs/benchmark``, and the
 generated part of ``docs/benchmarks.md`` is rewritten from them after every section):
+
+Run ``--quality`` before ``--inference`` (both in one command do that): the inference section
+then times the trained weights; untrained ones mark noise everywhere, and the lesion table's
+cost grows with the number of spurious lesions.
 
 **inference** -- a whole-body study on the AutoPET grid (400 x 400 x 326 at 2.04 x 2.04 x 3 mm,
 CTres and SUV sharing it) and a head-and-neck study (CT 512 x 512 x ~100 at 0.98 x 0.98 x 3 mm,
@@ -23,7 +27,7 @@ against the machine's float32 ``torch.matmul`` rate measured with the same threa
 
 **quality** -- ``mefn phantoms`` writes ``--cases`` training phantoms (seeds 700,000,000 + i)
 and ``--test-cases`` test phantoms (seeds 777,700,000 + i: never used for training, nor by the
-default weights). Every model trains with ``mefn.training.train`` under the same budget
+default weights; MC dropout, ten passes per tile, is scored on the first ``--mc-test-cases``). Every model trains with ``mefn.training.train`` under the same budget
 (``configs/train/phantoms_small.yaml`` with ``--steps``, ``--patch``, ``--batch``), then segments
 the test phantoms; reported: Dice, FPV and FNV (AutoPET 2022 rules), lesion F1 (18-connected,
 one touching voxel), ECE (15 bins, predicted-class probability, every voxel of the output grid)
@@ -309,9 +313,29 @@ def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
         return out
 
     predictor.net.infer = counted  # type: ignore[method-assign]
+    # time the stages around the network: resampling in and out, the lesion table
+    import mefn.data.preprocess as preprocess_module
+    import mefn.inference as inference_module
+
+    stages = {"resample_in": 0.0, "resample_out": 0.0, "lesion_table": 0.0}
+
+    def timed(stage: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                stages[stage] += time.perf_counter() - t
+
+        return wrapper
+
+    inference_module.resample_case = timed("resample_in", inference_module.resample_case)  # type: ignore[attr-defined]
+    preprocess_module.to_output_grid = timed("resample_out", preprocess_module.to_output_grid)  # type: ignore[assignment]
+    inference_module.lesion_table = timed("lesion_table", inference_module.lesion_table)  # type: ignore[attr-defined]
     runs = []
     for _ in range(int(spec.get("repeats", 1))):
         counts.update(tiles=0, net_s=0.0)
+        stages.update(resample_in=0.0, resample_out=0.0, lesion_table=0.0)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -324,6 +348,9 @@ def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
                 "net_seconds": counts["net_s"],
                 "tiles": counts["tiles"],
                 "gpu_peak_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
+                **{f"{k}_seconds": v for k, v in stages.items()},
+                "lesions": len(prediction.lesions.lesions),
+                "mask_voxels": int(np.count_nonzero(prediction.mask)),
             }
         )
     peak_kib = peak_rss_kib()
@@ -343,7 +370,6 @@ def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
         "tile_gflop": counter.get_total_flops() / 1e9,
         "peak_rss_gib": peak_kib / 1024**2,
         "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "lesions": len(prediction.lesions.lesions),
         "model_grid_voxels": int(
             model_grid(case.target_geometry, predictor.preprocess.spacing_mm).n_voxels
         ),
@@ -393,7 +419,13 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     devices = list(args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
     load_before = load_average()
-    weights = {m: make_weights(out / "weights", m, args.spacing, args.patch) for m in args.models}
+    weights, trained = {}, {}
+    for m in args.models:
+        run = out / "quality" / "runs" / m / "model.safetensors"
+        trained[m] = args.trained_weights and run.is_file()
+        weights[m] = (
+            run if trained[m] else make_weights(out / "weights", m, args.spacing, args.patch)
+        )
     shapes = {"wholebody": tuple(args.wb_shape), "headneck": tuple(args.hn_shape)}
     studies = {}
     for kind in args.studies:
@@ -451,6 +483,17 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         "tiles": tiles,
                         "tile_shape": first["tile_shape"],
                         "tile_gflop": first["tile_gflop"],
+                        "weights": "trained" if trained[model] else "untrained",
+                        "resample_seconds": statistics.median(
+                            r["runs"][-1]["resample_in_seconds"]
+                            + r["runs"][-1]["resample_out_seconds"]
+                            for r in res_list
+                        ),
+                        "lesion_table_seconds": statistics.median(
+                            r["runs"][-1]["lesion_table_seconds"] for r in res_list
+                        ),
+                        "lesions": first["runs"][-1]["lesions"],
+                        "mask_voxels": first["runs"][-1]["mask_voxels"],
                         "gflop": gflop,
                         "gflops_achieved": gflop / net_seconds if net_seconds > 0 else math.nan,
                         "matmul_gflops": rates[device],
@@ -648,8 +691,12 @@ def run_quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         run_dir = root / "runs" / name
         train_one(name, config_name, model_cfg, cfg, run_dir)
         eval_path = run_dir / "benchmark_eval.json"
-        ablation = name.startswith("mefn_small-no_")
-        entries = test_entries[: args.ablation_test_cases] if ablation else test_entries
+        if name.startswith("mefn_small-no_"):
+            entries = test_entries[: args.ablation_test_cases]
+        elif name == "dynunet_mcdropout_small":
+            entries = test_entries[: args.mc_test_cases]
+        else:
+            entries = test_entries
         key = {"cases": [e.case_id for e in entries], "subset": args.ablation_test_cases}
         if eval_path.is_file() and json.loads(eval_path.read_text()).get("key") == key:
             res = json.loads(eval_path.read_text())
@@ -681,6 +728,7 @@ def run_quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "train_data": str(train_root),
             "test_cases": len(test_entries),
             "ablation_test_cases": min(args.ablation_test_cases, len(test_entries)),
+            "mc_test_cases": min(args.mc_test_cases, len(test_entries)),
             "test_fov": args.test_fov,
             "small_phantoms": args.small_phantoms,
             "train_config": str(args.train_config),
@@ -830,14 +878,16 @@ def render_report(
         lines += [
             f"- float32 matmul {inference['matmul_size']}^2, same threads: {rates}",
             "",
-            "| device | study | model | s / study | network s | Mvox/s | peak RSS GiB | tiles "
-            "| GFLOP | GFLOP/s | % of matmul |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| device | study | model | weights | s / study | network s | resample s | lesion "
+            "table s (lesions) | Mvox/s | peak RSS GiB | tiles | GFLOP | GFLOP/s | % of matmul |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in inference["rows"]:
             lines.append(
-                f"| {r['device']} | {r['study']} | {r['model']} | {_f(r['seconds'], 1)} | "
-                f"{_f(r['net_seconds'], 1)} | {_f(r['voxels_per_s'] / 1e6)} | "
+                f"| {r['device']} | {r['study']} | {r['model']} | {r.get('weights', '')} | "
+                f"{_f(r['seconds'], 1)} | {_f(r['net_seconds'], 1)} | "
+                f"{_f(r.get('resample_seconds'), 1)} | {_f(r.get('lesion_table_seconds'), 1)} "
+                f"({r.get('lesions', 'n/a')}) | {_f(r['voxels_per_s'] / 1e6)} | "
                 f"{_f(r['peak_rss_gib'])} | {r['tiles']} | {_f(r['gflop'], 0)} | "
                 f"{_f(r['gflops_achieved'], 1)} | "
                 f"{_f(100 * r['gflops_achieved'] / r['matmul_gflops'], 0)} |"
@@ -859,14 +909,15 @@ def render_report(
             f"({b['epochs']} epochs x {b['steps_per_epoch']}), patch {b['patch_vox']}^3, batch "
             f"{b['batch']}, {b['train_cases']} training phantoms (seeds 700,000,000+), "
             f"{b['train_config']} otherwise; scored on {b['test_cases']} fresh whole-body "
-            f"phantoms (seeds 777,700,000+, fov {b['test_fov']}). Dice and FNV: mean over "
+            f"phantoms (seeds 777,700,000+, fov {b['test_fov']}; MC dropout on the first "
+            f"{b.get('mc_test_cases', b['test_cases'])}). Dice and FNV: mean over "
             "cases with lesions, FPV over all (AutoPET 2022); lesion F1 pooled; ECE and AUROC "
             "pooled over every voxel of every case. Load average "
             f"{quality['load_before']:.1f} before, {quality['load_after']:.1f} after.",
             "",
-            "| model | Dice | FPV mL | FNV mL | lesion F1 | ECE | AUROC u vs error | val Dice "
-            "| train min |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| model | cases | Dice | FPV mL | FNV mL | lesion F1 | ECE | AUROC u vs error | "
+            "val Dice | train min |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         models = quality["models"]
         for name in (m for m in MODELS if m in models):
@@ -878,9 +929,9 @@ def render_report(
                 "",
                 f"Ablations of MEFN, scored on the first {n_sub} test phantoms:",
                 "",
-                "| model | Dice | FPV mL | FNV mL | lesion F1 | ECE | AUROC u vs error | "
+                "| model | cases | Dice | FPV mL | FNV mL | lesion F1 | ECE | AUROC u vs error | "
                 "val Dice | train min |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             if "mefn_small" in models:
                 lines.append(_quality_row("mefn_small (all on)", models["mefn_small"], "subset"))
@@ -909,10 +960,11 @@ def render_report(
 def _quality_row(label: str, res: dict[str, Any], which: str) -> str:
     s = res[which]
     minutes = res.get("training", {}).get("seconds")
+    val = res.get("validation", {}).get("dice")  # -1: not validated
     return (
-        f"| {label} | {_f(s['dice'], 3)} | {_f(s['fpv_ml'])} | {_f(s['fnv_ml'])} | "
+        f"| {label} | {s.get('n_cases', 'n/a')} | {_f(s['dice'], 3)} | {_f(s['fpv_ml'])} | {_f(s['fnv_ml'])} | "
         f"{_f(s['lesion_f1'], 3)} | {_f(s['ece'], 4)} | {_f(s['auroc'], 3)} | "
-        f"{_f(res.get('validation', {}).get('dice'), 3)} | "
+        f"{_f(val if val is not None and val >= 0 else None, 3)} | "
         f"{_f(minutes / 60 if minutes is not None else None, 1)} |"
     )
 
@@ -994,13 +1046,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sw-batch-size", type=int, default=1)
     g.add_argument("--overlap", type=float, default=None, help="default: the card's (0.25)")
     g.add_argument("--matmul-size", type=int, default=4096)
+    g.add_argument(
+        "--untrained",
+        dest="trained_weights",
+        action="store_false",
+        help="always time untrained weights (default: the quality section's trained weights "
+        "when they exist: untrained ones find hundreds of spurious lesions, and the lesion "
+        "table's cost grows with them)",
+    )
     q = p.add_argument_group("quality (budget)")
-    q.add_argument("--steps", type=int, default=450, help="training steps per model")
+    q.add_argument("--steps", type=int, default=400, help="training steps per model")
     q.add_argument("--batch", type=int, default=2)
     q.add_argument("--cases", type=int, default=40, help="training phantoms")
-    q.add_argument("--val-cases", type=int, default=3, help="validation cases scored at the end")
+    q.add_argument(
+        "--val-cases",
+        type=int,
+        default=0,
+        help="validation cases scored at the end of training (default 0: every model keeps "
+        "its last weights)",
+    )
     q.add_argument("--test-cases", type=int, default=20)
-    q.add_argument("--ablation-test-cases", type=int, default=10)
+    q.add_argument(
+        "--ablation-test-cases",
+        type=int,
+        default=8,
+        help="the ablations are scored on the first N test phantoms (%(default)s)",
+    )
+    q.add_argument(
+        "--mc-test-cases",
+        type=int,
+        default=8,
+        help="MC dropout (10 passes: ~4 min per whole-body phantom on 2 cores) is scored on "
+        "the first N test phantoms (%(default)s)",
+    )
     q.add_argument("--test-fov", choices=("full", "random", "crop"), default="full")
     q.add_argument("--no-ablations", dest="ablations", action="store_false")
     q.add_argument("--small-phantoms", action="store_true", help="`mefn phantoms --small`")
@@ -1021,12 +1099,15 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("choose at least one of --inference, --quality, --report")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.quality:  # first: the inference section then times the trained weights
+        quality = run_quality(args, out)
+        (out / "quality.json").write_text(json.dumps(quality, indent=1, default=_json_default))
+        write_doc(
+            Path(args.doc), render_report(machine_info(), _load(out / "inference.json"), quality)
+        )
     if args.inference:
         inference = run_inference(args, out)
         (out / "inference.json").write_text(json.dumps(inference, indent=1, default=_json_default))
-    if args.quality:
-        quality = run_quality(args, out)
-        (out / "quality.json").write_text(json.dumps(quality, indent=1, default=_json_default))
     inference_res, quality_res = _load(out / "inference.json"), _load(out / "quality.json")
     machine = machine_info()
     write_doc(Path(args.doc), render_report(machine, inference_res, quality_res))

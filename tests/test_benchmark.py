@@ -44,6 +44,7 @@ def _row(model: str, seconds: float, rss: float = 1.0, study: str = "wholebody")
 def _quality(dice_mefn: float, dice_dyn: float, auroc: float, ece: float) -> dict:
     def summary(dice: float, au: float, e: float) -> dict:
         return {
+            "n_cases": 2,
             "dice": dice,
             "fpv_ml": 1.0,
             "fnv_ml": 2.0,
@@ -132,12 +133,12 @@ def test_doc_keeps_hand_written_text(bench, tmp_path):
     bench.write_doc(doc, bench.render_report(machine, None, quality))
     first = doc.read_text()
     assert first.startswith("# Benchmarks\n\nHand-written notes.\n")
-    assert "| mefn_small | 0.600 | 1.00 | 2.00 | 0.500 | 0.0100 | 0.900 |" in first
+    assert "| mefn_small | 2 | 0.600 | 1.00 | 2.00 | 0.500 | 0.0100 | 0.900 | n/a |" in first
     quality["models"]["mefn_small"]["summary"]["dice"] = 0.7
     bench.write_doc(doc, bench.render_report(machine, None, quality))
     second = doc.read_text()
     assert second.count(bench.BEGIN) == 1 and second.count(bench.END) == 1
-    assert "| mefn_small | 0.700 |" in second and "| mefn_small | 0.600 |" not in second
+    assert "| mefn_small | 2 | 0.700 |" in second and "| mefn_small | 2 | 0.600 |" not in second
     assert second.startswith("# Benchmarks\n\nHand-written notes.\n")
 
 
@@ -163,7 +164,8 @@ def test_tiny_run_of_both_sections(tmp_path):
     inference = ["--inference", "--studies", "wholebody", "--wb-shape", "41", "37", "33"]
     inference += ["--matmul-size", "128", "--devices", "cpu"]
     quality = ["--quality", "--small-phantoms", "--cases", "3", "--test-cases", "2"]
-    quality += ["--ablation-test-cases", "1", "--steps", "2", "--batch", "1", "--val-cases", "1"]
+    quality += ["--ablation-test-cases", "1", "--mc-test-cases", "1", "--steps", "2"]
+    quality += ["--batch", "1", "--val-cases", "1"]
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *common, *inference, *quality],
         capture_output=True,
@@ -177,6 +179,7 @@ def test_tiny_run_of_both_sections(tmp_path):
     assert set(rows) == {"mefn_small", "dynunet_small", "dynunet_mcdropout_small"}
     # 816 x 816 x 978 mm at 12 mm: 68 x 68 x 82 voxels, 32^3 windows at 24-voxel steps
     assert all(r["tiles"] == 3 * 3 * 4 for r in rows.values())
+    assert all(r["weights"] == "trained" for r in rows.values())  # quality ran first
     assert all(0 < r["peak_rss_gib"] < 4 for r in rows.values())
     # ten dropout passes: ten times the FLOPs of the plain DynUNet
     mc, dyn = rows["dynunet_mcdropout_small"], rows["dynunet_small"]
@@ -187,6 +190,7 @@ def test_tiny_run_of_both_sections(tmp_path):
     assert len(models) == 3 + 5
     assert models["mefn_small"]["summary"]["n_cases"] == 2
     assert models["mefn_small-no_cfl"]["summary"]["n_cases"] == 1
+    assert models["dynunet_mcdropout_small"]["summary"]["n_cases"] == 1
     for res in models.values():
         assert 0.0 <= res["summary"]["ece"] <= 1.0
     text = doc.read_text()
@@ -211,3 +215,54 @@ def test_no_section_is_a_usage_error():
     )
     assert proc.returncode == 2
     assert "choose at least one of --inference, --quality, --report" in proc.stderr
+
+
+# --- the speed changes in mefn.training.sliding_window_predict and mefn.inference ------------
+def _per_output_reference(net, image, roi, overlap):
+    """MONAI blending each output of ``infer`` alone (what sliding_window_predict did before)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        return sliding_window_inference(
+            image, roi, 1, net.infer, overlap=overlap, mode="gaussian", device=torch.device("cpu")
+        )
+
+
+def test_one_blend_for_all_outputs_matches_blending_each():
+    import torch
+    from support import TINY_MODEL
+
+    from mefn.config import from_dict
+    from mefn.model import ModelConfig, build_model
+    from mefn.training import sliding_window_predict
+
+    torch.manual_seed(0)
+    net = build_model(from_dict(ModelConfig, TINY_MODEL)).eval()
+    image = torch.randn(1, 2, 36, 40, 28)  # multiples of the divisor 4: no padding involved
+    ref = _per_output_reference(net, image, (16, 24, 16), 0.25)
+    out = sliding_window_predict(net, image, (16, 24, 16), 0.25, 1, torch.device("cpu"))
+    assert list(out) == list(ref) == ["prob", "uncertainty", "uncertainty_ct", "uncertainty_pet"]
+    for key in ref:
+        assert out[key].shape == ref[key].shape
+        assert torch.equal(out[key], ref[key])  # the same operations on every voxel
+    some = sliding_window_predict(
+        net, image, (16, 24, 16), 0.25, 2, torch.device("cpu"), keys=("uncertainty", "prob")
+    )
+    assert list(some) == ["prob", "uncertainty"]  # the model's order, not the request's
+    torch.testing.assert_close(some["uncertainty"], ref["uncertainty"], rtol=0, atol=1e-6)
+
+
+def test_argmax_without_int64_temporary():
+    from mefn.inference import _argmax_uint8
+
+    rng = np.random.default_rng(3)
+    two = rng.random((2, 33, 34, 35)).astype(np.float32)
+    two[1, :3] = two[0, :3]  # ties: class 0 wins, as with np.argmax
+    three = rng.random((3, 33, 34, 35)).astype(np.float32)
+    three[2, :2] = three[1, :2] = three[0, :2]
+    for prob in (two, three):
+        mask = _argmax_uint8(prob)
+        assert mask.dtype == np.uint8
+        np.testing.assert_array_equal(mask, np.argmax(prob, axis=0))
+    assert not _argmax_uint8(two)[:3].any() and not _argmax_uint8(three)[:2].any()
