@@ -859,8 +859,9 @@ def render_report(
             "",
             f"Command: `{inference['command']}`. {inference['threads']} CPU threads (torch and "
             f"SimpleITK), sliding window {inference['patch_vox']}^3 at "
-            f"{inference['model_spacing_mm']} mm, overlap {_f(inference['overlap'])} "
-            f"(None: the card's), tiles per forward {inference['sw_batch_size']}; median of "
+            f"{inference['model_spacing_mm']} mm, overlap "
+            f"{_f(inference['overlap']) if inference['overlap'] is not None else 'of the card (0.25)'}"
+            f", tiles per forward {inference['sw_batch_size']}; median of "
             f"{inference['runs']} fresh processes per model, models run round-robin. "
             f"1-minute load average {inference['load_before']:.1f} before, "
             f"{inference['load_after']:.1f} after (a quiet 2-core machine reads about 2 while "
