@@ -58,6 +58,23 @@ def _sphere_kernel(spacing_mm: tuple[float, float, float], volume_ml: float) -> 
     return kernel / kernel.sum()
 
 
+def _sphere_offsets(spacing_mm: tuple[float, float, float], volume_ml: float) -> np.ndarray:
+    """Integer voxel offsets (M, 3) of the voxelised sphere of ``volume_ml``."""
+    kernel = _sphere_kernel(spacing_mm, volume_ml)
+    return np.argwhere(kernel > 0) - np.asarray(kernel.shape) // 2
+
+
+def _peak_at(suv: np.ndarray, voxels: np.ndarray, offsets: np.ndarray, chunk: int = 8192) -> float:
+    """Highest mean of ``suv`` over ``offsets`` around any of ``voxels`` (edges: nearest)."""
+    upper = np.asarray(suv.shape) - 1
+    best = -np.inf
+    for start in range(0, len(voxels), chunk):
+        pts = np.clip(voxels[start : start + chunk, None, :] + offsets[None], 0, upper)
+        means = suv[pts[..., 0], pts[..., 1], pts[..., 2]].astype(np.float64).mean(axis=1)
+        best = max(best, float(means.max()))
+    return best
+
+
 def suv_peak(
     suv: np.ndarray,
     lesion: np.ndarray,
@@ -71,14 +88,7 @@ def suv_peak(
     """
     if not lesion.any():
         return float("nan")
-    kernel = _sphere_kernel(spacing_mm, volume_ml)
-    pad = [k // 2 for k in kernel.shape]
-    idx = np.argwhere(lesion)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + np.asarray(pad) + 1, suv.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    local = ndimage.convolve(suv[box].astype(np.float64), kernel, mode="nearest")
-    return float(local[lesion[box]].max())
+    return _peak_at(suv, np.argwhere(lesion), _sphere_offsets(spacing_mm, volume_ml))
 
 
 @dataclass(frozen=True)
@@ -146,27 +156,23 @@ def lesion_table(
             f"{geometry.shape} must have one shape"
         )
     voxel_ml = geometry.voxel_volume_ml
-    kernel = _sphere_kernel(geometry.spacing_mm, SUV_PEAK_VOLUME_ML)
-    pad = np.asarray([k // 2 for k in kernel.shape])
+    offsets = _sphere_offsets(geometry.spacing_mm, SUV_PEAK_VOLUME_ML)
     rows: list[dict[str, object]] = []
     for label in (int(v) for v in np.unique(mask) if v != 0):
         components = cc3d.connected_components(mask == label, connectivity=CONNECTIVITY)
         for index, box in enumerate(ndimage.find_objects(components), start=1):
             if box is None:
                 continue
-            # Work inside the component's box grown by the SUVpeak sphere radius.
-            lo = np.maximum([b.start for b in box] - pad, 0)
-            hi = np.minimum(np.asarray([b.stop for b in box]) + pad, mask.shape)
-            grown = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            comp = components[grown] == index
-            suv_local = suv[grown].astype(np.float64)
-            values = suv_local[comp]
-            unc = uncertainty[grown][comp].astype(np.float64)
+            lo = np.asarray([b.start for b in box])
+            comp = components[box] == index
+            values = suv[box][comp].astype(np.float64)
+            unc = uncertainty[box][comp].astype(np.float64)
             count = int(comp.sum())
             volume_ml = count * voxel_ml
-            centroid = geometry.index_to_world(np.argwhere(comp).mean(axis=0) + lo)
+            voxels = np.argwhere(comp) + lo
+            centroid = geometry.index_to_world(voxels.mean(axis=0))
             suv_mean = float(values.mean())
-            peak = ndimage.convolve(suv_local, kernel, mode="nearest")[comp].max()
+            peak = _peak_at(suv, voxels, offsets)
             rows.append(
                 {
                     "label": label,

@@ -6,7 +6,7 @@
 Builds a whole-body phantom on the AutoPET grid (400 x 400 x 326 voxels at 2.04 x 2.04 x 3 mm,
 CTres and SUV sharing it), writes it as ``<tmp>/wb_0000.nii.gz`` / ``wb_0001.nii.gz``, then runs
 ``mefn segment`` on it in a fresh process and reports wall seconds, voxels per second and the
-peak resident memory of that process (``ru_maxrss`` of the child), and the same for a
+peak resident memory of that process (its ``VmHWM``), and the same for a
 head-and-neck study on a HECKTOR-like grid (CT 512 x 512 x ~100 at 0.98 x 0.98 x 3 mm).
 """
 
@@ -69,11 +69,12 @@ def make_case(folder: Path, kind: str, seed: int) -> tuple[Path, int]:
 
 
 def run_segment(case: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
-    # The child reports its own peak resident set (ru_maxrss, KiB on Linux).
+    # The child reports its own peak resident set, VmHWM from /proc (ru_maxrss would carry
+    # the parent's peak across exec on Linux).
     child = (
-        "import resource, sys; from mefn.cli import main; code = main(sys.argv[1:]); "
-        "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-        "sys.exit(code)"
+        "import sys; from mefn.cli import main; code = main(sys.argv[1:]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+        "print('PEAK_KIB', hwm, file=sys.stderr); sys.exit(code)"
     )
     cmd = [
         sys.executable,
