@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +68,12 @@ class TrainConfig:
     Fine-tuning: ``init_weights`` is the base weights file; with ``adapter`` (a bundled adapter
     name such as ``lora`` or a YAML path) the base stays frozen and only the adapter trains; it
     is saved to ``<output>/adapter`` tied to the SHA-256 of the base weights file.
+
+    ``num_classes`` (fine-tuning to another label set): when it differs from the model's, the
+    output heads are replaced by fresh ones for this many classes: with an adapter they train
+    with it and are saved in the adapter file (``AdapterConfig.heads``); without one the base
+    weights are loaded except the heads. Unset, it is the model's, or when fine-tuning on labels
+    with more classes than the model has, the labels' (largest label + 1).
     """
 
     model: str = "mefn_small"
@@ -77,6 +83,8 @@ class TrainConfig:
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = 2
     pos_fraction: float = 0.6
+    hot_negative_fraction: float = 0.0
+    hot_negative_suv: float = 3.0
     epochs: int = 100
     steps_per_epoch: int = 50
     lr: float = 2e-3
@@ -94,7 +102,14 @@ class TrainConfig:
     max_minutes: float | None = None
     init_weights: str | None = None
     adapter: str | None = None
+    num_classes: int | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(
+                f"num_classes must be at least 2 (background + classes), found {self.num_classes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -389,6 +404,66 @@ def _validate(
 
 
 # --------------------------------------------------------------------------------------------
+# fine-tuning to another label set
+# --------------------------------------------------------------------------------------------
+def _num_classes(
+    cfg: TrainConfig, model_cfg: Any, adapter_cfg: Any, train_cases: list[CachedCase]
+) -> int:
+    """Output classes of the trained model (see ``TrainConfig.num_classes``)."""
+    if cfg.num_classes is not None:
+        return int(cfg.num_classes)
+    if adapter_cfg is not None and adapter_cfg.heads.num_classes:
+        return int(adapter_cfg.heads.num_classes)
+    labels = max((max(c.fg_indices, default=0) for c in train_cases), default=0)
+    if labels < model_cfg.num_classes:
+        return int(model_cfg.num_classes)
+    if not cfg.init_weights:
+        raise ConfigError(
+            f"the training labels go up to {labels}, but the model has {model_cfg.num_classes} "
+            f"classes; set num_classes: {labels + 1} in the model config"
+        )
+    logger.info(
+        "labels go up to %d: new output heads for %d classes (the base has %d)",
+        labels,
+        labels + 1,
+        model_cfg.num_classes,
+    )
+    return labels + 1
+
+
+def _load_init(model: Any, path: Path, model_name: str, skip_heads: bool) -> None:
+    """Load base weights into ``model``; with ``skip_heads`` the output heads, whose class count
+    changed, keep their fresh initialisation (every other tensor must fit)."""
+    from mefn.adapters import HeadsConfig
+
+    init = _load_tensors(path)
+    own = model.state_dict()
+    reshaped = [k for k, v in init.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    heads = HeadsConfig().names
+    in_head = [k for k in reshaped if any(k.startswith(h + ".") for h in heads)]
+    if skip_heads:
+        for k in in_head:
+            del init[k]
+        if in_head:
+            logger.info("new output heads: %d base tensors left out", len(in_head))
+    other = [k for k in reshaped if k in init]
+    if other:
+        k = other[0]
+        raise CheckpointError(
+            f"{path} does not fit model {model_name}: tensor {k} has shape "
+            f"{tuple(init[k].shape)} in the file and {tuple(own[k].shape)} in the model "
+            f"({len(other)} such tensors); use weights trained with this model config"
+        )
+    missing, unexpected = model.load_state_dict(init, strict=False)
+    missing = [k for k in missing if k not in in_head]
+    if unexpected or (missing and len(missing) == len(own)):
+        raise CheckpointError(
+            f"{path} does not fit model {model_name}: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors; use weights trained with this model config"
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -427,6 +502,11 @@ def train(
     out = Path(output_dir)
     if model_cfg is None:
         model_cfg = resolve_model_config(cfg.model, config_dir)
+    base_model_cfg = model_cfg
+
+    def run_model_cfg(num_classes: int) -> Any:
+        return replace(base_model_cfg, num_classes=num_classes)
+
     if cfg.adapter and not cfg.init_weights:
         raise ConfigError("fine-tuning an adapter needs init_weights: the base weights file")
     device_kind = (
@@ -447,7 +527,6 @@ def train(
     if dist_info.main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
-        save_config(model_cfg, out / "model_config.yaml")
 
     _seed_everything(cfg.seed + 1000 * dist_info.rank)
     train_entries, val_entries = _index_cases(cfg)
@@ -465,21 +544,31 @@ def train(
         val_cases = val_cases[: cfg.val_max_cases]
     my_train = train_cases[dist_info.rank :: dist_info.world] or train_cases
 
-    model = build_model(model_cfg).to(device)
-    if cfg.init_weights:
-        init = _load_tensors(Path(cfg.init_weights))
-        missing, unexpected = model.load_state_dict(init, strict=False)
-        if unexpected or len(missing) == len(init):
-            raise CheckpointError(
-                f"{cfg.init_weights} does not fit model {cfg.model}: {len(missing)} missing and "
-                f"{len(unexpected)} unexpected tensors; use weights trained with this model config"
-            )
-    handle = None
+    adapter_cfg = None
     if cfg.adapter:
-        from mefn.adapters import inject_adapters, load_adapter_config
+        from mefn.adapters import load_adapter_config
 
-        handle = inject_adapters(model, load_adapter_config(cfg.adapter))
+        adapter_cfg = load_adapter_config(cfg.adapter)
+    num_classes = _num_classes(cfg, model_cfg, adapter_cfg, train_cases)
+    new_heads = num_classes != model_cfg.num_classes
+    if adapter_cfg is not None and (new_heads or adapter_cfg.heads.num_classes):
+        adapter_cfg = replace(
+            adapter_cfg, heads=replace(adapter_cfg.heads, num_classes=num_classes)
+        )
+    # an adapter replaces the heads of the base model; full fine-tuning builds the new model
+    model = build_model(model_cfg if adapter_cfg is not None else run_model_cfg(num_classes))
+    model.to(device)
+    if cfg.init_weights:
+        _load_init(model, Path(cfg.init_weights), cfg.model, skip_heads=new_heads)
+    handle = None
+    if adapter_cfg is not None:
+        from mefn.adapters import inject_adapters
+
+        handle = inject_adapters(model, adapter_cfg)
         model.to(device)
+    model_cfg = run_model_cfg(num_classes)
+    if dist_info.main:
+        save_config(model_cfg, out / "model_config.yaml")
     loss_fn = build_loss(model_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -507,6 +596,8 @@ def train(
         cfg.augment,
         cfg.pos_fraction,
         np.random.default_rng(cfg.seed),
+        hot_negative_fraction=cfg.hot_negative_fraction,
+        hot_suv=cfg.hot_negative_suv,
     )
 
     net: Any = model
@@ -655,7 +746,10 @@ def train(
 
             model.load_state_dict(weights)
             save_adapter(
-                handle, out / "adapter", base_model_hash=file_sha256(Path(cfg.init_weights))
+                handle,
+                out / "adapter",
+                base_model_hash=file_sha256(Path(cfg.init_weights)),
+                labels=_label_names(model_cfg.num_classes) if handle.num_classes else None,
             )
             atomic_write_text(out / "adapter" / "training.json", json.dumps(card, indent=1))
         else:

@@ -135,3 +135,42 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_data):
     card = json.loads((tmp_path / "ddp" / "model.json").read_text())
     assert card["training"]["steps"] == 4
     assert len(_log(tmp_path / "ddp")) == 2
+
+
+def test_hot_negative_patches_centre_on_unlabelled_uptake(tmp_path):
+    import numpy as np
+
+    from mefn.data.augment import AugmentConfig, PatchSampler
+    from mefn.data.cache import CachedCase
+    from mefn.data.preprocess import PreprocessConfig
+    from mefn.io.volume import Geometry
+
+    shape = (40, 41, 42)
+    suv = np.full(shape, 0.5, np.float16)
+    suv[30:34, 30:34, 30:34] = 8.0  # "bladder": hot, unlabelled
+    label = np.zeros(shape, np.uint8)
+    label[5:8, 5:8, 5:8] = 1
+    suv[5:8, 5:8, 5:8] = 6.0
+    case = CachedCase(
+        case_id="c",
+        ct_hu=np.zeros(shape, np.float16),
+        suv=suv,
+        label=label,
+        grid=Geometry(shape=shape, spacing_mm=(3.0, 3.0, 3.0)),
+        fg_indices={1: np.flatnonzero(label.ravel())},
+        body_indices=np.arange(label.size),
+    )
+    sampler = PatchSampler(
+        [case],
+        (8, 8, 8),
+        PreprocessConfig(),
+        AugmentConfig(),
+        0.0,
+        np.random.default_rng(0),
+        hot_negative_fraction=1.0,
+        hot_suv=3.0,
+    )
+    assert sampler.hot_indices[0].size == 4 * 4 * 4
+    for _ in range(5):
+        ct, pet, lab, _ = sampler.sample_raw()
+        assert pet.max() == 8.0 and lab.sum() == 0  # centred on the unlabelled hot region

@@ -67,6 +67,8 @@ class PatchSampler:
         augment: AugmentConfig,
         pos_fraction: float,
         rng: np.random.Generator,
+        hot_negative_fraction: float = 0.0,
+        hot_suv: float = 3.0,
     ) -> None:
         if not cases:
             raise ValueError("no training cases to sample from")
@@ -76,12 +78,28 @@ class PatchSampler:
         self.augment = augment
         self.pos_fraction = pos_fraction
         self.rng = rng
+        self.hot_negative_fraction = hot_negative_fraction
+        # Hard negatives: voxels with physiological uptake (brain, heart, kidneys, bladder ...)
+        # above ``hot_suv`` outside any label, where a PET-only reading would see a lesion.
+        self.hot_indices: list[np.ndarray] = []
+        if hot_negative_fraction > 0:
+            for case in cases:
+                flat = np.flatnonzero(
+                    (np.asarray(case.suv).ravel() > hot_suv) & (case.label.ravel() == 0)
+                )
+                if flat.size > 20_000:
+                    flat = np.sort(rng.choice(flat, 20_000, replace=False))
+                self.hot_indices.append(flat)
 
     # --- sampling --------------------------------------------------------------------------
-    def _centre(self, case: CachedCase) -> np.ndarray:
+    def _centre(self, case: CachedCase, hot: np.ndarray | None = None) -> np.ndarray:
         rng = self.rng
         classes = [c for c, idx in case.fg_indices.items() if idx.size]
-        if classes and rng.random() < self.pos_fraction:
+        draw = rng.random()
+        if hot is not None and hot.size and draw >= 1.0 - self.hot_negative_fraction:
+            flat = hot[int(rng.integers(hot.size))]
+            return np.asarray(np.unravel_index(int(flat), case.shape))
+        if classes and draw < self.pos_fraction:
             cls = classes[int(rng.integers(len(classes)))]
             flat = case.fg_indices[cls][int(rng.integers(case.fg_indices[cls].size))]
             centre = np.asarray(np.unravel_index(int(flat), case.shape))
@@ -92,8 +110,10 @@ class PatchSampler:
 
     def sample_raw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, CachedCase]:
         """One un-augmented patch in physical units: (HU, SUV, label, case)."""
-        case = self.cases[int(self.rng.integers(len(self.cases)))]
-        start = self._centre(case) - np.asarray(self.patch) // 2
+        which = int(self.rng.integers(len(self.cases)))
+        case = self.cases[which]
+        hot = self.hot_indices[which] if self.hot_indices else None
+        start = self._centre(case, hot) - np.asarray(self.patch) // 2
         ct = crop_patch(case.ct_hu, start, self.patch, -1000.0)  # type: ignore[arg-type]
         pet = crop_patch(case.suv, start, self.patch, 0.0)  # type: ignore[arg-type]
         lab = crop_patch(case.label, start, self.patch, 0.0).astype(np.uint8)  # type: ignore[arg-type]
