@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,9 @@ class Predictor:
         ``"default"``, a bundled weights name, a ``.safetensors`` file with its ``.json``
         card, or a ``mefn train`` output folder.
     adapter:
-        Folder of a fine-tuned adapter (``mefn finetune``) for these base weights.
+        Folder of a fine-tuned adapter (``mefn finetune``) for these base weights. An adapter
+        with new output heads (another label set, e.g. GTVp/GTVn) sets ``num_classes`` and
+        ``labels``: the base weights load in full, then the adapter replaces the heads.
     device:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     sw_batch_size, overlap:
@@ -175,6 +177,12 @@ class Predictor:
                 "use the .json written by `mefn train`"
             ) from None
         self.model_cfg = model_cfg
+        card_labels = self.card.get("labels")
+        self.labels: dict[str, str] = (
+            {str(k): str(v) for k, v in card_labels.items()}
+            if isinstance(card_labels, dict)
+            else _default_labels(model_cfg.num_classes)
+        )
         if threads:
             torch.set_num_threads(threads)
         self.device = self._device(device)
@@ -196,7 +204,11 @@ class Predictor:
             adapter = Path(adapter)
             if (adapter / "adapter").is_dir() and not (adapter / "adapter_config.json").exists():
                 adapter = adapter / "adapter"  # a `mefn finetune` output folder
-            load_adapter(net, adapter, expected_base_hash=self.base_hash)
+            handle = load_adapter(net, adapter, expected_base_hash=self.base_hash)
+            if handle.num_classes is not None:  # new output heads: another label set
+                model_cfg = replace(model_cfg, num_classes=handle.num_classes)
+                self.model_cfg = model_cfg
+                self.labels = handle.labels or _default_labels(handle.num_classes)
             merge_adapters(net)
             self.adapter_path = Path(adapter)
         self.net = net.to(self.device).eval()
@@ -232,6 +244,7 @@ class Predictor:
             "model_sha256": self.base_hash,
             "architecture": self.model_cfg.architecture,
             "adapter": str(self.adapter_path) if self.adapter_path else None,
+            "labels": self.labels,
             "device": str(self.device),
             "spacing_mm": list(self.preprocess.spacing_mm),
             "roi_size_vox": list(self.roi),
@@ -312,6 +325,13 @@ class Predictor:
 
 
 _MAIN_OUTPUTS = ("prob", "uncertainty")
+
+
+def _default_labels(num_classes: int) -> dict[str, str]:
+    """Class names when neither the card nor the adapter gives them (as ``mefn train``)."""
+    from mefn.training import _label_names
+
+    return _label_names(num_classes)
 
 
 def _argmax_uint8(prob: np.ndarray) -> np.ndarray:

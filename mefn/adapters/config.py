@@ -1,9 +1,10 @@
 """``AdapterConfig``: what to inject, where, and how (frozen dataclasses read from YAML).
 
 One adapter *type* (``lora``, ``dora``, ``ia3``, ``norm_bias``, ``bottleneck``,
-``compacter``, ``paca``, ``bone``) plus optional *modifiers* that work on top of it:
-MoSA sparse training (``mosa``), low-bit weights (``quant``), VL-PET-style gates (``gate``)
-and the LAE online/offline pair (``lae``). ``configs/adapters/<name>.yaml`` holds one ready
+``compacter``, ``paca``, ``bone``, or ``none`` for head-only tuning) plus optional *modifiers*
+that work on top of it: MoSA sparse training (``mosa``), low-bit weights (``quant``),
+VL-PET-style gates (``gate``) and the LAE online/offline pair (``lae``); ``heads`` replaces the
+output heads for another label set (they train with the adapter and are saved in its file). ``configs/adapters/<name>.yaml`` holds one ready
 configuration per method; see ``docs/adapters.md`` for the maths and parameter counts.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "ADAPTER_TYPES",
     "AdapterConfig",
     "GateConfig",
+    "HeadsConfig",
     "LAEConfig",
     "MosaConfig",
     "QuantConfig",
@@ -29,7 +31,9 @@ __all__ = [
     "load_adapter_config",
 ]
 
-AdapterType = Literal["lora", "dora", "ia3", "norm_bias", "bottleneck", "compacter", "paca", "bone"]
+AdapterType = Literal[
+    "lora", "dora", "ia3", "norm_bias", "bottleneck", "compacter", "paca", "bone", "none"
+]
 ADAPTER_TYPES: tuple[str, ...] = get_args(AdapterType)
 
 #: Where the bundled YAML files live in a source checkout.
@@ -105,6 +109,20 @@ class LAEConfig:
 
 
 @dataclass(frozen=True)
+class HeadsConfig:
+    """New output heads for another label set (e.g. a 2-class base fine-tuned on HECKTOR).
+
+    ``num_classes`` 0 keeps the base's heads (frozen). At 2 or more, the last convolution of
+    each module in ``names`` (MEFN's three evidential heads by default) is replaced by a
+    freshly initialised one with ``num_classes`` outputs (seeded by the adapter's ``seed``);
+    the new heads train with the adapter, are saved in its file, and no adapter is put on them.
+    """
+
+    num_classes: int = 0
+    names: tuple[str, ...] = ("head_ct", "head_pet", "head_fused")
+
+
+@dataclass(frozen=True)
 class AdapterConfig:
     """Everything that decides an adapter's structure; saved beside its weights.
 
@@ -117,7 +135,8 @@ class AdapterConfig:
     ``phm_n``: number of Kronecker terms / size of each rule matrix (Compacter).
     ``block_size``: Bone block size. ``backend``: ``auto`` uses peft where it is correct for
     the layer (LoRA/DoRA/IA3 on plain Conv3d) and the hand-written modules elsewhere;
-    ``own`` uses the hand-written modules everywhere.
+    ``own`` uses the hand-written modules everywhere. ``type: none`` puts no adapter in the
+    body: only new heads train (head-only tuning; injecting it needs ``heads.num_classes``).
     """
 
     type: AdapterType = "lora"
@@ -137,6 +156,7 @@ class AdapterConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     lae: LAEConfig = field(default_factory=LAEConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def __post_init__(self) -> None:
         if self.type not in ADAPTER_TYPES:
@@ -165,6 +185,13 @@ class AdapterConfig:
                 "lae and mosa cannot be combined (the EMA would average masked weights); "
                 "set mosa.parts: 1 or lae.enabled: false"
             )
+        if self.heads.num_classes == 1 or self.heads.num_classes < 0:
+            raise ConfigError(
+                f"heads.num_classes must be 0 (keep the base's heads) or at least 2 (background "
+                f"+ classes), found {self.heads.num_classes}"
+            )
+        if self.heads.num_classes and not self.heads.names:
+            raise ConfigError("heads.names is empty; name the output head modules to replace")
         if not self.targets.layer_types:
             raise ConfigError("targets.layer_types is empty; name at least one layer class")
 
@@ -175,15 +202,20 @@ class AdapterConfig:
 
 
 def load_adapter_config(path_or_name: str | os.PathLike[str]) -> AdapterConfig:
-    """Read an ``AdapterConfig`` from a YAML path, or from a bundled name like ``"lora"``."""
+    """Read an ``AdapterConfig`` from a YAML path, or from a bundled name like ``"lora"``.
+
+    ``"none"`` (no file) is head-only tuning: ``AdapterConfig(type="none")``.
+    """
+    if str(path_or_name) == "none":
+        return AdapterConfig(type="none")
     path = Path(path_or_name)
     if path.suffix not in (".yaml", ".yml") and not path.exists():
         candidate = CONFIG_DIR / f"{path_or_name}.yaml"
         if not candidate.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) + ["none"]
             raise ConfigError(
                 f"no adapter config named {str(path_or_name)!r}; give a .yaml path or one of "
-                f"{', '.join(known) or '(none found in ' + str(CONFIG_DIR) + ')'}"
+                f"{', '.join(known)}"
             )
         path = candidate
     return load_config(AdapterConfig, path)

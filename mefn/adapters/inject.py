@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterator
@@ -26,7 +27,13 @@ from mefn.adapters.modules import (
     ScaleShiftDelta,
 )
 from mefn.adapters.mosa import MosaController
-from mefn.adapters.targets import branch_key, channels_of, replace_submodule, select_targets
+from mefn.adapters.targets import (
+    _under,
+    branch_key,
+    channels_of,
+    replace_submodule,
+    select_targets,
+)
 from mefn.errors import ConfigError
 
 __all__ = [
@@ -45,6 +52,8 @@ PEFT = "peft"
 OWN = "own"
 CONV_TYPES = (nn.Conv3d, nn.ConvTranspose3d)
 CONV_ONLY_TYPES = ("lora", "dora", "paca", "bone")
+BASE_CLASSES_ATTR = "_mefn_base_num_classes"
+HEAD_SEED_OFFSET = 7919  # new heads draw from seed + this, apart from the adapters' stream
 
 
 @dataclass(eq=False)
@@ -53,7 +62,9 @@ class AdapterHandle:
 
     ``targets`` maps each adapted module's dotted name to ``"peft"`` or ``"own"`` (which
     implementation adapts it). Call :meth:`on_step` after every ``optimizer.step()``
-    (MoSA part switching, LAE EMA update).
+    (MoSA part switching, LAE EMA update). ``base_heads`` maps each replaced head convolution
+    (``config.heads``) to the base module it replaced; ``labels`` names the classes of new
+    heads when the adapter file records them.
     """
 
     model: nn.Module
@@ -62,6 +73,13 @@ class AdapterHandle:
     base_ids: set[int] = field(repr=False)
     mosa: MosaController | None = None
     lae: LAEController | None = None
+    base_heads: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    labels: dict[str, str] | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        """Output classes of the new heads, or None when the base's heads are kept."""
+        return self.config.heads.num_classes or None
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Adapter parameters by name (a shared tensor appears once)."""
@@ -121,9 +139,19 @@ def _peft_lora_safe(module: nn.Module) -> bool:
 
 
 def plan_targets(model: nn.Module, cfg: AdapterConfig) -> dict[str, str]:
-    """Target name -> implementation (``"peft"`` or ``"own"``), checking each fits the type."""
+    """Target name -> implementation (``"peft"`` or ``"own"``), checking each fits the type.
+
+    Type ``none`` has no targets; modules under replaced heads (``cfg.heads``) are never
+    targets (the new heads train whole).
+    """
     plan: dict[str, str] = {}
-    for name in select_targets(model, cfg.targets):
+    if cfg.type == "none":
+        return plan
+    targets = cfg.targets
+    if cfg.heads.num_classes:
+        heads = tuple(p for h in cfg.heads.names for p in (h, f"{h}.*"))
+        targets = dataclasses.replace(targets, exclude=targets.exclude + heads)
+    for name in select_targets(model, targets):
         module = model.get_submodule(name)
         kind = type(module).__name__
         conv = isinstance(module, CONV_TYPES)
@@ -279,7 +307,14 @@ def _inject(
             "this model already carries adapters; inject into a fresh base model or call "
             "merge_adapters first"
         )
+    if cfg.type == "none" and not cfg.heads.num_classes:
+        raise ConfigError(
+            "adapter type none trains only new output heads, but heads.num_classes is 0; "
+            "set heads.num_classes (e.g. 3 for GTVp/GTVn; mefn finetune --num-classes) or "
+            "choose an adapter type"
+        )
     plan = plan_targets(model, cfg) if plan is None else plan
+    heads = [_head_conv(model, h) for h in cfg.heads.names] if cfg.heads.num_classes else []
     base_ids = {id(t) for t in model.state_dict(keep_vars=True).values()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -296,15 +331,79 @@ def _inject(
         handle.mosa = MosaController(params, cfg.mosa.parts, generator)
     if cfg.lae.enabled:
         handle.lae = LAEController(params, cfg.lae.ema_decay, cfg.lae.ensemble)
+    if heads:  # after MoSA/LAE: the new heads train dense and are not ensembled
+        handle.base_heads = _replace_heads(model, cfg, heads)
     model.__dict__[HANDLE_ATTR] = handle
     log.info(
-        "adapters %s: %d targets (%d via peft), %d trainable parameters",
+        "adapters %s: %d targets (%d via peft), %d new heads, %d trainable parameters",
         cfg.type,
         len(plan),
         len(peft_names),
+        len(handle.base_heads),
         handle.num_trainable(),
     )
     return handle
+
+
+def _head_conv(model: nn.Module, head: str) -> tuple[str, nn.Conv3d]:
+    """Dotted name and module of the last Conv3d in (or at) the head module ``head``."""
+    names = {n for n, _ in model.named_modules() if n}
+    if head not in names:
+        top = sorted({n.split(".")[0] for n in names})
+        raise ConfigError(
+            f"heads.names lists {head!r}, which is no module of the model (top-level modules: "
+            f"{', '.join(top)}); set heads.names to the output head modules"
+        )
+    convs = [
+        (n, m) for n, m in model.named_modules() if _under(n, head) and isinstance(m, nn.Conv3d)
+    ]
+    if not convs:
+        raise ConfigError(
+            f"output head {head!r} holds no Conv3d to replace; heads.names must name "
+            "convolutional output heads"
+        )
+    return convs[-1]
+
+
+def _replace_heads(
+    model: nn.Module, cfg: AdapterConfig, found: list[tuple[str, nn.Conv3d]]
+) -> dict[str, nn.Module]:
+    """Put fresh ``heads.num_classes``-output convolutions in place of the heads' last convs.
+
+    The new convolutions copy the old ones' geometry and use PyTorch's default
+    initialisation, drawn from ``cfg.seed`` without touching the global random stream.
+    Returns the replaced base modules by name (the model's ``num_classes`` follows).
+    """
+    k = cfg.heads.num_classes
+    old: dict[str, nn.Module] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + HEAD_SEED_OFFSET)
+        for name, conv in found:
+            new = nn.Conv3d(
+                conv.in_channels,
+                k,
+                cast(Any, conv.kernel_size),
+                stride=cast(Any, conv.stride),
+                padding=cast(Any, conv.padding),
+                dilation=cast(Any, conv.dilation),
+                groups=1,
+                bias=conv.bias is not None,
+                padding_mode=conv.padding_mode,
+            ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+            replace_submodule(model, name, new)
+            old[name] = conv
+    if isinstance(getattr(model, "num_classes", None), int):
+        model.__dict__[BASE_CLASSES_ATTR] = model.num_classes
+        setattr(model, "num_classes", k)  # noqa: B010 - nn.Module's attribute is untyped
+    return old
+
+
+def _restore_heads(model: nn.Module, handle: AdapterHandle) -> None:
+    for name, module in handle.base_heads.items():
+        replace_submodule(model, name, module)
+    if BASE_CLASSES_ATTR in model.__dict__:
+        setattr(model, "num_classes", model.__dict__.pop(BASE_CLASSES_ATTR))  # noqa: B010
+    handle.base_heads = {}
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -330,6 +429,7 @@ def remove_adapters(model: nn.Module) -> None:
         return
     for name in handle.targets:
         _unwrap(model, name)
+    _restore_heads(model, handle)
     model.__dict__.pop("peft_config", None)
     model.__dict__.pop(HANDLE_ATTR, None)
 
@@ -337,8 +437,8 @@ def remove_adapters(model: nn.Module) -> None:
 def merge_adapters(model: nn.Module) -> list[str]:
     """Fold every adapter that allows it into its base module; returns those left unmerged.
 
-    Merged layers become their plain base modules again (with changed weights). MoSA parts
-    are merged into dense adapters first. LAE adapters stay unmerged (the ensemble needs both
+    Merged layers become their plain base modules again (with changed weights); new output
+    heads (``heads``) stay in place. MoSA parts are merged into dense adapters first. LAE adapters stay unmerged (the ensemble needs both
     the online and the offline adapter).
     """
     handle = _handle_of(model)

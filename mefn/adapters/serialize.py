@@ -3,8 +3,8 @@
 The JSON says what the tensors are: format marker and version, adapter type and resolved
 config, the adapted module names, the hash of the base model the adapter was trained on,
 the mefn version, aliases for tensors shared by several modules (stored once), the bit
-packing layout of low-bit adapters, and the sha256 of the safetensors file. Nothing is ever
-unpickled.
+packing layout of low-bit adapters, new output heads (their module names, ``num_classes`` and
+class ``labels``) and the sha256 of the safetensors file. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -87,14 +87,23 @@ def save_adapter(
     model_or_handle: nn.Module | AdapterHandle,
     directory: str | os.PathLike[str],
     base_model_hash: str,
+    labels: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the adapter of a model (or handle) to ``directory``; returns the folder.
 
     ``base_model_hash`` identifies the base weights (e.g. :func:`model_hash` of the base
     state dict, or the sha256 of the weights file); :func:`load_adapter` refuses any other.
     MoSA adapters are saved dense; low-bit adapters with ``quant.packed`` as packed codes.
+    New output heads (``config.heads``) are saved whole; ``labels`` (class index as a string
+    -> name, e.g. ``{"1": "GTVp", "2": "GTVn"}``) names their classes.
     """
     handle = _resolve(model_or_handle)
+    num_classes = handle.num_classes
+    if labels is not None and num_classes is not None and len(labels) != num_classes:
+        raise ConfigError(
+            f"labels name {len(labels)} classes but the adapter's heads have {num_classes}; "
+            "give one name per class, background included"
+        )
     folder = check_writable_dir(directory)
     cfg = handle.config
     unique, aliases = _dedupe(handle.adapter_state())
@@ -141,6 +150,9 @@ def save_adapter(
         "aliases": aliases,
         "packing": packing,
         "lae": lae,
+        "num_classes": num_classes,
+        "heads": sorted(handle.base_heads),
+        "labels": dict(labels) if labels is not None else handle.labels,
         "weights_sha256": file_sha256(weights_path),
     }
     atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
@@ -234,6 +246,9 @@ def load_adapter(
     except BaseException:
         remove_adapters(model)
         raise
+    labels = meta.get("labels")
+    if isinstance(labels, dict):
+        handle.labels = {str(k): str(v) for k, v in labels.items()}
     log.info("loaded %s adapter from %s (%d targets)", cfg.type, folder, len(plan))
     return handle
 

@@ -11,8 +11,16 @@ EPILOG = """\
 adapter types: lora, dora, ia3, norm_bias, bottleneck, shared_bottleneck, compacter, mosa,
 lowbit, paca, bone, gated, lae (configs/adapters/), or a YAML file.
 
+head-only tuning (new heads on the frozen base, no adapter in the body): --adapter none.
+
+another label set: --num-classes N replaces the output heads with fresh ones for N classes
+(background included) that train with the adapter and are saved in its file; unset, it is the
+base's, or the labels' (largest label + 1) when they hold more classes, e.g. 3 on HECKTOR
+(GTVp = 1, GTVn = 2) from a 2-class base.
+
 example:
   mefn finetune --from mefn_default --adapter compacter --data my_centre/ -o adapters/my_centre
+  mefn finetune --from mefn_default --adapter lora --data hecktor/ --num-classes 3 -o adapters/hn
   mefn segment case_0000.nii.gz --adapter adapters/my_centre -o results/
 """
 
@@ -38,6 +46,12 @@ def add_parser(sub: Any) -> None:
         "--config", default=None, help="training YAML (default configs/train/finetune.yaml)"
     )
     p.add_argument("-o", "--output", required=True, help="adapter folder to write")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the fine-tuned model, background included (new output heads)",
+    )
     p.add_argument("--epochs", type=int, help="override epochs")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning")
@@ -70,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         patch_size_vox=(int(patch[0]), int(patch[1]), int(patch[2])),
         init_weights=str(weights),
         adapter=args.adapter,
+        num_classes=args.num_classes,
         epochs=args.epochs if args.epochs is not None else cfg.epochs,
         device=args.device or cfg.device,
     )
@@ -90,4 +105,8 @@ def run(args: argparse.Namespace) -> int:
             f"adapter {args.adapter}: {result.epochs_done} epochs, best validation Dice "
             f"{result.best_dice:.4f}; {adapter_dir} ({size_kb:.1f} KB)"
         )
+        meta = json.loads((adapter_dir / "adapter_config.json").read_text())
+        if meta.get("labels"):
+            names = ", ".join(f"{k} = {v}" for k, v in meta["labels"].items() if k != "0")
+            print(f"new output heads for {meta['num_classes']} classes: {names}")
     return 0

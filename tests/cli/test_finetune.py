@@ -11,6 +11,8 @@ from support import make_tiny_weights
 
 from mefn.cli import main
 
+HN_LABELS = {"0": "background", "1": "GTVp", "2": "GTVn"}
+
 
 @pytest.mark.parametrize("adapter", ["lora", "compacter"])
 def test_finetune_then_segment_with_the_adapter(tmp_path, adapter):
@@ -108,3 +110,45 @@ def test_finetune_errors(tmp_path, capsys):
         )
         == 2
     )
+
+
+@pytest.mark.parametrize("adapter, num_classes", [("lora", "3"), ("none", None)])
+def test_finetune_to_head_and_neck_labels_gives_three_classes(tmp_path, adapter, num_classes):
+    """A 2-class base fine-tuned on HECKTOR-layout phantoms (1 = GTVp, 2 = GTVn): new heads."""
+    from mefn.data.phantoms import write_phantoms
+    from mefn.inference import Predictor
+    from mefn.io.discovery import load_case
+
+    weights = make_tiny_weights(tmp_path)
+    data = tmp_path / "hn"
+    write_phantoms(data, n=3, layout="hecktor", seed=21, small=True, n_lesions=2, fov="full")
+    out = tmp_path / "ft"
+    argv = ["-q", "finetune", "--from", str(weights), "--adapter", adapter, "--data", str(data)]
+    argv += ["-o", str(out), "--epochs", "1"]
+    if num_classes:  # else taken from the labels (largest 2 -> 3 classes)
+        argv += ["--num-classes", num_classes]
+    assert main(argv) == 0
+    meta = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert meta["num_classes"] == 3 and meta["labels"] == HN_LABELS
+    assert meta["config"]["heads"]["num_classes"] == 3 and meta["type"] == adapter
+    card = json.loads((out / "adapter" / "training.json").read_text())
+    assert card["labels"] == HN_LABELS and card["model"]["num_classes"] == 3
+
+    predictor = Predictor(weights, adapter=out, device="cpu")
+    assert predictor.num_classes == 3 and predictor.labels == HN_LABELS
+    case = load_case(next((data / "imagesTr").glob("*__CT.nii.gz")))
+    pred = predictor.predict(case, keep_extra=True)
+    assert pred.probabilities is not None and pred.probabilities.shape[0] == 3
+    assert np.allclose(pred.probabilities.sum(0), 1.0, atol=1e-4)
+    assert set(np.unique(pred.mask)) <= {0, 1, 2}
+    assert pred.settings["labels"] == HN_LABELS
+    # the base alone still has its two classes
+    assert Predictor(weights, device="cpu").labels == {"0": "background", "1": "lesion"}
+
+
+def test_finetune_num_classes_error(tmp_path, capsys):
+    weights = make_tiny_weights(tmp_path)
+    (tmp_path / "d").mkdir()
+    argv = ["finetune", "--from", str(weights), "--adapter", "lora", "--data", str(tmp_path / "d")]
+    assert main(argv + ["-o", str(tmp_path / "o"), "--num-classes", "1"]) == 2
+    assert "num_classes must be at least 2" in capsys.readouterr().err
