@@ -1,4 +1,4 @@
-"""Adapter benchmark: fine-tune a 2-class base to head and neck (GTVp, GTVn) with every adapter type.
+"""Adapter benchmark: fine-tune a 2-class base to head and neck (GTVp, GTVn), every adapter type.
 
     python pipelines/adapter_benchmark.py                      # the whole table (~55 min, 2 cores)
     python pipelines/adapter_benchmark.py --cases 5 --steps 40 --types lora lowbit full
@@ -38,10 +38,10 @@ memory than full fine-tuning; (2) the 1-bit adapter's file at most 1/25 of the s
 saved in fp32.
 
 Resumable: each run's folder (``runs/<settings hash>/n<N>/<type>``) holds ``result.json``
-when done and is skipped; an interrupted training resumes at its last epoch. Results go to ``--out`` (default
-``runs/adapter_benchmark``); the table is printed and written into the generated section of
-``--doc`` (default ``docs/adapters.md``) after every run. Shrink with ``--types``,
-``--cases``, ``--steps``, ``--val-cases``, ``--patch``.
+when done and is skipped; an interrupted training resumes at its last epoch. Results go to
+``--out`` (default ``runs/adapter_benchmark``); the table is printed and written into the
+generated section of ``--doc`` (default ``docs/adapters.md``) after every run. Shrink with
+``--types``, ``--cases``, ``--steps``, ``--val-cases``, ``--patch``.
 """
 
 from __future__ import annotations

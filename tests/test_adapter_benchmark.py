@@ -1,4 +1,4 @@
-"""pipelines/adapter_benchmark.py: the table, the targets, the doc section, a tiny run end to end."""
+"""pipelines/adapter_benchmark.py: table, targets, doc section, a tiny run end to end."""
 
 from __future__ import annotations
 

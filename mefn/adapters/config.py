@@ -4,8 +4,9 @@ One adapter *type* (``lora``, ``dora``, ``ia3``, ``norm_bias``, ``bottleneck``,
 ``compacter``, ``paca``, ``bone``, or ``none`` for head-only tuning) plus optional *modifiers*
 that work on top of it: MoSA sparse training (``mosa``), low-bit weights (``quant``),
 VL-PET-style gates (``gate``) and the LAE online/offline pair (``lae``); ``heads`` replaces the
-output heads for another label set (they train with the adapter and are saved in its file). ``configs/adapters/<name>.yaml`` holds one ready
-configuration per method; see ``docs/adapters.md`` for the maths and parameter counts.
+output heads for another label set (they train with the adapter and are saved in its file).
+``configs/adapters/<name>.yaml`` holds one ready configuration per method; see
+``docs/adapters.md`` for the maths and parameter counts.
 """
 
 from __future__ import annotations

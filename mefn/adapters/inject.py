@@ -438,8 +438,8 @@ def merge_adapters(model: nn.Module) -> list[str]:
     """Fold every adapter that allows it into its base module; returns those left unmerged.
 
     Merged layers become their plain base modules again (with changed weights); new output
-    heads (``heads``) stay in place. MoSA parts are merged into dense adapters first. LAE adapters stay unmerged (the ensemble needs both
-    the online and the offline adapter).
+    heads (``heads``) stay in place. MoSA parts are merged into dense adapters first. LAE
+    adapters stay unmerged (the ensemble needs both the online and the offline adapter).
     """
     handle = _handle_of(model)
     if handle is None:

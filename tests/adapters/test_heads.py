@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def x() -> torch.Tensor:
     return torch.randn(1, 2, 16, 16, 16, generator=torch.Generator().manual_seed(3))
 
 
-def _train(net: torch.nn.Module, handle, x: torch.Tensor, steps: int = 2) -> None:  # type: ignore[no-untyped-def]
+def _train(net: torch.nn.Module, handle: Any, x: torch.Tensor, steps: int = 2) -> None:
     optim = torch.optim.Adam(list(handle.trainable_parameters().values()), lr=0.05)
     target = torch.randint(0, 3, (1, 16, 16, 16), generator=torch.Generator().manual_seed(5))
     net.train()
