@@ -682,7 +682,12 @@ def train(
         }
         row.update({k: v / cfg.steps_per_epoch for k, v in sums.items()})
         val_dice = None
-        if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+        out_of_time = (
+            cfg.max_minutes is not None and (time.monotonic() - t_start) / 60.0 >= cfg.max_minutes
+        )
+        # the last epoch (planned or cut by the time budget) is always validated, so the
+        # weights kept are the best of everything validated, the final state included
+        if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs or out_of_time):
             val_dice = _validate(model, val_cases, cfg, model_cfg.num_classes, device, dist_info)
             row["val_dice"] = val_dice
             if val_dice > state["best_dice"]:
@@ -715,7 +720,7 @@ def train(
         if state["epochs_without_improvement"] >= cfg.early_stop_patience:
             stopped = "early_stop"
             break
-        if cfg.max_minutes is not None and (time.monotonic() - t_start) / 60.0 >= cfg.max_minutes:
+        if out_of_time:
             stopped = "time_budget"
             break
 
