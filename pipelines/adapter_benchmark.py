@@ -408,7 +408,9 @@ def evaluate(run_dir: Path, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     if kind == FULL:
         predictor = Predictor(run_dir, device=spec["device"], threads=int(spec["threads"]))
     elif kind == BASE:
-        predictor = Predictor(spec["base_weights"], device=spec["device"])
+        predictor = Predictor(
+            spec["base_weights"], device=spec["device"], threads=int(spec["threads"])
+        )
     else:
         predictor = Predictor(
             spec["base_weights"],
@@ -565,6 +567,14 @@ def run_all(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "runs": {},
     }
     t_all = time.monotonic()
+    todo = [
+        (n, kind)
+        for n in cases
+        for kind in rows
+        if not (out / "runs" / tag / f"n{n:02d}" / kind / "result.json").is_file()
+    ]
+    log(f"{len(todo)} of {len(cases) * len(rows)} runs to do ({out / 'runs' / tag})")
+    ran = 0
     for n in cases:
         data = subset_folder(out / "data" / f"train_n{n}", train_cts[: n + 1])
         for kind in rows:
@@ -604,7 +614,13 @@ def run_all(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 continue
             done.write_text(json.dumps(res, indent=1))
             results["runs"][key] = res
+            ran += 1
+            per_run = (time.monotonic() - t_all) / ran
             log(f"{key}: {_summary_line(res)}")
+            log(
+                f"{ran}/{len(todo)} runs in {(time.monotonic() - t_all) / 60:.1f} min, about "
+                f"{per_run * (len(todo) - ran) / 60:.0f} min to go"
+            )
             if res.get("train_cases", n) != n:
                 log(f"{key}: WARNING trained on {res['train_cases']} cases, not {n}")
             (out / "results.json").write_text(json.dumps(results, indent=1))
