@@ -1,6 +1,6 @@
 """Adapter benchmark: fine-tune a 2-class base to head and neck (GTVp, GTVn), every adapter type.
 
-    python pipelines/adapter_benchmark.py                      # the whole table (~55 min, 2 cores)
+    python pipelines/adapter_benchmark.py                      # the whole table (~45 min, 2 cores)
     python pipelines/adapter_benchmark.py --cases 5 --steps 40 --types lora lowbit full
     python pipelines/adapter_benchmark.py --report             # rewrite the doc from saved results
 
@@ -313,6 +313,7 @@ def child_run(spec: dict[str, Any]) -> dict[str, Any]:
             if event["event"] == "step":
                 times.append(time.perf_counter())
 
+        result["load_before"] = os.getloadavg()[0]
         rss_before = rss_mib()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -327,6 +328,7 @@ def child_run(spec: dict[str, Any]) -> dict[str, Any]:
         result["steps_timed"] = int(steps.size)
         result["steps"] = cfg.epochs * cfg.steps_per_epoch
         result["train_seconds"] = res.seconds
+        result["load_after"] = os.getloadavg()[0]
         result["resumed"] = resume
         result.update(_describe(run_dir, kind, spec))
     t0 = time.perf_counter()
@@ -840,6 +842,16 @@ def render_report(results: dict[str, Any]) -> str:
     failed = [r for r in rows if r["errors"]]
     for r in failed:
         parts.append(f"- {r['type']} failed: {r['errors'][0][:200]}")
+    loads = [
+        r[k] for r in results["runs"].values() for k in ("load_before", "load_after") if k in r
+    ]
+    if loads:
+        parts.append(
+            f"1-minute load average sampled before and after each training: at most "
+            f"{max(loads):.2f} (the benchmark's own training adds about {s['threads']}; much "
+            "more means other work shared the cores and inflated the timings)."
+        )
+        parts.append("")
     if "seconds" in results:
         parts.append(
             f"Last invocation: {results['seconds'] / 60:.1f} min (runs done before skipped)."
@@ -887,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--types", nargs="+", default=list(TYPES[:-1]), choices=TYPES)
     p.add_argument("--cases", nargs="+", type=int, default=[5, 10, 25], help="training cases")
     p.add_argument("--val-cases", type=int, default=8, help="fixed validation phantoms")
-    p.add_argument("--steps", type=int, default=60, help="training steps per run (all types)")
+    p.add_argument("--steps", type=int, default=100, help="training steps per run (all types)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--patch", type=int, default=48, help="patch edge in voxels")
     p.add_argument("--lr", type=float, default=2e-3)
