@@ -89,7 +89,6 @@ CHILD_FLAG = "--_child"
 RESULT_TAG = "ADAPTER_BENCHMARK_RESULT "
 BEGIN = "<!-- adapter_benchmark.py: generated section begins; edit the script, not this -->"
 END = "<!-- adapter_benchmark.py: generated section ends -->"
-EXTRA_EXCLUDE = {"bone": ("gates.*", "to_pseudo_*", "calibrator*")}
 TARGETS = {"dice_gap": 0.02, "trainable_pct": 2.0, "lowbit_ratio": 25.0}
 
 
@@ -246,11 +245,6 @@ def adapter_config(kind: str) -> Any:
     from mefn.adapters import HeadsConfig, load_adapter_config
 
     cfg = load_adapter_config("none" if kind == HEAD_ONLY else kind)
-    extra = EXTRA_EXCLUDE.get(kind, ())
-    if extra:
-        cfg = dataclasses.replace(
-            cfg, targets=dataclasses.replace(cfg.targets, exclude=cfg.targets.exclude + extra)
-        )
     return dataclasses.replace(cfg, heads=HeadsConfig(num_classes=NUM_CLASSES))
 
 
