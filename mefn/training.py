@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mefn import __version__
-from mefn.config import from_dict, load_config, save_config, to_dict
+from mefn.config import load_config, save_config, to_dict
 from mefn.data.augment import AugmentConfig, PatchSampler
 from mefn.data.cache import CachedCase, cache_case
 from mefn.data.preprocess import PreprocessConfig, normalise
@@ -795,7 +795,3 @@ def _write_log_row(path: Path, row: dict[str, Any]) -> None:
         if not exists:
             w.writeheader()
         w.writerow(row)
-
-
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    return from_dict(TrainConfig, data)

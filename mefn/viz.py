@@ -34,7 +34,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -987,6 +987,23 @@ def load_review(
     )
 
 
+def _plot_disagreement(data: ReviewData, point: Any, axes: Any) -> None:
+    """The signed CT-versus-PET uncertainty map into three axes (needs both modality maps)."""
+    if data.uncertainty_ct is None or data.uncertainty_pet is None:
+        raise ValueError("the disagreement map needs uncertainty_ct and uncertainty_pet")
+    plot_map(
+        modality_disagreement(data.uncertainty_ct, data.uncertainty_pet),
+        data.geometry,
+        point,
+        label="u_CT - u_PET",
+        cmap="RdBu_r",
+        vmin=-1.0,
+        vmax=1.0,
+        mask=data.mask,
+        axes=axes,
+    )
+
+
 def review_figure(
     data: ReviewData,
     point: Sequence[int] | None = None,
@@ -1033,18 +1050,7 @@ def review_figure(
         axes=row_axes[1],
     )
     if has_pair:
-        assert data.uncertainty_ct is not None and data.uncertainty_pet is not None  # for mypy
-        plot_map(
-            modality_disagreement(data.uncertainty_ct, data.uncertainty_pet),
-            data.geometry,
-            point,
-            label="u_CT - u_PET",
-            cmap="RdBu_r",
-            vmin=-1.0,
-            vmax=1.0,
-            mask=data.mask,
-            axes=row_axes[2],
-        )
+        _plot_disagreement(data, point, row_axes[2])
     else:
         for ax in row_axes[2]:
             ax.axis("off")
@@ -1121,17 +1127,7 @@ def slice_figure(
     )
     plot_map(data.uncertainty, data.geometry, point, mask=data.mask, axes=list(axes[1]))
     if data.uncertainty_ct is not None and data.uncertainty_pet is not None:
-        plot_map(
-            modality_disagreement(data.uncertainty_ct, data.uncertainty_pet),
-            data.geometry,
-            point,
-            label="u_CT - u_PET",
-            cmap="RdBu_r",
-            vmin=-1.0,
-            vmax=1.0,
-            mask=data.mask,
-            axes=list(axes[2]),
-        )
+        _plot_disagreement(data, point, list(axes[2]))
     fig.suptitle(f"{data.case_id}: [i, j, k] = {tuple(int(p) for p in point)}", fontsize=10)
     return fig
 

@@ -52,15 +52,16 @@ import hashlib
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402  (pipelines/ on sys.path above)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "runs" / "adapter_benchmark"
@@ -92,6 +93,33 @@ END = "<!-- adapter_benchmark.py: generated section ends -->"
 TARGETS = {"dice_gap": 0.02, "trainable_pct": 2.0, "lowbit_ratio": 25.0}
 
 
+def machine_info() -> dict[str, Any]:
+    import peft
+
+    return _bench.machine_info(peft=peft.__version__)
+
+
+def peak_rss_mib() -> float:
+    return _bench.proc_status_kib("VmHWM") / 1024
+
+
+def rss_mib() -> float:
+    return _bench.proc_status_kib("VmRSS") / 1024
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    result = _bench.run_child(
+        Path(__file__).resolve(), CHILD_FLAG, RESULT_TAG, spec, threads=int(spec["threads"])
+    )
+    result["process_seconds"] = result.pop("process_wall_seconds")
+    return result
+
+
+def write_doc(doc: Path, generated: str) -> None:
+    """Replace the generated section of ``doc`` (or append it), keeping the rest."""
+    _bench.write_generated_section(doc, BEGIN, END, generated, "Adapters")
+
+
 def log(msg: str) -> None:
     print(f"[adapter-benchmark {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -99,81 +127,6 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # machine and provenance
 # --------------------------------------------------------------------------------------------
-def _commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    import monai
-    import peft
-    import torch
-
-    import mefn
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "peft": peft.__version__,
-        "mefn": mefn.__version__,
-        "commit": _commit(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average": round(os.getloadavg()[0], 2),
-    }
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (``VmHWM``; ``ru_maxrss`` off Linux), MiB.
-
-    Not ``ru_maxrss`` on Linux: it carries the parent's high-water mark across ``execve``.
-    """
-    return _proc_status("VmHWM")
-
-
-def rss_mib() -> float:
-    return _proc_status("VmRSS")
-
-
-def _proc_status(key: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
@@ -452,26 +405,6 @@ def evaluate(run_dir: Path, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         "labels": predictor.labels,
         "cases": cases,
     }
-
-
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ)
-    threads = str(spec["threads"])
-    env.update(
-        OMP_NUM_THREADS=threads,
-        MKL_NUM_THREADS=threads,
-        ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=threads,
-    )
-    cmd = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, json.dumps(spec)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-        raise RuntimeError(f"child failed ({proc.returncode}): " + " | ".join(tail))
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG) :])
-    result["process_seconds"] = time.perf_counter() - t0
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,20 +786,6 @@ def render_report(results: dict[str, Any]) -> str:
         parts.append("")
     parts.append(END)
     return "\n".join(parts)
-
-
-def write_doc(doc: Path, generated: str) -> None:
-    """Replace the generated section of ``doc`` (or append it), keeping the rest."""
-    from mefn.fileutil import atomic_write_text
-
-    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Adapters\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + generated + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(doc, text)
 
 
 def print_report(results: dict[str, Any]) -> None:

@@ -50,10 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -61,6 +58,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402  (pipelines/ on sys.path above)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "runs" / "benchmark"
@@ -83,77 +83,34 @@ TARGETS = {
 }
 
 
+def machine_info() -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    return _bench.machine_info(SimpleITK=sitk.Version.VersionString())
+
+
+def peak_rss_kib() -> int:
+    return _bench.proc_status_kib("VmHWM")
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    return _bench.run_child(
+        Path(__file__).resolve(), CHILD_FLAG, RESULT_TAG, spec, threads=int(spec["threads"])
+    )
+
+
+def write_doc(doc: Path, generated: str) -> None:
+    """Replace the generated section of ``doc`` (or append it), keeping the hand-written rest."""
+    _bench.write_generated_section(doc, BEGIN, END, generated, "Benchmarks")
+
+
 def log(msg: str) -> None:
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def load_average() -> float:
-    try:
-        return float(os.getloadavg()[0])
-    except OSError:  # pragma: no cover - not on Linux
-        return math.nan
 
 
 # --------------------------------------------------------------------------------------------
 # machine
 # --------------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    import monai
-    import SimpleITK as sitk
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # pragma: no cover
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "SimpleITK": sitk.Version.VersionString(),
-        "numpy": np.__version__,
-        "mefn": _mefn_version(),
-        "commit": _commit(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    return info
-
-
-def _mefn_version() -> str:
-    from mefn import __version__
-
-    return str(__version__)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return out.stdout.strip() + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def matmul_gflops(threads: int, device: str = "cpu", n: int = 4096, repeats: int = 3) -> float:
     """Best float32 ``torch.matmul`` rate (GFLOP/s, 2 n^3 per product) with ``threads``."""
     import torch
@@ -376,49 +333,11 @@ def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def peak_rss_kib() -> int:
-    """Peak resident memory of this process in KiB: ``VmHWM`` of its own address space.
-
-    Not ``ru_maxrss``: Linux carries the high-water mark across ``execve``, so a child
-    started from a big parent (fork, then exec) reports at least the parent's size.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ)
-    threads = str(spec["threads"])
-    env.update(
-        OMP_NUM_THREADS=threads,
-        MKL_NUM_THREADS=threads,
-        ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=threads,
-    )
-    cmd = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, json.dumps(spec)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"benchmark child failed ({proc.returncode}): " + " | ".join(tail))
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG) :])
-    result["process_wall_seconds"] = wall
-    return result
-
-
 def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import torch
 
     devices = list(args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]))
-    load_before = load_average()
+    load_before = _bench.load_average()
     weights, trained = {}, {}
     for m in args.models:
         run = out / "quality" / "runs" / m / "model.safetensors"
@@ -457,7 +376,7 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     results[model].append(res)
                     log(
                         f"{device} {kind} {model}: {res['runs'][-1]['seconds']:.1f} s, "
-                        f"peak RSS {res['peak_rss_gib']:.2f} GiB, load {load_average():.1f}"
+                        f"peak RSS {res['peak_rss_gib']:.2f} GiB, load {_bench.load_average():.1f}"
                     )
             for model, res_list in results.items():
                 # GPU: the second predict in the process (after cuDNN autotuning); CPU: the one
@@ -511,7 +430,7 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "matmul_gflops": rates,
         "matmul_size": args.matmul_size,
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": _bench.load_average(),
         "rows": rows,
     }
 
@@ -678,7 +597,7 @@ def run_quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from mefn.data.datasets import index_dataset
 
     root = out / "quality"
-    load_before = load_average()
+    load_before = _bench.load_average()
     train_root = Path(args.train_data) if args.train_data else root / "train_data"
     if not args.train_data:
         ensure_phantoms(train_root, args.cases, TRAIN_SEED, args.small_phantoms, "random")
@@ -736,7 +655,7 @@ def run_quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "device": args.device,
         },
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": _bench.load_average(),
         "models": results,
     }
 
@@ -968,21 +887,6 @@ def _quality_row(label: str, res: dict[str, Any], which: str) -> str:
         f"{_f(val if val is not None and val >= 0 else None, 3)} | "
         f"{_f(minutes / 60 if minutes is not None else None, 1)} |"
     )
-
-
-def write_doc(doc: Path, generated: str) -> None:
-    """Replace the generated section of ``doc`` (or append it), keeping the hand-written rest."""
-    from mefn.fileutil import atomic_write_text
-
-    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + generated + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(doc, text)
 
 
 def _command() -> str:

@@ -17,24 +17,17 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import git_commit  # noqa: E402  (pipelines/ on sys.path above)
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_SEED0 = 10_000_000  # test phantoms: seeds far from any training seed
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def make_training_data(root: Path, n: int, seed: int) -> None:
@@ -127,7 +120,7 @@ def main() -> int:
         f"synthetic PET/CT phantoms only ({args.n} whole-body studies, seeds {args.seed}-"
         f"{args.seed + args.n - 1}, `mefn phantoms --layout nnunet`); no real patient data"
     )
-    card["commit"] = _commit()
+    card["commit"] = git_commit()
     card["test_fresh_phantoms"] = summary
     card["reproduce"] = "python pipelines/train_phantoms.py"
     (run_dir / "model.json").write_text(json.dumps(card, indent=1))

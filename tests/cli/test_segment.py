@@ -42,6 +42,15 @@ def _volumes(seed: int = 0, flip: bool = True, oblique: bool = False) -> tuple[V
     return ct_vol, pet_vol
 
 
+@pytest.fixture
+def c_case(tmp_path) -> Path:
+    """A CT/PET pair written as ``c_0000`` / ``c_0001`` in tmp_path; returns the CT path."""
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    return tmp_path / "c_0000.nii.gz"
+
+
 def _run(*args: str) -> int:
     return main(["-q", *args])
 
@@ -223,10 +232,7 @@ def test_folder_of_cases_one_bad_case_does_not_stop_the_others(tmp_path, tiny_we
     assert "p3_bad_z" in err and "do not overlap" in err
 
 
-def test_existing_outputs_need_overwrite(tmp_path, tiny_weights, capsys):
-    ct, pet = _volumes()
-    write_volume(ct, tmp_path / "c_0000.nii.gz")
-    write_volume(pet, tmp_path / "c_0001.nii.gz")
+def test_existing_outputs_need_overwrite(tmp_path, c_case, tiny_weights, capsys):
     out = tmp_path / "out"
     args = [
         "segment",
@@ -245,10 +251,7 @@ def test_existing_outputs_need_overwrite(tmp_path, tiny_weights, capsys):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
-def test_unwritable_output(tmp_path, tiny_weights, capsys):
-    ct, pet = _volumes()
-    write_volume(ct, tmp_path / "c_0000.nii.gz")
-    write_volume(pet, tmp_path / "c_0001.nii.gz")
+def test_unwritable_output(tmp_path, c_case, tiny_weights, capsys):
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o500)
@@ -261,10 +264,7 @@ def test_unwritable_output(tmp_path, tiny_weights, capsys):
     assert "not writable" in capsys.readouterr().err
 
 
-def test_output_folder_that_is_a_file(tmp_path, tiny_weights, capsys):
-    ct, pet = _volumes()
-    write_volume(ct, tmp_path / "c_0000.nii.gz")
-    write_volume(pet, tmp_path / "c_0001.nii.gz")
+def test_output_folder_that_is_a_file(tmp_path, c_case, tiny_weights, capsys):
     (tmp_path / "file").write_text("x")
     assert (
         _run(
@@ -280,10 +280,7 @@ def test_output_folder_that_is_a_file(tmp_path, tiny_weights, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
-def test_corrupt_and_foreign_weights(tmp_path, tiny_weights, capsys):
-    ct, pet = _volumes()
-    write_volume(ct, tmp_path / "c_0000.nii.gz")
-    write_volume(pet, tmp_path / "c_0001.nii.gz")
+def test_corrupt_and_foreign_weights(tmp_path, c_case, tiny_weights, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 100)
     (tmp_path / "bad.json").write_text(tiny_weights.with_suffix(".json").read_text())
@@ -321,7 +318,7 @@ def test_corrupt_and_foreign_weights(tmp_path, tiny_weights, capsys):
     assert "no model card" in capsys.readouterr().err
 
 
-def test_adapter_for_another_model_is_refused(tmp_path, tiny_weights, capsys):
+def test_adapter_for_another_model_is_refused(tmp_path, c_case, tiny_weights, capsys):
     from mefn.adapters import AdapterConfig, inject_adapters, save_adapter
     from mefn.config import from_dict
     from mefn.model import ModelConfig, build_model
@@ -330,9 +327,6 @@ def test_adapter_for_another_model_is_refused(tmp_path, tiny_weights, capsys):
     cfg = from_dict(AdapterConfig, {"type": "bottleneck"})
     inject_adapters(net, cfg)
     save_adapter(net, tmp_path / "adapter", base_model_hash="0" * 64)
-    ct, pet = _volumes()
-    write_volume(ct, tmp_path / "c_0000.nii.gz")
-    write_volume(pet, tmp_path / "c_0001.nii.gz")
     code = _run(
         "segment",
         str(tmp_path / "c_0000.nii.gz"),

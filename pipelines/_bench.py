@@ -1,0 +1,140 @@
+"""Helpers shared by the benchmark pipelines: provenance, peak memory, child runs, doc sections.
+
+Imported by ``pipelines/*.py`` scripts (which put their own folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """Short HEAD of the repository, with ``+dirty`` when tracked files are modified."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:  # pragma: no cover - not on Linux
+        return math.nan
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """CPU, cores, GPU, versions, commit, date and load; ``extra`` entries are added."""
+    import monai
+    import torch
+
+    import mefn
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": __import__("numpy").__version__,
+        "mefn": mefn.__version__,
+        "commit": git_commit(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": round(load_average(), 2),
+        **extra,
+    }
+
+
+def proc_status_kib(key: str = "VmHWM") -> int:
+    """A ``/proc/self/status`` memory figure in KiB (``VmHWM`` = peak resident set).
+
+    Not ``ru_maxrss`` on Linux: it carries the parent's high-water mark across ``execve``,
+    so a child started from a big parent reports at least the parent's size. Off Linux,
+    ``ru_maxrss`` is the fallback.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def run_child(
+    script: Path, flag: str, tag: str, spec: dict[str, Any], threads: int | None = None
+) -> dict[str, Any]:
+    """Run ``script flag <spec json>`` in a fresh process; return the JSON it printed after ``tag``."""
+    env = dict(os.environ)
+    if threads is not None:
+        env.update(
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads),
+        )
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(script), flag, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{script.name} child failed ({proc.returncode}): " + " | ".join(tail))
+    result: dict[str, Any] = json.loads(lines[-1][len(tag) :])
+    result["process_wall_seconds"] = wall
+    return result
+
+
+def write_generated_section(doc: Path, begin: str, end: str, generated: str, title: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in ``doc`` (or append ``generated``)."""
+    from mefn.fileutil import atomic_write_text
+
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else f"# {title}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + generated + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + generated + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(doc, text)
