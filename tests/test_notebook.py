@@ -52,11 +52,6 @@ def python3_kernel() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="failed an output assertion after ~10 min on the busy 2-core machine on 2026-11-24 "
-    "(first run with the bundled weights); under investigation (issue 8)",
-)
 def test_notebook_runs_on_a_generated_phantom(python3_kernel, monkeypatch, tmp_path):
     try:
         from mefn.inference import list_models

@@ -153,7 +153,7 @@ def resample_to(
     """
     import SimpleITK as sitk
 
-    from mefn.io.sitk_bridge import to_sitk
+    from mefn.io.sitk_bridge import array_from_sitk, to_sitk
 
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be 'linear' or 'nearest', found {interpolation!r}")
@@ -174,7 +174,7 @@ def resample_to(
     resampler.SetDefaultPixelValue(float(default_value))
     resampler.SetTransform(sitk.Transform())
     out = resampler.Execute(image)
-    array = np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
+    array = array_from_sitk(out)
     return src.with_array(array, geometry=geometry)
 
 

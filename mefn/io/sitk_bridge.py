@@ -12,7 +12,7 @@ from mefn.errors import OutputError
 from mefn.fileutil import atomic_path
 from mefn.io.volume import Geometry, Volume
 
-__all__ = ["geometry_from_sitk", "to_sitk", "from_sitk", "write_volume"]
+__all__ = ["array_from_sitk", "geometry_from_sitk", "to_sitk", "from_sitk", "write_volume"]
 
 
 def geometry_from_sitk(image: sitk.Image) -> Geometry:
@@ -26,10 +26,19 @@ def geometry_from_sitk(image: sitk.Image) -> Geometry:
     )
 
 
+def array_from_sitk(image: sitk.Image) -> np.ndarray:
+    """The voxels of a 3D image as a C-contiguous ``[i, j, k]`` array, copied once.
+
+    ``GetArrayFromImage`` would copy to ``[k, j, i]`` and the transpose copy again; the view
+    avoids the first copy (it is read before ``image`` can go away).
+    """
+    return np.ascontiguousarray(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0))
+
+
 def from_sitk(image: sitk.Image, modality: str | None = None, units: str | None = None) -> Volume:
     """A Volume from a 3D SimpleITK image (array transposed to [i, j, k])."""
     geo = geometry_from_sitk(image)
-    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+    array = array_from_sitk(image)
     return Volume(array=array, geometry=geo, modality=modality, units=units)
 
 
