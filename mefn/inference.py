@@ -329,9 +329,9 @@ _MAIN_OUTPUTS = ("prob", "uncertainty")
 
 def _default_labels(num_classes: int) -> dict[str, str]:
     """Class names when neither the card nor the adapter gives them (as ``mefn train``)."""
-    from mefn.training import _label_names
+    from mefn.model.config import label_names
 
-    return _label_names(num_classes)
+    return label_names(num_classes)
 
 
 def _argmax_uint8(prob: np.ndarray) -> np.ndarray:

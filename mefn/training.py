@@ -246,18 +246,16 @@ def model_card(
         "preprocess": to_dict(cfg.preprocess),
         "patch_size_vox": list(cfg.patch_size_vox),
         "sw_overlap": cfg.sw_overlap,
-        "labels": _label_names(model_cfg.num_classes),
+        "labels": _labels(model_cfg.num_classes),
     }
     card.update(extra or {})
     return card
 
 
-def _label_names(num_classes: int) -> dict[str, str]:
-    if num_classes == 3:
-        return {"0": "background", "1": "GTVp", "2": "GTVn"}
-    if num_classes == 2:
-        return {"0": "background", "1": "lesion"}
-    return {str(i): f"class_{i}" for i in range(num_classes)}
+def _labels(num_classes: int) -> dict[str, str]:
+    from mefn.model.config import label_names  # torch loads with mefn.model: keep it lazy
+
+    return label_names(num_classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,7 +752,7 @@ def train(
                 handle,
                 out / "adapter",
                 base_model_hash=file_sha256(Path(cfg.init_weights)),
-                labels=_label_names(model_cfg.num_classes) if handle.num_classes else None,
+                labels=_labels(model_cfg.num_classes) if handle.num_classes else None,
             )
             atomic_write_text(out / "adapter" / "training.json", json.dumps(card, indent=1))
         else:

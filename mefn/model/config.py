@@ -145,3 +145,12 @@ class ModelConfig:
     def size_divisor(self) -> int:
         """Spatial sizes must be multiples of this (one halving per level below the first)."""
         return int(2 ** (self.depth - 1))
+
+
+def label_names(num_classes: int) -> dict[str, str]:
+    """Default class names: 2 classes = lesion, 3 = HECKTOR's GTVp and GTVn."""
+    if num_classes == 3:
+        return {"0": "background", "1": "GTVp", "2": "GTVn"}
+    if num_classes == 2:
+        return {"0": "background", "1": "lesion"}
+    return {str(i): f"class_{i}" for i in range(num_classes)}
