@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
 
+    from mefn.adapters import load_adapter_config
     from mefn.config import from_dict
     from mefn.data.preprocess import PreprocessConfig
     from mefn.errors import InputError
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from mefn.model import ModelConfig
     from mefn.training import load_train_config, train
 
+    load_adapter_config(args.adapter)  # an unknown type fails before any data is read
     weights, card_path = resolve_weights(args.base)
     card = json.loads(card_path.read_text())
     model_cfg = from_dict(ModelConfig, card["model"], where="model card")

@@ -110,6 +110,7 @@ def test_finetune_errors(tmp_path, capsys):
         )
         == 2
     )
+    assert "no adapter config named 'nosuch'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("adapter, num_classes", [("lora", "3"), ("none", None)])

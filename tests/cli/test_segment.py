@@ -338,7 +338,9 @@ def test_adapter_for_another_model_is_refused(tmp_path, c_case, tiny_weights, ca
         str(tmp_path / "adapter"),
     )
     assert code == 1
-    assert "adapter" in capsys.readouterr().err.lower()
+    err = capsys.readouterr().err
+    assert "was trained on base model 0000000000000000" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_usage_errors(tmp_path, capsys):
