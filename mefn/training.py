@@ -14,6 +14,7 @@ split across processes and the Dice sums reduced; only rank 0 writes files.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -286,8 +287,17 @@ def _cache_all(entries: list[Any], cfg: TrainConfig, cache_dir: Path) -> list[Ca
 
     out = []
     for entry in entries:
-        case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
-        out.append(cache_case(case, cfg.preprocess, cache_dir))
+        # a loader: cases already cached are not read again (resume, second pass after DDP)
+        out.append(
+            cache_case(
+                functools.partial(
+                    load_case, ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id
+                ),
+                cfg.preprocess,
+                cache_dir,
+                case_id=entry.case_id,
+            )
+        )
     return out
 
 

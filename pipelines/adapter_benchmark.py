@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -182,7 +183,8 @@ def precache(cts: list[Path], preprocess: Any, cache: Path) -> None:
     t0 = time.monotonic()
     for ct in cts:
         pet, label, case_id = _partners(ct)
-        cache_case(load_case(ct=ct, pet=pet, label=label, case_id=case_id), preprocess, cache)
+        loader = functools.partial(load_case, ct=ct, pet=pet, label=label, case_id=case_id)
+        cache_case(loader, preprocess, cache, case_id=case_id)
     log(f"cached {len(cts)} training cases in {time.monotonic() - t0:.0f} s")
 
 

@@ -174,3 +174,27 @@ def test_hot_negative_patches_centre_on_unlabelled_uptake(tmp_path):
     for _ in range(5):
         ct, pet, lab, _ = sampler.sample_raw()
         assert pet.max() == 8.0 and lab.sum() == 0  # centred on the unlabelled hot region
+
+
+def test_cached_cases_are_not_read_again(tmp_path):
+    import numpy as np
+
+    from mefn.data.cache import cache_case
+    from mefn.data.preprocess import PreprocessConfig
+    from mefn.io.case import Case
+    from mefn.io.volume import Volume
+
+    calls = []
+
+    def load() -> Case:
+        calls.append(1)
+        ct = Volume.from_array(np.full((9, 10, 11), 40.0, np.float32), (4.0, 4.0, 4.0))
+        pet = Volume.from_array(np.ones((9, 10, 11), np.float32), (4.0, 4.0, 4.0))
+        return Case(case_id="a b", ct=ct, pet=pet)
+
+    cfg = PreprocessConfig(spacing_mm=(8.0, 8.0, 8.0))
+    first = cache_case(load, cfg, tmp_path, case_id="a b")
+    second = cache_case(load, cfg, tmp_path, case_id="a b")
+    assert len(calls) == 1 and first.shape == second.shape == (5, 5, 6)
+    cache_case(load, PreprocessConfig(spacing_mm=(6.0, 6.0, 6.0)), tmp_path, case_id="a b")
+    assert len(calls) == 2  # other preprocessing: rebuilt

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +57,32 @@ def _safe_name(case_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
 
 
-def cache_case(case: Case, cfg: PreprocessConfig, cache_dir: Path, seed: int = 0) -> CachedCase:
-    """Resample ``case`` to model space and store it under ``cache_dir`` (idempotent)."""
-    folder = Path(cache_dir) / _safe_name(case.case_id)
+def cache_case(
+    case: Case | Callable[[], Case],
+    cfg: PreprocessConfig,
+    cache_dir: Path,
+    seed: int = 0,
+    case_id: str | None = None,
+) -> CachedCase:
+    """Resample a case to model space and store it under ``cache_dir`` (idempotent).
+
+    ``case`` may be a loader (with ``case_id``): a case already cached with the same
+    preprocessing is then returned without reading its images at all.
+    """
+    if callable(case):
+        if case_id is None:
+            raise ValueError("cache_case with a loader needs case_id")
+    else:
+        case_id = case.case_id
+    folder = Path(cache_dir) / _safe_name(case_id)
     fingerprint = preprocess_fingerprint(cfg)
     meta_path = folder / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint:
             return load_cached_case(folder)
+    if callable(case):
+        case = case()
     grid = model_grid(case.target_geometry, cfg.spacing_mm)
     ct, pet, label = resample_case(case, grid, with_label=True)
     if label is None:
