@@ -161,18 +161,20 @@ def run(args: argparse.Namespace) -> int:
     show_bar = sys.stderr.isatty() and not quiet and len(jobs) > 1
     # Load the next case in a background thread while the current one is segmented.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        futures: list[Future[Any]] = []
+        # one pending load at a time; each result is dropped after use, so a cohort of
+        # thousands of cases never holds more than two in memory
+        futures: dict[int, Future[Any]] = {}
 
         def submit(i: int) -> None:
             if i < len(jobs):
-                futures.append(pool.submit(load_case, files=jobs[i]))
+                futures[i] = pool.submit(load_case, files=jobs[i])
 
         submit(0)
         for i in tqdm(range(len(jobs)), disable=not show_bar, unit="case", file=sys.stderr):
             job = jobs[i]
             submit(i + 1)
             try:
-                case = futures[i].result()
+                case = futures.pop(i).result()
                 prediction = predictor.predict(case, keep_extra=args.extra)
                 paths = save_prediction(
                     prediction, outdir, case=case, overwrite=args.overwrite, extra=args.extra
