@@ -141,29 +141,32 @@ def test_hot_negative_patches_centre_on_unlabelled_uptake(tmp_path):
     import numpy as np
 
     from mefn.data.augment import AugmentConfig, PatchSampler
-    from mefn.data.cache import CachedCase
+    from mefn.data.cache import cache_case
     from mefn.data.preprocess import PreprocessConfig
-    from mefn.io.volume import Geometry
+    from mefn.io.case import Case
+    from mefn.io.volume import Volume
 
     shape = (40, 41, 42)
-    suv = np.full(shape, 0.5, np.float16)
+    suv = np.full(shape, 0.5, np.float32)
     suv[30:34, 30:34, 30:34] = 8.0  # "bladder": hot, unlabelled
+    suv[20:22, 20:22, 20:22] = 2.5  # warm, below the sampler's threshold
     label = np.zeros(shape, np.uint8)
     label[5:8, 5:8, 5:8] = 1
     suv[5:8, 5:8, 5:8] = 6.0
-    case = CachedCase(
+    spacing = (3.0, 3.0, 3.0)
+    case = Case(
         case_id="c",
-        ct_hu=np.zeros(shape, np.float16),
-        suv=suv,
-        label=label,
-        grid=Geometry(shape=shape, spacing_mm=(3.0, 3.0, 3.0)),
-        fg_indices={1: np.flatnonzero(label.ravel())},
-        body_indices=np.arange(label.size),
+        ct=Volume.from_array(np.zeros(shape, np.float32), spacing),
+        pet=Volume.from_array(suv, spacing),
+        label=Volume.from_array(label, spacing),
     )
+    cfg = PreprocessConfig(spacing_mm=spacing)
+    cached = cache_case(case, cfg, tmp_path)
+    assert cached.hot_indices.size == 4 * 4 * 4 + 2 * 2 * 2  # every unlabelled voxel > SUV 2
     sampler = PatchSampler(
-        [case],
+        [cached],
         (8, 8, 8),
-        PreprocessConfig(),
+        cfg,
         AugmentConfig(),
         0.0,
         np.random.default_rng(0),

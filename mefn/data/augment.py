@@ -80,16 +80,11 @@ class PatchSampler:
         self.rng = rng
         self.hot_negative_fraction = hot_negative_fraction
         # Hard negatives: voxels with physiological uptake (brain, heart, kidneys, bladder ...)
-        # above ``hot_suv`` outside any label, where a PET-only reading would see a lesion.
+        # above ``hot_suv`` outside any label, where a PET-only reading would see a lesion
+        # (candidates found once, when the case was cached).
         self.hot_indices: list[np.ndarray] = []
         if hot_negative_fraction > 0:
-            for case in cases:
-                flat = np.flatnonzero(
-                    (np.asarray(case.suv).ravel() > hot_suv) & (case.label.ravel() == 0)
-                )
-                if flat.size > 20_000:
-                    flat = np.sort(rng.choice(flat, 20_000, replace=False))
-                self.hot_indices.append(flat)
+            self.hot_indices = [c.hot_indices[c.hot_suv > hot_suv] for c in cases]
 
     # --- sampling --------------------------------------------------------------------------
     def _centre(self, case: CachedCase, hot: np.ndarray | None = None) -> np.ndarray:

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FG_INDICES = 50_000
 MAX_BODY_INDICES = 100_000
+MAX_HOT_INDICES = 50_000
+HOT_MIN_SUV = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +44,8 @@ class CachedCase:
     grid: Geometry
     fg_indices: dict[int, np.ndarray]  # class -> flat indices
     body_indices: np.ndarray
+    hot_indices: np.ndarray  # unlabelled voxels with SUV > HOT_MIN_SUV (subsampled)
+    hot_suv: np.ndarray  # their SUV, so a sampler can pick its own threshold
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -49,7 +53,7 @@ class CachedCase:
 
 
 def preprocess_fingerprint(cfg: PreprocessConfig) -> str:
-    text = json.dumps({"spacing_mm": list(cfg.spacing_mm), "version": 1}, sort_keys=True)
+    text = json.dumps({"spacing_mm": list(cfg.spacing_mm), "version": 2}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -106,7 +110,12 @@ def cache_case(
     np.save(tmp / "ct_hu.npy", ct.astype(np.float16))
     np.save(tmp / "suv.npy", np.minimum(pet, 60000).astype(np.float16))
     np.save(tmp / "label.npy", label)
-    np.savez(tmp / "indices.npz", body=body, **fg)  # type: ignore[arg-type]
+    # hard-negative candidates: physiological uptake outside every label
+    hot = np.flatnonzero((pet.ravel() > HOT_MIN_SUV) & (flat == 0))
+    if hot.size > MAX_HOT_INDICES:
+        hot = np.sort(rng.choice(hot, MAX_HOT_INDICES, replace=False))
+    hot_suv = pet.ravel()[hot].astype(np.float32)
+    np.savez(tmp / "indices.npz", body=body, hot=hot, hot_suv=hot_suv, **fg)  # type: ignore[arg-type]
     (tmp / "meta.json").write_text(
         json.dumps(
             {
@@ -136,6 +145,7 @@ def load_cached_case(folder: Path) -> CachedCase:
     with np.load(folder / "indices.npz") as idx:
         fg = {int(k[3:]): idx[k] for k in idx.files if k.startswith("fg_")}
         body = idx["body"]
+        hot, hot_suv = idx["hot"], idx["hot_suv"]
     return CachedCase(
         case_id=meta["case_id"],
         ct_hu=np.load(folder / "ct_hu.npy", mmap_mode="r"),
@@ -144,4 +154,6 @@ def load_cached_case(folder: Path) -> CachedCase:
         grid=grid,
         fg_indices=fg,
         body_indices=body,
+        hot_indices=hot,
+        hot_suv=hot_suv,
     )
