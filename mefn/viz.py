@@ -21,10 +21,12 @@ What the maps mean
     sure than the PET branch, blue where PET is less sure; near zero where they agree.
 
 Calibration (with a reference mask)
-    The reliability diagram and the risk-coverage curve are computed here, simply, on the
-    voxels of a region of interest: the bounding box of predicted and reference lesions grown
-    by :data:`ROI_MARGIN_VOX` voxels (the whole image when both are empty), so the millions of
-    trivially certain background voxels far from any lesion do not swamp the curves.
+    The reliability diagram and the risk-coverage curve use :mod:`mefn.metrics.calibration`
+    (the definitions of ``mefn evaluate``: 15-bin ECE, lesions referred by decreasing mean u).
+    The reliability diagram is drawn over a region of interest: the bounding box of predicted
+    and reference lesions grown by :data:`ROI_MARGIN_VOX` voxels (the whole image when both
+    are empty), so the millions of trivially certain background voxels far from any lesion do
+    not swamp it; ``mefn evaluate`` reports the whole-volume ECE.
 """
 
 from __future__ import annotations
@@ -74,9 +76,7 @@ __all__ = [
     "plot_map",
     "plot_mip",
     "plot_fusion",
-    "reliability_curve",
     "review_figure",
-    "risk_coverage_curve",
     "save_figure",
     "slice_planes",
 ]
@@ -87,7 +87,6 @@ PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
 ROI_MARGIN_VOX = 10
 #: CT window (level, width) in HU for PET/CT fusion: soft tissue.
 CT_WINDOW_HU: tuple[float, float] = (40.0, 400.0)
-MAX_CALIBRATION_VOXELS = 2_000_000
 LESION_COLUMNS: tuple[str, ...] = (
     "#",
     "label",
@@ -650,74 +649,6 @@ def _roi_box(mask: np.ndarray, reference: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def _roi_samples(*arrays: np.ndarray) -> list[np.ndarray]:
-    """The arrays flattened; one common random subset when they exceed the voxel cap."""
-    flat = [np.asarray(a).ravel() for a in arrays]
-    n = flat[0].size
-    if n > MAX_CALIBRATION_VOXELS:
-        keep = np.random.default_rng(0).choice(n, MAX_CALIBRATION_VOXELS, replace=False)
-        flat = [f[keep] for f in flat]
-    return flat
-
-
-def reliability_curve(
-    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10
-) -> dict[str, np.ndarray | float]:
-    """Binned confidence against observed accuracy.
-
-    ``confidence`` in [0, 1] and ``correct`` (bool) are flat arrays of one length. Returns
-    ``bin_edges`` (n_bins + 1), and per bin ``confidence`` (mean), ``accuracy`` and ``count``
-    (NaN where a bin is empty), and ``ece``, the expected calibration error
-    (count-weighted mean of |accuracy - confidence|).
-    """
-    conf = np.clip(np.asarray(confidence, dtype=np.float64).ravel(), 0.0, 1.0)
-    ok = np.asarray(correct, dtype=bool).ravel()
-    if conf.shape != ok.shape:
-        raise ValueError(f"confidence {conf.shape} and correct {ok.shape} must have one length")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    count = np.bincount(which, minlength=n_bins).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(which, weights=conf, minlength=n_bins) / count
-        accuracy = np.bincount(which, weights=ok.astype(np.float64), minlength=n_bins) / count
-    filled = count > 0
-    ece = (
-        float(np.sum(count[filled] * np.abs(accuracy[filled] - mean_conf[filled])) / count.sum())
-        if count.sum() > 0
-        else float("nan")
-    )
-    return {
-        "bin_edges": edges,
-        "confidence": mean_conf,
-        "accuracy": accuracy,
-        "count": count,
-        "ece": ece,
-    }
-
-
-def risk_coverage_curve(
-    uncertainty: np.ndarray, correct: np.ndarray
-) -> dict[str, np.ndarray | float]:
-    """Error rate among the voxels kept when only the least uncertain are kept.
-
-    Voxels are sorted by increasing uncertainty; ``coverage[n]`` = (n + 1) / N and
-    ``risk[n]`` = errors among the first n + 1 / (n + 1). ``aurc`` is the mean risk over
-    coverage (area under the curve; lower is better).
-    """
-    u = np.asarray(uncertainty, dtype=np.float64).ravel()
-    ok = np.asarray(correct, dtype=bool).ravel()
-    if u.shape != ok.shape:
-        raise ValueError(f"uncertainty {u.shape} and correct {ok.shape} must have one length")
-    if u.size == 0:
-        empty = np.zeros(0)
-        return {"coverage": empty, "risk": empty, "aurc": float("nan")}
-    order = np.argsort(u, kind="stable")
-    errors = np.cumsum(~ok[order])
-    kept = np.arange(1, u.size + 1, dtype=np.float64)
-    risk = errors / kept
-    return {"coverage": kept / u.size, "risk": risk, "aurc": float(risk.mean())}
-
-
 def plot_calibration(
     mask: np.ndarray,
     uncertainty: np.ndarray,
@@ -746,21 +677,29 @@ def plot_calibration(
         axes = list(fig.subplots(1, 2))  # type: ignore[union-attr]
     if len(axes) != 2:
         raise ValueError(f"expected two axes (reliability, risk-coverage), found {len(axes)}")
-    box = _roi_box(mask, reference)
-    if probabilities is not None:
-        local = probabilities[(slice(None), *box)]
-        conf_map = np.take_along_axis(local, np.argmax(local, axis=0)[None], 0)[0]
-        conf_label = "predicted-class probability"
-    else:
-        conf_map = 1.0 - uncertainty[box]
-        conf_label = "confidence 1 - u"
-    pred, ref, conf, unc = _roi_samples(mask[box], reference[box], conf_map, uncertainty[box])
-    binary = int(mask.max(initial=0)) <= 1 and int(reference.max(initial=0)) <= 1
-    correct = (pred > 0) == (ref > 0) if binary else pred == ref
-    rel = reliability_curve(conf, correct, n_bins=n_bins)
-    rc = risk_coverage_curve(unc, correct)
+    from mefn.metrics.calibration import (
+        calibration_counts,
+        expected_calibration_error,
+        lesion_units,
+        risk_coverage,
+    )
+
+    region = np.zeros(mask.shape, dtype=bool)
+    region[_roi_box(mask, reference)] = True
+    counts = calibration_counts(
+        reference,
+        mask,
+        uncertainty,
+        probabilities=probabilities,
+        n_classes=max(2, int(max(mask.max(initial=0), reference.max(initial=0))) + 1),
+        region=region,
+    )
+    conf_label = "predicted-class probability" if probabilities is not None else "confidence 1 - u"
+    rel = counts.reliability()
+    ece = expected_calibration_error(counts)
+    rc = risk_coverage(lesion_units(reference, mask, uncertainty))
     ax_rel, ax_rc = axes[0], axes[1]
-    edges = np.asarray(rel["bin_edges"])
+    edges = np.asarray(rel["edges"])
     centres = 0.5 * (edges[:-1] + edges[1:])
     acc = np.asarray(rel["accuracy"])
     ax_rel.bar(centres, np.nan_to_num(acc), width=edges[1] - edges[0], edgecolor="k", alpha=0.7)
@@ -769,16 +708,13 @@ def plot_calibration(
     ax_rel.set_ylim(0, 1)
     ax_rel.set_xlabel(conf_label, fontsize=8)
     ax_rel.set_ylabel("observed accuracy", fontsize=8)
-    ax_rel.set_title(f"reliability (ECE {float(rel['ece']):.3f})", fontsize=9)
-    coverage = np.asarray(rc["coverage"])
-    risk = np.asarray(rc["risk"])
-    step = max(1, coverage.size // 2000)  # a few thousand points draw the same curve
-    ax_rc.plot(coverage[::step], risk[::step], linewidth=1.2)
-    ax_rc.set_xlim(0, 1)
-    ax_rc.set_ylim(bottom=0)
-    ax_rc.set_xlabel("coverage (least uncertain voxels kept)", fontsize=8)
-    ax_rc.set_ylabel("error rate", fontsize=8)
-    ax_rc.set_title(f"risk-coverage (AURC {float(rc['aurc']):.4f})", fontsize=9)
+    ax_rel.set_title(f"reliability (ECE {ece:.3f}, lesion region)", fontsize=9)
+    ax_rc.step(np.asarray(rc["coverage"]), np.asarray(rc["dice"]), where="post", linewidth=1.2)
+    ax_rc.set_xlim(1, 0)
+    ax_rc.set_ylim(0, 1.02)
+    ax_rc.set_xlabel("coverage (lesions left automatic; most uncertain referred first)", fontsize=8)
+    ax_rc.set_ylabel("Dice after referral", fontsize=8)
+    ax_rc.set_title(f"risk-coverage (area {rc['area']:.3f})", fontsize=9)
     for ax in axes:
         ax.tick_params(labelsize=7)
     return fig  # type: ignore[return-value]

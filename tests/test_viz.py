@@ -196,34 +196,24 @@ def test_lesion_rows_sorted_by_uncertainty(case_arrays):
 
 
 # --- calibration -----------------------------------------------------------------------------
-def test_reliability_curve_hand_checked():
-    conf = np.array([0.05, 0.15, 0.95, 0.95])
-    correct = np.array([False, True, True, False])
-    rel = viz.reliability_curve(conf, correct, n_bins=10)
-    count = np.asarray(rel["count"])
-    assert count.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]
-    acc = np.asarray(rel["accuracy"])
-    assert acc[0] == 0.0 and acc[1] == 1.0 and acc[9] == 0.5 and np.isnan(acc[5])
-    assert np.asarray(rel["confidence"])[9] == pytest.approx(0.95)
-    assert rel["ece"] == pytest.approx((0.05 + 0.85 + 2 * 0.45) / 4)
-    with pytest.raises(ValueError, match="must have one length"):
-        viz.reliability_curve(conf, correct[:3])
-
-
-def test_risk_coverage_curve_hand_checked():
-    rc = viz.risk_coverage_curve(np.array([0.1, 0.9, 0.5, 0.3]), np.array([1, 0, 1, 0], bool))
-    assert np.allclose(rc["coverage"], [0.25, 0.5, 0.75, 1.0])
-    assert np.allclose(rc["risk"], [0.0, 0.5, 1 / 3, 0.5])
-    assert rc["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
-    with pytest.raises(ValueError, match="must have one length"):
-        viz.risk_coverage_curve(np.zeros(3), np.zeros(2, bool))
-
-
 def test_plot_calibration_titles_and_grid_check(case_arrays):
     _, _, _, mask, unc, reference, _, _, _ = case_arrays
+    from mefn.metrics.calibration import (
+        calibration_counts,
+        expected_calibration_error,
+        lesion_units,
+        risk_coverage,
+    )
+
     fig = viz.plot_calibration(mask, unc, reference)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[0].startswith("reliability (ECE") and titles[1].startswith("risk-coverage")
+    # the figure shows the metrics of `mefn evaluate`, on the lesion region
+    region = np.zeros(mask.shape, bool)
+    region[viz._roi_box(mask, reference)] = True
+    ece = expected_calibration_error(calibration_counts(reference, mask, unc, region=region))
+    assert titles[0] == f"reliability (ECE {ece:.3f}, lesion region)"
+    area = risk_coverage(lesion_units(reference, mask, unc))["area"]
+    assert titles[1] == f"risk-coverage (area {area:.3f})"
     probs = np.stack([1.0 - mask, mask]).astype(np.float32)
     fig = viz.plot_calibration(mask, unc, reference, probabilities=probs)
     assert fig.axes[0].get_xlabel() == "predicted-class probability"
