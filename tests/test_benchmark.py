@@ -217,7 +217,7 @@ def test_no_section_is_a_usage_error():
     assert "choose at least one of --inference, --quality, --report" in proc.stderr
 
 
-# --- the speed changes in mefn.training.sliding_window_predict and mefn.inference ------------
+# --- the speed changes in mefn.inference.sliding_window_predict and mefn.inference ------------
 def _per_output_reference(net, image, roi, overlap):
     """MONAI blending each output of ``infer`` alone (what sliding_window_predict did before)."""
     import torch
@@ -234,8 +234,8 @@ def test_one_blend_for_all_outputs_matches_blending_each():
     from support import TINY_MODEL
 
     from mefn.config import from_dict
+    from mefn.inference import sliding_window_predict
     from mefn.model import ModelConfig, build_model
-    from mefn.training import sliding_window_predict
 
     torch.manual_seed(0)
     net = build_model(from_dict(ModelConfig, TINY_MODEL)).eval()
