@@ -10,6 +10,12 @@ Uptake inside is ``1.1 * background + (peak - 1.1 * background) * h(p)`` with a 
 texture ``h`` in [0.35, 1], so every non-necrotic voxel is hotter than the surrounding
 tissue before blur and noise; a necrotic core (a scaled copy of the main lobe) is cold and
 stays inside the label.
+
+Uptake is also drawn so that the lesion is FDG-avid *as imaged*: a small sphere loses
+contrast to the scanner's resolution (the recovery coefficient of :func:`recovery_coefficient`),
+so the drawn activity is raised until the expected maximum after blurring reaches at least
+``max(2, c * background)`` with ``c`` about 1.6 to 2.2 (the faint end of what readers label in
+AutoPET; contrast below that is not delineated consistently, so labels there would be noise).
 """
 
 from __future__ import annotations
@@ -186,6 +192,36 @@ class Lesion:
         return out
 
 
+def recovery_coefficient(diameter_mm: float, sigma_mm: float) -> float:
+    """Centre value of a unit-activity sphere after a 3D Gaussian blur of ``sigma_mm``.
+
+    ``erf(a) - 2 a exp(-a^2) / sqrt(pi)`` with ``a = r / (sqrt(2) sigma)``: the fraction of the
+    Gaussian's mass inside the sphere, which is what the blurred centre voxel keeps.
+    """
+    if sigma_mm <= 0:
+        return 1.0
+    a = 0.5 * diameter_mm / (math.sqrt(2.0) * sigma_mm)
+    return float(math.erf(a) - 2.0 * a * math.exp(-a * a) / math.sqrt(math.pi))
+
+
+# Texture level reached near a lesion's hottest point (h in [0.35, 1]; see Lesion.layers).
+_TEXTURE_NEAR_MAX = 0.85
+_SUV_CAP = 40.0
+
+
+def _visible_peak(
+    rng: np.random.Generator, peak: float, bg_suv: float, diameter_mm: float, sigma_mm: float
+) -> float:
+    """``peak`` raised so the blurred lesion's maximum is at least ``max(2, c * bg)``."""
+    c = float(rng.uniform(1.6, 2.2))
+    target = max(2.0, c * bg_suv)
+    rc = max(recovery_coefficient(diameter_mm, sigma_mm), 0.05)
+    low = 1.1 * bg_suv
+    # blurred max ~ bg + (low + span * h - bg) * rc with span = peak - low
+    needed = low + (bg_suv + (target - bg_suv) / rc - low) / _TEXTURE_NEAR_MAX
+    return float(min(max(peak, needed), max(_SUV_CAP, peak)))
+
+
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
@@ -230,6 +266,7 @@ def _make_lesion(
     min_diameter_mm: float,
     suv_range: tuple[float, float],
     necrosis_p: float,
+    resolution_mm: float = 0.0,
 ) -> Lesion:
     lo, hi = site.diameter_mm
     hi = min(hi, 2 * site.max_radius_mm)
@@ -245,9 +282,10 @@ def _make_lesion(
     volume = unit_volume * scale**3
     bg_hu, bg_suv = anatomy.tissues[site.tissue]
     peak = _log_uniform(rng, *suv_range)
-    if rng.random() < 0.15:  # barely above background
-        peak = bg_suv * float(rng.uniform(1.3, 1.8))
+    if rng.random() < 0.15:  # faint: just above what readers delineate
+        peak = bg_suv * float(rng.uniform(1.6, 2.4))
     peak = max(peak, 1.3 * bg_suv + 0.2, suv_range[0] if label else 0.0)
+    peak = _visible_peak(rng, peak, bg_suv, diameter, resolution_mm)
     texture = SmoothField.random(rng, 8, (max(4.0, diameter / 3), max(8.0, diameter)))
     core = None
     core_suv = core_hu = 0.0
@@ -294,12 +332,15 @@ def sample_lesions(
     z_range_mm: tuple[float, float],
     n_lesions: int | None,
     min_diameter_mm: float,
+    resolution_mm: float = 0.0,
 ) -> list[Lesion]:
     """Lesions for one study, non-overlapping, with centres inside the scanned z range.
 
     Whole body: none in about 30 % of studies, else 1 to 8 (label 1), lymph nodes sometimes
     in clusters. Head and neck: a primary (label 1, GTVp) in about 93 % of studies and 0-4
     nodes (label 2, GTVn), mostly on the primary's side. ``n_lesions`` forces the count.
+    ``resolution_mm`` is the imaged PET's Gaussian sigma (PSF and voxel), which sets how much
+    uptake a small lesion needs to stay FDG-avid after blurring (0: no such floor).
     """
     lesions: list[Lesion] = []
     in_range = [
@@ -329,6 +370,7 @@ def sample_lesions(
                 min_diameter_mm,
                 suv,
                 0.2 if label == 1 else 0.3,
+                resolution_mm,
             )
         return lesions
     if n_lesions is None:
@@ -352,6 +394,7 @@ def sample_lesions(
             min_diameter_mm,
             (2.0, 25.0),
             0.25,
+            resolution_mm,
         )
         previous = name
     return lesions
@@ -373,9 +416,12 @@ def _place(
     min_diameter_mm: float,
     suv_range: tuple[float, float],
     necrosis_p: float,
+    resolution_mm: float = 0.0,
 ) -> None:
     for _ in range(40):
-        lesion = _make_lesion(rng, site, label, anatomy, min_diameter_mm, suv_range, necrosis_p)
+        lesion = _make_lesion(
+            rng, site, label, anatomy, min_diameter_mm, suv_range, necrosis_p, resolution_mm
+        )
         if _fits(lesion, lesions, z_range):
             lesions.append(lesion)
             return

@@ -491,6 +491,15 @@ def generate_study(
     crop_mm = opts.crop_mm if opts.crop_mm is not None else float(rng_grid.uniform(40, 160))
 
     rng_scan = np.random.default_rng([seed, _SCANNER])
+    scanner: dict[str, Any] = {
+        "psf_fwhm_mm": float(rng_scan.uniform(4.0, 7.0)),
+        "noise_cv": float(math.exp(rng_scan.uniform(math.log(0.08), math.log(0.35)))),
+        "noise_corr_vox": float(rng_scan.uniform(0.4, 0.9)),
+        "texture_amplitude": float(rng_scan.uniform(0.03, 0.12)),
+        "texture_waves": [list(w) for w in SmoothField.random(rng_scan, 10, (30.0, 150.0)).waves],
+        "ct_noise_hu": float(rng_scan.uniform(5.0, 30.0)),
+        "ct_blur_mm": float(rng_scan.uniform(0.3, 0.8)),
+    }
     choice = _grid_choices(rng_grid, kind)
     if fov == "full":  # the grids first, so that lesions are drawn large enough to be seen
         ct_geo, pet_geo = _grids(
@@ -506,6 +515,7 @@ def generate_study(
         z_range,
         opts.n_lesions,
         min_diameter_mm=max(4.0, 1.25 * pet_spacing),
+        resolution_mm=math.hypot(scanner["psf_fwhm_mm"] / 2.3548, pet_spacing / math.sqrt(12.0)),
     )
     if fov == "crop":
         if lesions and rng_grid.random() < 0.85:
@@ -515,15 +525,6 @@ def generate_study(
         ct_geo, pet_geo = _grids(
             rng_grid, choice, anatomy, kind, z_range, crop_center, crop_mm, opts.voxel_cap
         )
-    scanner: dict[str, Any] = {
-        "psf_fwhm_mm": float(rng_scan.uniform(4.0, 7.0)),
-        "noise_cv": float(math.exp(rng_scan.uniform(math.log(0.08), math.log(0.35)))),
-        "noise_corr_vox": float(rng_scan.uniform(0.4, 0.9)),
-        "texture_amplitude": float(rng_scan.uniform(0.03, 0.12)),
-        "texture_waves": [list(w) for w in SmoothField.random(rng_scan, 10, (30.0, 150.0)).waves],
-        "ct_noise_hu": float(rng_scan.uniform(5.0, 30.0)),
-        "ct_blur_mm": float(rng_scan.uniform(0.3, 0.8)),
-    }
     scene = PhantomScene(
         layers=tuple(anatomy.layers),
         lesions=tuple(lesions),

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mefn.data.phantom_anatomy import CONTRAST_HU, TISSUE_RANGES, WIDEN
+from mefn.data.phantom_anatomy import CONTRAST_HU, TISSUE_RANGES, WIDEN, build_anatomy
 from mefn.data.phantom_layouts import case_name, write_phantoms, write_study
-from mefn.data.phantom_lesions import Lesion, LesionShape
+from mefn.data.phantom_lesions import Lesion, LesionShape, recovery_coefficient, sample_lesions
 from mefn.data.phantom_shapes import Capsule, Ellipsoid, Layer, SmoothField, paint_layers
 from mefn.data.phantoms import PhantomStudy, generate_study, render_labels
 from mefn.errors import ConfigError, OutputError
@@ -243,6 +243,45 @@ def test_distribution_over_seeds(many_small: list[PhantomStudy]) -> None:
     suv_max = [row["suv_max"] for s in many_small for row in s.lesions if row["n_voxels_pet"]]
     assert min(sizes) < 20 and max(sizes) > 30
     assert min(suv_max) < 4 and max(suv_max) > 8
+
+
+def test_recovery_coefficient_matches_a_blurred_sphere() -> None:
+    from scipy import ndimage
+
+    step = 0.5  # mm
+    n = 81
+    grid = (np.arange(n) - n // 2) * step
+    x, y, z = np.meshgrid(grid, grid, grid, indexing="ij")
+    r2 = x**2 + y**2 + z**2
+    for diameter, sigma in ((6.0, 2.5), (10.0, 2.0), (16.0, 3.0)):
+        sphere = (r2 <= (diameter / 2) ** 2).astype(np.float64)
+        blurred = ndimage.gaussian_filter(sphere, sigma / step, mode="constant")
+        centre = blurred[n // 2, n // 2, n // 2]
+        assert recovery_coefficient(diameter, sigma) == pytest.approx(centre, abs=0.03)
+    assert recovery_coefficient(60.0, 2.5) == pytest.approx(1.0, abs=1e-6)
+    assert recovery_coefficient(5.0, 0.0) == 1.0
+
+
+def test_small_lesions_get_enough_uptake_to_survive_the_psf() -> None:
+    """Expected SUVmax after blurring (recovery coefficient) is FDG-avid: >= 2 and >= 1.6x the
+    tissue, for every lesion drawn at a coarse resolution (sigma 3.5 mm), small ones included."""
+    sigma = 3.5
+    seen_small = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        anatomy = build_anatomy(rng)
+        lesions = sample_lesions(rng, anatomy, "wholebody", (-2000.0, 2000.0), 4, 4.0, sigma)
+        for lesion in lesions:
+            if lesion.core is not None:
+                continue
+            rc = recovery_coefficient(lesion.diameter_mm, sigma)
+            seen_small += rc < 0.7
+            low = 1.1 * lesion.background_suv
+            top = low + 0.85 * (lesion.suv_peak - low)
+            imaged = lesion.background_suv + (top - lesion.background_suv) * rc
+            if lesion.suv_peak < 39.9:  # not capped
+                assert imaged >= max(1.99, 1.59 * lesion.background_suv), lesion.site
+    assert seen_small >= 5
 
 
 def test_real_sarcoma_lies_within_the_phantom_ranges(
