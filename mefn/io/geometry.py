@@ -70,12 +70,21 @@ def _box_volume(lo: np.ndarray, hi: np.ndarray) -> float:
     return float(np.prod(np.clip(hi - lo, 0.0, None)))
 
 
+RAW_CT_SOFT_TISSUE = 900.0  # stored CT values of soft tissue are about 1000 and above
+
+
 def check_ct_units(ct: Volume, name: str = "CT") -> None:
-    """InputError when the CT cannot be in HU (nothing below 0); a warning when unusual."""
+    """InputError when the CT cannot be in HU; a warning when unusual.
+
+    Stored (unsigned) CT values put soft tissue near 1000 and nothing below 0; a CT in HU has
+    air, lung or fat below 0 unless it is a small crop inside soft tissue, whose values then
+    stay well below 900 (soft tissue is 0 to 100 HU). So "nothing below 0 and something at or
+    above 900" is refused, and "nothing below 0" alone is only a warning.
+    """
     if ct.array.size == 0:
         raise InputError(f"{name} is empty")
     lo, hi = float(np.min(ct.array)), float(np.max(ct.array))
-    if lo >= 0.0:
+    if lo >= 0.0 and hi >= RAW_CT_SOFT_TISSUE:
         raise InputError(
             f"{name} values range {lo:g} to {hi:g}, all >= 0: this is not in HU (air is -1000); "
             "apply the DICOM rescale slope/intercept or give the CT in HU"

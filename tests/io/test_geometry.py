@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -47,12 +48,18 @@ def test_pair_without_overlap_names_both_extents() -> None:
         check_pair(ct, pet)
 
 
-def test_ct_units() -> None:
+def test_ct_units(caplog: pytest.LogCaptureFixture) -> None:
     ok = Volume.from_array(np.linspace(-1000, 1500, 60).reshape(3, 4, 5))
     check_ct_units(ok)
     raw = Volume.from_array(np.linspace(0, 4095, 60).reshape(3, 4, 5))
     with pytest.raises(InputError, match="CT values range 0 to 4095, all >= 0: this is not in HU"):
         check_ct_units(raw)
+    # a crop of a few centimetres inside soft tissue (users do crop): HU, all >= 0, accepted
+    # with a warning
+    crop = Volume.from_array(np.linspace(49.5, 149.0, 60).reshape(3, 4, 5))
+    with caplog.at_level(logging.WARNING, logger="mefn"):
+        check_ct_units(crop)
+    assert "no air, lung or fat in view" in caplog.text
 
 
 def test_pet_units() -> None:
