@@ -203,6 +203,8 @@ class Predictor:
         Folder of a fine-tuned adapter (``mefn finetune``) for these base weights. An adapter
         with new output heads (another label set, e.g. GTVp/GTVn) sets ``num_classes`` and
         ``labels``: the base weights load in full, then the adapter replaces the heads.
+        Mergeable adapters are folded into the weights; an LAE adapter runs its online and
+        offline (EMA) copies on every tile and combines their maps (LAE's ensemble).
     device:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     sw_batch_size, overlap:
@@ -271,7 +273,11 @@ class Predictor:
                 model_cfg = replace(model_cfg, num_classes=handle.num_classes)
                 self.model_cfg = model_cfg
                 self.labels = handle.labels or _default_labels(handle.num_classes)
-            merge_adapters(net)
+            merge_adapters(net)  # LAE adapters stay unmerged: both copies are run
+            if handle.lae is not None:
+                from mefn.adapters import LAEEnsembleModel
+
+                net = LAEEnsembleModel(net, handle.lae)
             self.adapter_path = Path(adapter)
         self.net = net.to(self.device).eval()
         roi = [int(v) for v in self.card.get("patch_size_vox", (64, 64, 64))]

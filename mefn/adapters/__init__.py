@@ -32,7 +32,7 @@ from mefn.adapters.inject import (
     remove_adapters,
     trainable_parameters,
 )
-from mefn.adapters.lae import ensemble_logits
+from mefn.adapters.lae import LAEEnsembleModel, ensemble_logits, ensemble_maps
 from mefn.adapters.serialize import load_adapter, model_hash, save_adapter
 
 __all__ = [
@@ -46,7 +46,9 @@ __all__ = [
     "QuantConfig",
     "ShareConfig",
     "TargetConfig",
+    "LAEEnsembleModel",
     "ensemble_logits",
+    "ensemble_maps",
     "inject_adapters",
     "load_adapter",
     "load_adapter_config",

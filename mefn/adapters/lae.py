@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import nn
 
 from mefn.errors import ConfigError
 
-__all__ = ["LAEController", "ensemble_logits"]
+__all__ = ["LAEController", "LAEEnsembleModel", "ensemble_logits", "ensemble_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,57 @@ def ensemble_logits(
     raise ConfigError(
         f"LAE ensemble mode must be 'max_confidence' or 'mean_logits', found {mode!r}"
     )
+
+
+def ensemble_maps(
+    online: dict[str, torch.Tensor], offline: dict[str, torch.Tensor], mode: str = "max_confidence"
+) -> dict[str, torch.Tensor]:
+    """Combine two sets of inference maps (``prob`` (B, K, ...) plus uncertainty maps).
+
+    ``max_confidence``: at each voxel every map comes from the model whose ``prob`` has the
+    higher top class probability (ties go to online), so a voxel's probability and its
+    uncertainty stay those of one opinion. ``mean_logits``: each map is averaged (for
+    probability maps this is the mean of the two predictive distributions).
+    """
+    if set(online) != set(offline) or "prob" not in online:
+        raise ConfigError(
+            f"LAE ensemble needs the same maps with a 'prob' from both adapters, found "
+            f"{sorted(online)} and {sorted(offline)}"
+        )
+    if mode == "mean_logits":
+        return {k: (online[k] + offline[k]) / 2 for k in online}
+    if mode != "max_confidence":
+        raise ConfigError(
+            f"LAE ensemble mode must be 'max_confidence' or 'mean_logits', found {mode!r}"
+        )
+    pick_online = online["prob"].amax(dim=1, keepdim=True) >= offline["prob"].amax(
+        dim=1, keepdim=True
+    )
+    return {k: torch.where(pick_online, online[k], offline[k]) for k in online}
+
+
+class LAEEnsembleModel(nn.Module):
+    """A model with an LAE adapter whose ``infer`` runs the online and the offline adapter and
+    combines their maps (:func:`ensemble_maps`); what ``Predictor`` runs for an LAE adapter."""
+
+    def __init__(self, net: nn.Module, controller: LAEController, mode: str | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.controller = controller
+        self.mode = mode or controller.mode
+        self.size_divisor = int(getattr(net, "size_divisor", 1))
+        self.num_classes = getattr(net, "num_classes", None)
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.net(x)
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        infer = cast(Callable[[torch.Tensor], dict[str, torch.Tensor]], self.net.infer)
+        online = infer(x)
+        with self.controller.offline_weights():
+            offline = infer(x)
+        return ensemble_maps(online, offline, self.mode)
 
 
 class LAEController:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,45 @@ def test_lae_with_mosa_is_refused() -> None:
     cfg = load_adapter_config("lae")
     with pytest.raises(ConfigError, match="lae and mosa cannot be combined"):
         dataclasses.replace(cfg, mosa=dataclasses.replace(cfg.mosa, parts=2))
+
+
+def test_predictor_runs_the_lae_ensemble(tmp_path: Path) -> None:
+    """An LAE adapter at segmentation time: every map comes, voxel by voxel, from whichever of
+    the online and offline adapters is more confident there (LAE's ensemble), not from the
+    online adapter alone."""
+    from support import make_tiny_weights
+
+    from mefn.adapters import LAEEnsembleModel, ensemble_maps, save_adapter
+    from mefn.fileutil import file_sha256
+    from mefn.inference import Predictor
+
+    weights = make_tiny_weights(tmp_path)
+    base = Predictor(weights, device="cpu").net
+    handle = inject_adapters(base, load_adapter_config("lae"))
+    lae = handle.lae
+    assert lae is not None
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # online and offline adapters that disagree
+        for name, p in lae.params.items():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+            lae.offline[name] = p.detach() - 0.6 * torch.randn(p.shape, generator=gen)
+    save_adapter(handle, tmp_path / "lae", file_sha256(weights))
+
+    predictor = Predictor(weights, adapter=tmp_path / "lae", device="cpu")
+    assert isinstance(predictor.net, LAEEnsembleModel)
+    image = torch.randn((2, *predictor.roi), generator=gen).numpy()  # one window: no blending
+    got = predictor.predict_model_space(image)
+    x = torch.from_numpy(image)[None]
+    online = predictor.net.net.infer(x)
+    with predictor.net.controller.offline_weights():
+        offline = predictor.net.net.infer(x)
+    pick = online["prob"].amax(1, keepdim=True) >= offline["prob"].amax(1, keepdim=True)
+    assert 0 < int(pick.sum()) < pick.numel()  # both adapters win somewhere
+    want = ensemble_maps(online, offline)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key][0].numpy(), atol=1e-5)
+    mean = ensemble_maps(online, offline, "mean_logits")
+    torch.testing.assert_close(mean["prob"], (online["prob"] + offline["prob"]) / 2)
+    with pytest.raises(ConfigError, match="mode must be"):
+        ensemble_maps(online, offline, "vote")
