@@ -87,7 +87,7 @@ def main() -> int:
     )
     parser.add_argument("--config", default=str(REPO / "configs/train/phantoms_small.yaml"))
     parser.add_argument("--run", default=str(REPO / "runs/phantoms_small"))
-    parser.add_argument("--n", type=int, default=160, help="training phantoms")
+    parser.add_argument("--n", type=int, default=200, help="training phantoms")
     parser.add_argument("--seed", type=int, default=1000, help="first training seed")
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--resume", action="store_true")

@@ -67,8 +67,16 @@ def test_notebook_runs_on_a_generated_phantom(python3_kernel, monkeypatch, tmp_p
     monkeypatch.setenv("MEFN_REVIEW_SEED", "7")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = read_notebook()
+    # iopub_timeout: on a loaded machine the last outputs of a cell can arrive seconds after
+    # its reply; nbclient's default (4 s) then drops them silently, so wait longer and fail loudly.
     client = NotebookClient(
-        nb, timeout=600, kernel_name=python3_kernel, resources={"metadata": {"path": str(tmp_path)}}
+        nb,
+        timeout=300,
+        iopub_timeout=60,
+        raise_on_iopub_timeout=True,
+        shutdown_kernel="immediate",
+        kernel_name=python3_kernel,
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # raises CellExecutionError on any failing cell
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
