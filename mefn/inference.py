@@ -211,6 +211,9 @@ class Predictor:
         Sliding-window tiles per forward pass and their overlap (default from the card).
     review_threshold:
         Lesions whose mean uncertainty reaches this are flagged for review.
+    threads:
+        CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
+        settings. Default: theirs (all cores).
     """
 
     def __init__(
@@ -247,8 +250,11 @@ class Predictor:
             if isinstance(card_labels, dict)
             else _default_labels(model_cfg.num_classes)
         )
-        if threads:
+        if threads:  # process-wide, as for any torch or SimpleITK program
+            import SimpleITK as sitk
+
             torch.set_num_threads(threads)
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         self.device = self._device(device)
         net = build_model(model_cfg)
         state = _load_state(self.weights_path)
