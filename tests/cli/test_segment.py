@@ -232,6 +232,27 @@ def test_folder_of_cases_one_bad_case_does_not_stop_the_others(tmp_path, tiny_we
     assert "p3_bad_z" in err and "do not overlap" in err
 
 
+def test_torchrun_ranks_share_the_cases(tmp_path, tiny_weights, monkeypatch):
+    """Under torchrun (RANK / WORLD_SIZE set) each process segments every WORLD_SIZE-th case
+    and together they write each case exactly once, into one output folder."""
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    names = ["r1_a_x", "r2_b_y", "r3_c_z"]
+    for i, name in enumerate(names):
+        ct, pet = _volumes(seed=i)
+        write_volume(ct, images / f"{name}_0000.nii.gz")
+        write_volume(pet, images / f"{name}_0001.nii.gz")
+    out = tmp_path / "out"
+    written = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        before = set(out.glob("*_mask.nii.gz")) if out.exists() else set()
+        assert _run("segment", str(images), "-o", str(out), "--model", str(tiny_weights)) == 0
+        written.append(sorted(p.name for p in set(out.glob("*_mask.nii.gz")) - before))
+    assert written == [["r1_a_x_mask.nii.gz", "r3_c_z_mask.nii.gz"], ["r2_b_y_mask.nii.gz"]]
+
+
 def test_existing_outputs_need_overwrite(tmp_path, c_case, tiny_weights, capsys):
     out = tmp_path / "out"
     args = [
