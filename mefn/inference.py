@@ -210,7 +210,9 @@ class Predictor:
     sw_batch_size, overlap:
         Sliding-window tiles per forward pass and their overlap (default from the card).
     review_threshold:
-        Lesions whose mean uncertainty reaches this are flagged for review.
+        Lesions whose mean uncertainty reaches this are flagged for review. Default: the
+        threshold calibrated on validation cases and stored in the weights' card
+        (``review_threshold``), else 0.3.
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -224,7 +226,7 @@ class Predictor:
         sw_batch_size: int = 1,
         overlap: float | None = None,
         threads: int | None = None,
-        review_threshold: float = 0.3,
+        review_threshold: float | None = None,
         min_lesion_ml: float = 0.0,
     ) -> None:
         import torch
@@ -290,6 +292,10 @@ class Predictor:
         self.roi: tuple[int, int, int] = (roi[0], roi[1], roi[2])
         self.overlap = float(overlap if overlap is not None else self.card.get("sw_overlap", 0.25))
         self.sw_batch_size = sw_batch_size
+        if review_threshold is None:
+            from mefn.postprocess import DEFAULT_REVIEW_THRESHOLD
+
+            review_threshold = float(self.card.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
         self.review_threshold = review_threshold
         self.min_lesion_ml = min_lesion_ml
 

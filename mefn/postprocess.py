@@ -16,8 +16,10 @@ from scipy import ndimage
 from mefn.io.volume import Geometry
 
 __all__ = [
+    "DEFAULT_REVIEW_THRESHOLD",
     "Lesion",
     "LesionTable",
+    "choose_review_threshold",
     "lesion_table",
     "mask_from_probabilities",
     "suv_peak",
@@ -196,3 +198,45 @@ def lesion_table(
         tlg=float(sum(lesion.tlg for lesion in lesions)),
         review_threshold=review_threshold,
     )
+
+
+#: Review threshold when the weights' card does not give one.
+DEFAULT_REVIEW_THRESHOLD = 0.3
+
+
+def choose_review_threshold(
+    uncertainty_means: np.ndarray, false_positive: np.ndarray
+) -> tuple[float, dict[str, float]]:
+    """The lesion-level review threshold that best separates false from true detections.
+
+    ``uncertainty_means`` holds each predicted lesion's mean uncertainty and
+    ``false_positive`` whether it touches no reference lesion. A lesion is flagged when its
+    mean u is at least the threshold; the threshold maximises Youden's J = (share of false
+    positives flagged) - (share of true lesions flagged), the lowest such value on a tie.
+    Returns the threshold and ``{"j", "fp_flagged", "tp_flagged", "n_fp", "n_tp"}``.
+
+    The Dempster-Shafer u of three combined opinions is small in absolute terms (about the
+    product of the three masses), so a fixed threshold such as 0.3 suits one model and not
+    another; calibrating it on validation cases gives the flag a measured meaning.
+    """
+    u = np.asarray(uncertainty_means, dtype=np.float64).ravel()
+    fp = np.asarray(false_positive, dtype=bool).ravel()
+    if u.shape != fp.shape:
+        raise ValueError(f"{u.size} uncertainty values but {fp.size} false-positive flags")
+    if not fp.any() or fp.all():
+        raise ValueError(
+            f"calibration needs both false and true detections, found {int(fp.sum())} false "
+            f"and {int((~fp).sum())} true"
+        )
+    candidates = np.unique(u)
+    flagged_fp = (u[fp][None, :] >= candidates[:, None]).mean(axis=1)
+    flagged_tp = (u[~fp][None, :] >= candidates[:, None]).mean(axis=1)
+    j = flagged_fp - flagged_tp
+    best = int(np.argmax(j))  # first maximum: the lowest threshold
+    return float(candidates[best]), {
+        "j": float(j[best]),
+        "fp_flagged": float(flagged_fp[best]),
+        "tp_flagged": float(flagged_tp[best]),
+        "n_fp": int(fp.sum()),
+        "n_tp": int((~fp).sum()),
+    }

@@ -42,6 +42,10 @@ def make_training_data(root: Path, n: int, seed: int) -> None:
     print(f"[data] wrote {n} phantoms to {root} in {time.monotonic() - t0:.0f} s", flush=True)
 
 
+def _share(rows: list[dict[str, object]], key: str, total: int) -> float | None:
+    return sum(int(r[key]) for r in rows) / total if total else None  # type: ignore[call-overload]
+
+
 def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     """Segment fresh phantoms and score them (AutoPET 2022 definitions)."""
     from mefn.data.phantoms import generate_study
@@ -64,11 +68,25 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
         pred = predictor.predict(case)
         ref = (study.label_pet.array > 0).astype(np.uint8)
         m = autopet_case_metrics(ref, pred.mask, study.pet.geometry.spacing_mm, year=2022)
-        rows.append({"seed": seed, "lesions": len(study.lesions), **m.to_dict()})
+        u, fp = lesion_uncertainty(pred.mask, pred.uncertainty, ref > 0)
+        flags = [x >= predictor.review_threshold for x in u]
+        rows.append(
+            {
+                "seed": seed,
+                "lesions": len(study.lesions),
+                **m.to_dict(),
+                "predicted_lesions": len(u),
+                "false_positive_lesions": int(sum(fp)),
+                "flagged_false_positive": int(sum(f and p for f, p in zip(flags, fp))),
+                "flagged_true": int(sum(f and not p for f, p in zip(flags, fp))),
+            }
+        )
         print(f"[test] {seed}: {m}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "test_phantoms.json").write_text(json.dumps(rows, indent=1, default=float))
     with_lesions = [r for r in rows if r["lesions"] > 0]
+    n_fp = sum(int(r["false_positive_lesions"]) for r in rows)
+    n_tp = sum(int(r["predicted_lesions"]) - int(r["false_positive_lesions"]) for r in rows)
     summary = {
         "n_cases": len(rows),
         "n_with_lesions": len(with_lesions),
@@ -77,8 +95,60 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
         "mean_fpv_ml": float(np.mean([r["fpv_ml"] for r in rows])),
         "mean_fnv_ml": float(np.mean([r["fnv_ml"] for r in with_lesions])),
         "definitions": "AutoPET 2022: Dice and FNV over cases with lesions, FPV over all cases",
+        "review_threshold": predictor.review_threshold,
+        "false_positive_lesions": n_fp,
+        "false_positive_lesions_flagged": _share(rows, "flagged_false_positive", n_fp),
+        "true_lesions": n_tp,
+        "true_lesions_flagged": _share(rows, "flagged_true", n_tp),
     }
     return summary
+
+
+def lesion_uncertainty(
+    mask: np.ndarray, uncertainty: np.ndarray, reference: np.ndarray
+) -> tuple[list[float], list[bool]]:
+    """Each predicted lesion's (18-connected component's) mean u, and whether it is a false
+    positive (touches no reference voxel, as in the AutoPET false-positive volume)."""
+    import cc3d
+
+    comps = cc3d.connected_components(mask > 0, connectivity=18)
+    u_means, false_pos = [], []
+    for index in range(1, int(comps.max()) + 1):
+        comp = comps == index
+        u_means.append(float(uncertainty[comp].mean()))
+        false_pos.append(not bool(reference[comp].any()))
+    return u_means, false_pos
+
+
+def calibrate_review(run_dir: Path, cfg: object, max_cases: int = 20) -> dict[str, object]:
+    """Review threshold from the validation split: each predicted lesion's mean u, and whether
+    it touches a reference lesion; the threshold maximises Youden's J (mefn.postprocess)."""
+    from mefn.data.datasets import index_dataset, split_by_patient
+    from mefn.inference import Predictor
+    from mefn.io.discovery import load_case
+    from mefn.io.geometry import resample_to
+    from mefn.postprocess import choose_review_threshold
+
+    data = cfg.data  # type: ignore[attr-defined]
+    _, val = split_by_patient(
+        index_dataset(Path(data.root), layout=data.layout), data.val_fraction, data.split_seed
+    )
+    predictor = Predictor(run_dir, device="cpu")
+    u_means: list[float] = []
+    false_pos: list[bool] = []
+    for entry in val[:max_cases]:
+        case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
+        pred = predictor.predict(case)
+        assert case.label is not None
+        if case.label is None:
+            raise SystemExit(f"validation case {entry.case_id} has no label")
+        ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
+        u, fp = lesion_uncertainty(pred.mask, pred.uncertainty, ref)
+        u_means += u
+        false_pos += fp
+        print(f"[calibrate] {entry.case_id}: {len(u)} predicted lesions", flush=True)
+    threshold, stats = choose_review_threshold(np.asarray(u_means), np.asarray(false_pos))
+    return {"review_threshold": threshold, "cases": len(val[:max_cases]), **stats}
 
 
 def main() -> int:
@@ -100,11 +170,11 @@ def main() -> int:
 
     cfg = load_train_config(args.config)
     run_dir = Path(args.run)
-    if not args.evaluate_only:
-        make_training_data(REPO / cfg.data.root, args.n, args.seed)
-        from dataclasses import replace
+    from dataclasses import replace
 
-        cfg = replace(cfg, data=replace(cfg.data, root=str(REPO / cfg.data.root)))
+    cfg = replace(cfg, data=replace(cfg.data, root=str(REPO / cfg.data.root)))
+    if not args.evaluate_only:
+        make_training_data(Path(cfg.data.root), args.n, args.seed)
 
         def progress(event: dict) -> None:
             if event["event"] == "epoch":
@@ -112,6 +182,18 @@ def main() -> int:
 
         result = train(cfg, run_dir, resume=args.resume, progress=progress)
         print(f"[train] {result}", flush=True)
+    # the review flag's threshold, calibrated on the validation split (never on test cases)
+    calibration = calibrate_review(run_dir, cfg)
+    print(f"[calibrate] {json.dumps(calibration)}", flush=True)
+    card = json.loads((run_dir / "model.json").read_text())
+    card["review_threshold"] = calibration["review_threshold"]
+    card["review_calibration"] = {
+        **calibration,
+        "rule": "lesion flagged when its mean u >= review_threshold; the threshold maximises "
+        "Youden's J (false positives flagged - true lesions flagged) over the predicted lesions "
+        "of the validation split",
+    }
+    (run_dir / "model.json").write_text(json.dumps(card, indent=1))
     summary = evaluate(run_dir, args.n_test, run_dir / "evaluation")
     print(f"[test] summary {json.dumps(summary)}", flush=True)
     card = json.loads((run_dir / "model.json").read_text())

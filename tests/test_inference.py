@@ -18,3 +18,16 @@ def test_threads_limit_torch_and_simpleitk(tmp_path) -> None:
     finally:
         torch.set_num_threads(before[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+
+def test_review_threshold_comes_from_the_card(tmp_path) -> None:
+    import json
+
+    weights = make_tiny_weights(tmp_path)
+    assert Predictor(weights, device="cpu").review_threshold == 0.3  # no calibration stored
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["review_threshold"] = 0.0123
+    card_path.write_text(json.dumps(card))
+    assert Predictor(weights, device="cpu").review_threshold == 0.0123
+    assert Predictor(weights, device="cpu", review_threshold=0.5).review_threshold == 0.5

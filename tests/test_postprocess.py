@@ -89,3 +89,21 @@ def test_mask_from_probabilities_removes_small_components():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="must have one shape"):
         lesion_table(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), np.zeros((3, 3, 3)), _geo((3, 3, 3)))
+
+
+def test_review_threshold_separates_false_from_true_detections() -> None:
+    from mefn.postprocess import choose_review_threshold
+
+    u = np.array([0.01, 0.02, 0.03, 0.05, 0.04, 0.20, 0.30, 0.025])
+    fp = np.array([False, False, False, False, True, True, True, True])
+    t, stats = choose_review_threshold(u, fp)
+    # >= 0.025 flags 4/4 false and 2/4 true; >= 0.04 flags 3/4 and 1/4: both J = 0.5, the
+    # best; the tie goes to the lower threshold
+    assert t == 0.025
+    assert stats == {"j": 0.5, "fp_flagged": 1.0, "tp_flagged": 0.5, "n_fp": 4, "n_tp": 4}
+    perfect, s = choose_review_threshold(np.array([0.1, 0.2, 0.5, 0.6]), np.array([0, 0, 1, 1]))
+    assert perfect == 0.5 and s["j"] == 1.0
+    with pytest.raises(ValueError, match="needs both false and true detections"):
+        choose_review_threshold(np.array([0.1, 0.2]), np.array([True, True]))
+    with pytest.raises(ValueError, match="2 uncertainty values but 3"):
+        choose_review_threshold(np.array([0.1, 0.2]), np.array([True, False, True]))

@@ -48,12 +48,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--sw-batch-size", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (0-0.9)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and SimpleITK)")
     p.add_argument(
         "--review-threshold",
         type=float,
-        default=0.3,
-        help="flag lesions whose mean uncertainty reaches this (default %(default)s)",
+        default=None,
+        help="flag lesions whose mean uncertainty reaches this (default: the threshold "
+        "calibrated for the weights, in their card; 0.3 if the card has none)",
     )
     p.add_argument(
         "--min-lesion-ml", type=float, default=0.0, help="drop predicted lesions smaller than this"
