@@ -213,6 +213,9 @@ class Predictor:
         Lesions whose mean uncertainty reaches this are flagged for review. Default: the
         threshold calibrated on validation cases and stored in the weights' card
         (``review_threshold``), else 0.3.
+    min_lesion_ml:
+        Predicted lesions smaller than this are dropped. Default: the value chosen on
+        validation cases and stored in the card (``min_lesion_ml``), else 0 (keep all).
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -227,7 +230,7 @@ class Predictor:
         overlap: float | None = None,
         threads: int | None = None,
         review_threshold: float | None = None,
-        min_lesion_ml: float = 0.0,
+        min_lesion_ml: float | None = None,
     ) -> None:
         import torch
 
@@ -297,6 +300,8 @@ class Predictor:
 
             review_threshold = float(self.card.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
         self.review_threshold = review_threshold
+        if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
+            min_lesion_ml = float(self.card.get("min_lesion_ml", 0.0))
         self.min_lesion_ml = min_lesion_ml
 
     @staticmethod

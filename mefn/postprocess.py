@@ -22,6 +22,7 @@ __all__ = [
     "choose_review_threshold",
     "lesion_table",
     "mask_from_probabilities",
+    "remove_small_components",
     "suv_peak",
     "SUV_PEAK_VOLUME_ML",
 ]
@@ -39,13 +40,20 @@ def mask_from_probabilities(prob: np.ndarray, min_component_voxels: int = 0) -> 
     if prob.ndim != 4:
         raise ValueError(f"expected probabilities (K, X, Y, Z), found shape {prob.shape}")
     mask = np.argmax(prob, axis=0).astype(np.uint8)
-    if min_component_voxels > 0:
-        labels = cc3d.connected_components(mask > 0, connectivity=CONNECTIVITY)
-        counts = np.bincount(labels.ravel())
-        small = np.flatnonzero(counts < min_component_voxels)
-        small = small[small > 0]
-        if small.size:
-            mask[np.isin(labels, small)] = 0
+    return remove_small_components(mask, min_component_voxels)
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """``mask`` with its 18-connected foreground components of fewer than ``min_voxels``
+    voxels set to 0 (in place, and returned; 0 keeps all)."""
+    if min_voxels <= 0:
+        return mask
+    labels = cc3d.connected_components(mask > 0, connectivity=CONNECTIVITY)
+    counts = np.bincount(labels.ravel())
+    small = np.flatnonzero(counts < min_voxels)
+    small = small[small > 0]
+    if small.size:
+        mask[np.isin(labels, small)] = 0
     return mask
 
 

@@ -120,35 +120,75 @@ def lesion_uncertainty(
     return u_means, false_pos
 
 
-def calibrate_review(run_dir: Path, cfg: object, max_cases: int = 20) -> dict[str, object]:
-    """Review threshold from the validation split: each predicted lesion's mean u, and whether
-    it touches a reference lesion; the threshold maximises Youden's J (mefn.postprocess)."""
+MIN_LESION_CANDIDATES_ML = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+def calibrate_postprocessing(run_dir: Path, cfg: object, max_cases: int = 20) -> dict[str, object]:
+    """Post-processing chosen on the validation split (never on test cases).
+
+    ``min_lesion_ml``: of MIN_LESION_CANDIDATES_ML, the one with the best mean Dice over the
+    validation cases with lesions (AutoPET 2022 definitions). ``review_threshold``: on the
+    lesions left, the mean-u threshold that maximises Youden's J between false and true
+    detections (mefn.postprocess.choose_review_threshold).
+    """
     from mefn.data.datasets import index_dataset, split_by_patient
     from mefn.inference import Predictor
     from mefn.io.discovery import load_case
     from mefn.io.geometry import resample_to
-    from mefn.postprocess import choose_review_threshold
+    from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.postprocess import choose_review_threshold, remove_small_components
 
     data = cfg.data  # type: ignore[attr-defined]
     _, val = split_by_patient(
         index_dataset(Path(data.root), layout=data.layout), data.val_fraction, data.split_seed
     )
-    predictor = Predictor(run_dir, device="cpu")
-    u_means: list[float] = []
-    false_pos: list[bool] = []
-    for entry in val[:max_cases]:
+    val = val[:max_cases]
+    predictor = Predictor(run_dir, device="cpu", min_lesion_ml=0.0)
+    cases = []
+    for entry in val:
         case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
-        pred = predictor.predict(case)
-        assert case.label is not None
         if case.label is None:
             raise SystemExit(f"validation case {entry.case_id} has no label")
+        pred = predictor.predict(case)
         ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
-        u, fp = lesion_uncertainty(pred.mask, pred.uncertainty, ref)
+        cases.append((pred, ref))
+        print(f"[calibrate] {entry.case_id}: predicted", flush=True)
+    scores = {}
+    for min_ml in MIN_LESION_CANDIDATES_ML:
+        dice, fpv, fnv = [], [], []
+        for pred, ref in cases:
+            min_vox = int(np.ceil(min_ml / pred.geometry.voxel_volume_ml)) if min_ml else 0
+            mask = remove_small_components(pred.mask.copy(), min_vox)
+            m = autopet_case_metrics(
+                ref.astype(np.uint8), mask, pred.geometry.spacing_mm, year=2022
+            )
+            fpv.append(m.fpv_ml)
+            if ref.any():
+                dice.append(m.dice)
+                fnv.append(m.fnv_ml)
+        scores[min_ml] = {
+            "mean_dice": float(np.mean(dice)) if dice else float("nan"),
+            "mean_fpv_ml": float(np.mean(fpv)),
+            "mean_fnv_ml": float(np.mean(fnv)) if fnv else float("nan"),
+        }
+        print(f"[calibrate] min_lesion_ml {min_ml}: {scores[min_ml]}", flush=True)
+    best_ml = max(MIN_LESION_CANDIDATES_ML, key=lambda v: (scores[v]["mean_dice"], -v))
+    u_means: list[float] = []
+    false_pos: list[bool] = []
+    for pred, ref in cases:
+        min_vox = int(np.ceil(best_ml / pred.geometry.voxel_volume_ml)) if best_ml else 0
+        mask = remove_small_components(pred.mask.copy(), min_vox)
+        u, fp = lesion_uncertainty(mask, pred.uncertainty, ref)
         u_means += u
         false_pos += fp
-        print(f"[calibrate] {entry.case_id}: {len(u)} predicted lesions", flush=True)
     threshold, stats = choose_review_threshold(np.asarray(u_means), np.asarray(false_pos))
-    return {"review_threshold": threshold, "cases": len(val[:max_cases]), **stats}
+    return {
+        "cases": len(val),
+        "min_lesion_ml": best_ml,
+        "min_lesion_scores": {str(k): v for k, v in scores.items()},
+        "review_threshold": threshold,
+        "review": stats,
+    }
 
 
 def main() -> int:
@@ -182,16 +222,17 @@ def main() -> int:
 
         result = train(cfg, run_dir, resume=args.resume, progress=progress)
         print(f"[train] {result}", flush=True)
-    # the review flag's threshold, calibrated on the validation split (never on test cases)
-    calibration = calibrate_review(run_dir, cfg)
+    # post-processing and the review flag's threshold, chosen on the validation split
+    calibration = calibrate_postprocessing(run_dir, cfg)
     print(f"[calibrate] {json.dumps(calibration)}", flush=True)
     card = json.loads((run_dir / "model.json").read_text())
+    card["min_lesion_ml"] = calibration["min_lesion_ml"]
     card["review_threshold"] = calibration["review_threshold"]
-    card["review_calibration"] = {
+    card["calibration"] = {
         **calibration,
-        "rule": "lesion flagged when its mean u >= review_threshold; the threshold maximises "
-        "Youden's J (false positives flagged - true lesions flagged) over the predicted lesions "
-        "of the validation split",
+        "rule": "on the validation split: min_lesion_ml with the best mean Dice; then a lesion "
+        "is flagged when its mean u >= review_threshold, the threshold that maximises Youden's J "
+        "(share of false detections flagged - share of true lesions flagged)",
     }
     (run_dir / "model.json").write_text(json.dumps(card, indent=1))
     summary = evaluate(run_dir, args.n_test, run_dir / "evaluation")

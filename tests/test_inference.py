@@ -20,7 +20,7 @@ def test_threads_limit_torch_and_simpleitk(tmp_path) -> None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
-def test_review_threshold_comes_from_the_card(tmp_path) -> None:
+def test_review_threshold_and_min_lesion_come_from_the_card(tmp_path) -> None:
     import json
 
     weights = make_tiny_weights(tmp_path)
@@ -28,6 +28,9 @@ def test_review_threshold_comes_from_the_card(tmp_path) -> None:
     card_path = weights.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["review_threshold"] = 0.0123
+    card["min_lesion_ml"] = 2.0
     card_path.write_text(json.dumps(card))
-    assert Predictor(weights, device="cpu").review_threshold == 0.0123
-    assert Predictor(weights, device="cpu", review_threshold=0.5).review_threshold == 0.5
+    calibrated = Predictor(weights, device="cpu")
+    assert calibrated.review_threshold == 0.0123 and calibrated.min_lesion_ml == 2.0
+    chosen = Predictor(weights, device="cpu", review_threshold=0.5, min_lesion_ml=0.0)
+    assert chosen.review_threshold == 0.5 and chosen.min_lesion_ml == 0.0

@@ -57,7 +57,11 @@ def add_parser(sub: Any) -> None:
         "calibrated for the weights, in their card; 0.3 if the card has none)",
     )
     p.add_argument(
-        "--min-lesion-ml", type=float, default=0.0, help="drop predicted lesions smaller than this"
+        "--min-lesion-ml",
+        type=float,
+        default=None,
+        help="drop predicted lesions smaller than this (default: the value chosen for the "
+        "weights, in their card; 0 if the card has none)",
     )
     p.add_argument("--list-models", action="store_true", help="list bundled weights and exit")
     p.set_defaults(func=run)
