@@ -127,7 +127,8 @@ def calibrate_postprocessing(run_dir: Path, cfg: object, max_cases: int = 20) ->
     """Post-processing chosen on the validation split (never on test cases).
 
     ``min_lesion_ml``: of MIN_LESION_CANDIDATES_ML, the one with the best mean Dice over the
-    validation cases with lesions (AutoPET 2022 definitions). ``review_threshold``: on the
+    validation cases with lesions (AutoPET 2022 definitions), on a tie the one with the
+    smaller mean false-positive volume. ``review_threshold``: on the
     lesions left, the mean-u threshold that maximises Youden's J between false and true
     detections (mefn.postprocess.choose_review_threshold).
     """
@@ -172,7 +173,10 @@ def calibrate_postprocessing(run_dir: Path, cfg: object, max_cases: int = 20) ->
             "mean_fnv_ml": float(np.mean(fnv)) if fnv else float("nan"),
         }
         print(f"[calibrate] min_lesion_ml {min_ml}: {scores[min_ml]}", flush=True)
-    best_ml = max(MIN_LESION_CANDIDATES_ML, key=lambda v: (scores[v]["mean_dice"], -v))
+    best_ml = max(  # best Dice; on a tie, the smaller false-positive volume
+        MIN_LESION_CANDIDATES_ML,
+        key=lambda v: (round(scores[v]["mean_dice"], 4), -scores[v]["mean_fpv_ml"]),
+    )
     u_means: list[float] = []
     false_pos: list[bool] = []
     for pred, ref in cases:
@@ -181,7 +185,14 @@ def calibrate_postprocessing(run_dir: Path, cfg: object, max_cases: int = 20) ->
         u, fp = lesion_uncertainty(mask, pred.uncertainty, ref)
         u_means += u
         false_pos += fp
-    threshold, stats = choose_review_threshold(np.asarray(u_means), np.asarray(false_pos))
+    try:
+        threshold, stats = choose_review_threshold(np.asarray(u_means), np.asarray(false_pos))
+    except ValueError as exc:  # all detections false (or all true): nothing to separate
+        print(f"[calibrate] review threshold not calibrated: {exc}", flush=True)
+        threshold, stats = (
+            None,
+            {"n_fp": int(sum(false_pos)), "n_tp": len(false_pos) - int(sum(false_pos))},
+        )
     return {
         "cases": len(val),
         "min_lesion_ml": best_ml,
@@ -227,7 +238,8 @@ def main() -> int:
     print(f"[calibrate] {json.dumps(calibration)}", flush=True)
     card = json.loads((run_dir / "model.json").read_text())
     card["min_lesion_ml"] = calibration["min_lesion_ml"]
-    card["review_threshold"] = calibration["review_threshold"]
+    if calibration["review_threshold"] is not None:
+        card["review_threshold"] = calibration["review_threshold"]
     card["calibration"] = {
         **calibration,
         "rule": "on the validation split: min_lesion_ml with the best mean Dice; then a lesion "
