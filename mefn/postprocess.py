@@ -20,6 +20,7 @@ __all__ = [
     "Lesion",
     "LesionTable",
     "choose_review_threshold",
+    "format_u",
     "lesion_table",
     "mask_from_probabilities",
     "remove_small_components",
@@ -206,6 +207,12 @@ def lesion_table(
         tlg=float(sum(lesion.tlg for lesion in lesions)),
         review_threshold=review_threshold,
     )
+
+
+def format_u(value: float) -> str:
+    """An uncertainty for display: two decimals, or two significant digits below 0.01
+    (0.80, 0.12, 0.0039)."""
+    return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.2g}"
 
 
 #: Review threshold when the weights' card does not give one.

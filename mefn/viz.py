@@ -43,6 +43,7 @@ import numpy as np
 from mefn.errors import GeometryError, InputError, OutputError
 from mefn.io.case import Case
 from mefn.io.volume import Geometry, Volume
+from mefn.postprocess import format_u
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -60,6 +61,7 @@ __all__ = [
     "auto_point",
     "display_orientation",
     "format_lesion_table",
+    "format_u",
     "lesion_choices",
     "prepare_review",
     "slice_figure",
@@ -79,6 +81,7 @@ __all__ = [
     "review_figure",
     "save_figure",
     "slice_planes",
+    "uncertainty_display_max",
 ]
 
 logger = logging.getLogger(__name__)
@@ -448,6 +451,17 @@ def plot_fusion(
     return fig  # type: ignore[return-value]
 
 
+def uncertainty_display_max(uncertainty: np.ndarray, review_threshold: float) -> float:
+    """Top of the colour scale for a u map: its 99.9th percentile or twice the review threshold,
+    whichever is larger; 1 once that reaches 0.5. MEFN's fused u is often far below 1 (the
+    Dempster-Shafer combination multiplies the opinions' uncertainty masses), and on a fixed
+    0-1 scale the map would look uniformly certain."""
+    finite = uncertainty[np.isfinite(uncertainty)]
+    top = float(np.percentile(finite, 99.9)) if finite.size else 1.0
+    top = max(top, 2.0 * review_threshold, 1e-3)
+    return 1.0 if top >= 0.5 else top
+
+
 def plot_map(
     values: np.ndarray,
     geometry: Geometry,
@@ -505,10 +519,11 @@ def plot_mip(
     mask: np.ndarray | None = None,
     suv_max: float | None = None,
     ax: Axes | None = None,
+    u_max: float = 1.0,
 ) -> Figure:
     """Coronal maximum-intensity projection of the PET (inverted grey, as read clinically),
-    each lesion marked at its centroid with its number, coloured by its mean uncertainty,
-    and lesions flagged for review ringed in red."""
+    each lesion marked at its centroid with its number, coloured by its mean uncertainty
+    (0 to ``u_max``), and lesions flagged for review ringed in red."""
     _check_grid(suv, geometry, "PET")
     _check_grid(mask, geometry, "mask")
     fig = _new_figure((5, 8)) if ax is None else ax.get_figure()
@@ -533,7 +548,7 @@ def plot_mip(
         for lesion in ranked[:MIP_MAX_MARKS]:
             index = lesion_point(lesions, lesion.lesion_id, geometry)
             x, y = _screen_position(orient, "coronal", orient.to_canonical(index))
-            colour = cmap(float(np.clip(lesion.uncertainty_mean, 0.0, 1.0)))
+            colour = cmap(float(np.clip(lesion.uncertainty_mean / u_max, 0.0, 1.0)))
             ax.scatter(
                 [x],
                 [y],
@@ -543,7 +558,7 @@ def plot_mip(
                 linewidths=2.0 if lesion.review else 1.2,
             )
             ax.annotate(
-                f"{lesion.lesion_id} u={lesion.uncertainty_mean:.2f}",
+                f"{lesion.lesion_id} u={format_u(lesion.uncertainty_mean)}",
                 (x, y),
                 xytext=(6, 4),
                 textcoords="offset points",
@@ -574,7 +589,7 @@ def lesion_rows(table: LesionTable) -> list[tuple[str, ...]]:
             f"{lesion.suv_max:.2f}",
             f"{lesion.suv_mean:.2f}",
             f"{lesion.tlg:.1f}",
-            f"{lesion.uncertainty_mean:.2f}",
+            format_u(lesion.uncertainty_mean),
             f"{lesion.uncertainty_max:.2f}",
             "REVIEW" if lesion.review else "",
         )
@@ -588,7 +603,7 @@ def lesion_choices(table: LesionTable) -> list[tuple[str, int]]:
     return [
         (
             f"{lesion.lesion_id}: {lesion.volume_ml:.2f} mL, SUVmax {lesion.suv_max:.1f}, "
-            f"u {lesion.uncertainty_mean:.2f}{'  REVIEW' if lesion.review else ''}",
+            f"u {format_u(lesion.uncertainty_mean)}{'  REVIEW' if lesion.review else ''}",
             lesion.lesion_id,
         )
         for lesion in ordered
@@ -604,7 +619,7 @@ def format_lesion_table(table: LesionTable) -> str:
         lines.append("(no lesion found)")
     lines.append(
         f"MTV {table.mtv_ml:.2f} mL, TLG {table.tlg:.1f}; {table.n_review} lesion(s) with "
-        f"mean u >= {table.review_threshold:g} flagged for review"
+        f"mean u >= {format_u(table.review_threshold)} flagged for review"
     )
     return "\n".join(lines)
 
@@ -620,7 +635,7 @@ def plot_lesion_table(table: LesionTable, ax: Axes | None = None, max_rows: int 
     shown = rows[:max_rows]
     title = (
         f"lesions by uncertainty (MTV {table.mtv_ml:.1f} mL)\n"
-        f"{table.n_review} flagged for review: mean u >= {table.review_threshold:g}"
+        f"{table.n_review} flagged for review: mean u >= {format_u(table.review_threshold)}"
     )
     if len(rows) > max_rows:
         title += f"; {len(rows) - max_rows} more not shown"
@@ -975,12 +990,14 @@ def review_figure(
         suv_max=vmax,
         axes=row_axes[0],
     )
+    u_max = uncertainty_display_max(data.uncertainty, table.review_threshold)
     plot_map(
         data.uncertainty,
         data.geometry,
         point,
         label="uncertainty u",
         cmap="magma",
+        vmax=u_max,
         mask=data.mask,
         reference=data.reference,
         axes=row_axes[1],
@@ -1007,6 +1024,7 @@ def review_figure(
         mask=data.mask,
         suv_max=vmax,
         ax=fig.add_subplot(grid[0:2, 3]),
+        u_max=u_max,
     )
     plot_lesion_table(table, ax=fig.add_subplot(grid[2, 3]))
     if has_ref:

@@ -192,7 +192,7 @@ def test_lesion_rows_sorted_by_uncertainty(case_arrays):
         viz.LESION_COLUMNS
     )
     assert lines[1].split()[0] == "2" and lines[1].endswith("REVIEW")
-    assert "1 lesion(s) with mean u >= 0.3 flagged for review" in lines[-1]
+    assert "1 lesion(s) with mean u >= 0.30 flagged for review" in lines[-1]
 
 
 # --- calibration -----------------------------------------------------------------------------
@@ -365,3 +365,16 @@ def test_slice_figure_and_picker_helpers(case_arrays):
 def test_prepare_review_needs_case_with_outputs(tmp_path):
     with pytest.raises(InputError, match="need the input case they were made from"):
         viz.prepare_review(outputs=tmp_path)
+
+
+def test_uncertainty_scale_follows_the_data() -> None:
+    """A u map far below 1 is shown on its own scale (else it looks uniformly certain)."""
+    from mefn.viz import format_u, uncertainty_display_max
+
+    u = np.full((20, 20, 20), 0.001, np.float32)
+    u[5:10, 5:10, 5:10] = 0.02
+    assert uncertainty_display_max(u, 0.004) == pytest.approx(0.02)
+    assert uncertainty_display_max(u, 0.05) == pytest.approx(0.1)  # twice the threshold
+    assert uncertainty_display_max(np.full((4, 4, 4), 0.6, np.float32), 0.3) == 1.0
+    assert uncertainty_display_max(np.zeros((4, 4, 4), np.float32), 0.0) == 1e-3
+    assert [format_u(v) for v in (0.00387319, 0.12, 1.0, 0.0)] == ["0.0039", "0.12", "1.00", "0.00"]

@@ -68,6 +68,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
+    from mefn.postprocess import format_u
+
     lesions = report["lesions"]
     if not lesions:
         print("    no lesion found", file=file)
@@ -83,7 +85,7 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         print(
             f"    {les['lesion_id']:>3} {les['label']:>5} {les['volume_ml']:>8.2f} "
             f"{les['suv_max']:>7.2f} {les['suv_mean']:>7.2f} {les['suv_peak']:>7.2f} "
-            f"{les['tlg']:>8.1f} {les['uncertainty_mean']:>6.2f}  "
+            f"{les['tlg']:>8.1f} {format_u(les['uncertainty_mean']):>6}  "
             f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}){flag}",
             file=file,
         )
