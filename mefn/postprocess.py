@@ -31,6 +31,8 @@ __all__ = [
 #: PERCIST SUVpeak: mean SUV in a 1 mL sphere (radius 6.2 mm) placed to maximise it.
 SUV_PEAK_VOLUME_ML = 1.0
 CONNECTIVITY: Literal[18] = 18
+#: Review threshold when the weights' card does not give one.
+DEFAULT_REVIEW_THRESHOLD = 0.3
 
 
 def mask_from_probabilities(prob: np.ndarray, min_component_voxels: int = 0) -> np.ndarray:
@@ -152,7 +154,7 @@ def lesion_table(
     suv: np.ndarray,
     uncertainty: np.ndarray,
     geometry: Geometry,
-    review_threshold: float = 0.3,
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
 ) -> LesionTable:
     """Per-lesion quantities of a label map on ``geometry``.
 
@@ -213,10 +215,6 @@ def format_u(value: float) -> str:
     """An uncertainty for display: two decimals, or two significant digits below 0.01
     (0.80, 0.12, 0.0039)."""
     return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.2g}"
-
-
-#: Review threshold when the weights' card does not give one.
-DEFAULT_REVIEW_THRESHOLD = 0.3
 
 
 def choose_review_threshold(

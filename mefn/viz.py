@@ -43,7 +43,7 @@ import numpy as np
 from mefn.errors import GeometryError, InputError, OutputError
 from mefn.io.case import Case
 from mefn.io.volume import Geometry, Volume
-from mefn.postprocess import format_u
+from mefn.postprocess import DEFAULT_REVIEW_THRESHOLD, format_u
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -853,7 +853,7 @@ def output_case_id(folder: str | os.PathLike[str], case_id: str | None = None) -
     return found[0]
 
 
-def _report_threshold(path: Path, default: float = 0.3) -> float:
+def _report_threshold(path: Path, default: float = DEFAULT_REVIEW_THRESHOLD) -> float:
     if not path.is_file():
         return default
     import json
@@ -938,6 +938,24 @@ def load_review(
     )
 
 
+def _plot_uncertainty(data: ReviewData, point: Any, axes: Any, review_threshold: float) -> float:
+    """The u map into three axes on its own scale (:func:`uncertainty_display_max`), with the
+    mask and any reference; returns the top of the scale."""
+    u_max = uncertainty_display_max(data.uncertainty, review_threshold)
+    plot_map(
+        data.uncertainty,
+        data.geometry,
+        point,
+        label="uncertainty u",
+        cmap="magma",
+        vmax=u_max,
+        mask=data.mask,
+        reference=data.reference,
+        axes=axes,
+    )
+    return u_max
+
+
 def _plot_disagreement(data: ReviewData, point: Any, axes: Any) -> None:
     """The signed CT-versus-PET uncertainty map into three axes (needs both modality maps)."""
     if data.uncertainty_ct is None or data.uncertainty_pet is None:
@@ -990,18 +1008,7 @@ def review_figure(
         suv_max=vmax,
         axes=row_axes[0],
     )
-    u_max = uncertainty_display_max(data.uncertainty, table.review_threshold)
-    plot_map(
-        data.uncertainty,
-        data.geometry,
-        point,
-        label="uncertainty u",
-        cmap="magma",
-        vmax=u_max,
-        mask=data.mask,
-        reference=data.reference,
-        axes=row_axes[1],
-    )
+    u_max = _plot_uncertainty(data, point, row_axes[1], table.review_threshold)
     if has_pair:
         _plot_disagreement(data, point, row_axes[2])
     else:
@@ -1079,7 +1086,10 @@ def slice_figure(
         suv_max=suv_max if suv_max is not None else _default_suv_max(data.suv),
         axes=list(axes[0]),
     )
-    plot_map(data.uncertainty, data.geometry, point, mask=data.mask, axes=list(axes[1]))
+    threshold = (
+        data.lesions.review_threshold if data.lesions is not None else DEFAULT_REVIEW_THRESHOLD
+    )
+    _plot_uncertainty(data, point, list(axes[1]), threshold)
     if data.uncertainty_ct is not None and data.uncertainty_pet is not None:
         _plot_disagreement(data, point, list(axes[2]))
     fig.suptitle(f"{data.case_id}: [i, j, k] = {tuple(int(p) for p in point)}", fontsize=10)

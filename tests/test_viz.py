@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -360,6 +362,13 @@ def test_slice_figure_and_picker_helpers(case_arrays):
     assert render(fig).var() > 0.01
     fig = viz.slice_figure(viz.ReviewData(geo, ct, suv, mask, unc), point)
     assert not any("u_CT" in ax.get_title() for ax in fig.axes)
+    # a small u with a small calibrated threshold: the u row uses the review page's scale
+    calibrated = dataclasses.replace(table, review_threshold=0.001)
+    fig = viz.slice_figure(viz.ReviewData(geo, ct, suv, mask, unc / 100, calibrated), point)
+    u_axes = [ax for ax in fig.axes if ax.get_title().startswith("uncertainty u")]
+    want = viz.uncertainty_display_max(unc / 100, 0.001)
+    assert want < 0.5 and len(u_axes) == 3
+    assert all(ax.images[0].get_clim() == (0.0, want) for ax in u_axes)
 
 
 def test_prepare_review_needs_case_with_outputs(tmp_path):
