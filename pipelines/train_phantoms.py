@@ -16,12 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mefn.training import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import git_commit  # noqa: E402  (pipelines/ on sys.path above)
@@ -52,6 +57,7 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     from mefn.inference import Predictor
     from mefn.io.case import Case
     from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.metrics.lesions import predicted_lesion_errors
 
     predictor = Predictor(run_dir, device="cpu")
     rows = []
@@ -68,8 +74,8 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
         pred = predictor.predict(case)
         ref = (study.label_pet.array > 0).astype(np.uint8)
         m = autopet_case_metrics(ref, pred.mask, study.pet.geometry.spacing_mm, year=2022)
-        u, fp = lesion_uncertainty(pred.mask, pred.uncertainty, ref > 0)
-        flags = [x >= predictor.review_threshold for x in u]
+        u, fp = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
+        flags = u >= predictor.review_threshold
         rows.append(
             {
                 "seed": seed,
@@ -77,8 +83,8 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
                 **m.to_dict(),
                 "predicted_lesions": len(u),
                 "false_positive_lesions": int(sum(fp)),
-                "flagged_false_positive": int(sum(f and p for f, p in zip(flags, fp))),
-                "flagged_true": int(sum(f and not p for f, p in zip(flags, fp))),
+                "flagged_false_positive": int((flags & fp).sum()),
+                "flagged_true": int((flags & ~fp).sum()),
             }
         )
         print(f"[test] {seed}: {m}", flush=True)
@@ -104,26 +110,12 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     return summary
 
 
-def lesion_uncertainty(
-    mask: np.ndarray, uncertainty: np.ndarray, reference: np.ndarray
-) -> tuple[list[float], list[bool]]:
-    """Each predicted lesion's (18-connected component's) mean u, and whether it is a false
-    positive (touches no reference voxel, as in the AutoPET false-positive volume)."""
-    import cc3d
-
-    comps = cc3d.connected_components(mask > 0, connectivity=18)
-    u_means, false_pos = [], []
-    for index in range(1, int(comps.max()) + 1):
-        comp = comps == index
-        u_means.append(float(uncertainty[comp].mean()))
-        false_pos.append(not bool(reference[comp].any()))
-    return u_means, false_pos
-
-
 MIN_LESION_CANDIDATES_ML = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
-def calibrate_postprocessing(run_dir: Path, cfg: object, max_cases: int = 20) -> dict[str, object]:
+def calibrate_postprocessing(
+    run_dir: Path, cfg: TrainConfig, max_cases: int = 20
+) -> dict[str, object]:
     """Post-processing chosen on the validation split (never on test cases).
 
     ``min_lesion_ml``: of MIN_LESION_CANDIDATES_ML, the one with the best mean Dice over the
@@ -137,61 +129,61 @@ def calibrate_postprocessing(run_dir: Path, cfg: object, max_cases: int = 20) ->
     from mefn.io.discovery import load_case
     from mefn.io.geometry import resample_to
     from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.metrics.lesions import predicted_lesion_errors
     from mefn.postprocess import choose_review_threshold, remove_small_components
 
-    data = cfg.data  # type: ignore[attr-defined]
+    data = cfg.data
     _, val = split_by_patient(
         index_dataset(Path(data.root), layout=data.layout), data.val_fraction, data.split_seed
     )
     val = val[:max_cases]
     predictor = Predictor(run_dir, device="cpu", min_lesion_ml=0.0)
-    cases = []
+    # per candidate: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
+    # a case's prediction is dropped once scored (a whole validation split would not fit)
+    per_case: dict[float, list[Any]] = {v: [] for v in MIN_LESION_CANDIDATES_ML}
+    lesions: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {
+        v: [] for v in MIN_LESION_CANDIDATES_ML
+    }
     for entry in val:
         case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
         if case.label is None:
             raise SystemExit(f"validation case {entry.case_id} has no label")
         pred = predictor.predict(case)
         ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
-        cases.append((pred, ref))
-        print(f"[calibrate] {entry.case_id}: predicted", flush=True)
-    scores = {}
-    for min_ml in MIN_LESION_CANDIDATES_ML:
-        dice, fpv, fnv = [], [], []
-        for pred, ref in cases:
+        for min_ml in MIN_LESION_CANDIDATES_ML:
             min_vox = int(np.ceil(min_ml / pred.geometry.voxel_volume_ml)) if min_ml else 0
             mask = remove_small_components(pred.mask.copy(), min_vox)
-            m = autopet_case_metrics(
-                ref.astype(np.uint8), mask, pred.geometry.spacing_mm, year=2022
+            per_case[min_ml].append(
+                autopet_case_metrics(ref.astype(np.uint8), mask, pred.geometry.spacing_mm, 2022)
             )
-            fpv.append(m.fpv_ml)
-            if ref.any():
-                dice.append(m.dice)
-                fnv.append(m.fnv_ml)
+            lesions[min_ml].append(predicted_lesion_errors(ref, mask, pred.uncertainty))
+        print(f"[calibrate] {entry.case_id}: scored", flush=True)
+    scores = {}
+    for min_ml, metrics in per_case.items():
+        with_lesions = [m for m in metrics if m.reference_voxels > 0]
         scores[min_ml] = {
-            "mean_dice": float(np.mean(dice)) if dice else float("nan"),
-            "mean_fpv_ml": float(np.mean(fpv)),
-            "mean_fnv_ml": float(np.mean(fnv)) if fnv else float("nan"),
+            "mean_dice": float(np.mean([m.dice for m in with_lesions]))
+            if with_lesions
+            else math.nan,
+            "mean_fpv_ml": float(np.mean([m.fpv_ml for m in metrics])),
+            "mean_fnv_ml": float(np.mean([m.fnv_ml for m in with_lesions]))
+            if with_lesions
+            else math.nan,
         }
         print(f"[calibrate] min_lesion_ml {min_ml}: {scores[min_ml]}", flush=True)
     best_ml = max(  # best Dice; on a tie, the smaller false-positive volume
         MIN_LESION_CANDIDATES_ML,
         key=lambda v: (round(scores[v]["mean_dice"], 4), -scores[v]["mean_fpv_ml"]),
     )
-    u_means: list[float] = []
-    false_pos: list[bool] = []
-    for pred, ref in cases:
-        min_vox = int(np.ceil(best_ml / pred.geometry.voxel_volume_ml)) if best_ml else 0
-        mask = remove_small_components(pred.mask.copy(), min_vox)
-        u, fp = lesion_uncertainty(mask, pred.uncertainty, ref)
-        u_means += u
-        false_pos += fp
+    u_means = np.concatenate([u for u, _ in lesions[best_ml]])
+    false_pos = np.concatenate([fp for _, fp in lesions[best_ml]])
     try:
-        threshold, stats = choose_review_threshold(np.asarray(u_means), np.asarray(false_pos))
+        threshold, stats = choose_review_threshold(u_means, false_pos)
     except ValueError as exc:  # all detections false (or all true): nothing to separate
         print(f"[calibrate] review threshold not calibrated: {exc}", flush=True)
         threshold, stats = (
             None,
-            {"n_fp": int(sum(false_pos)), "n_tp": len(false_pos) - int(sum(false_pos))},
+            {"n_fp": int(false_pos.sum()), "n_tp": int((~false_pos).sum())},
         )
     return {
         "cases": len(val),

@@ -24,7 +24,7 @@ import numpy as np
 from mefn.errors import GeometryError
 from mefn.metrics.autopet import components
 
-__all__ = ["LesionDetection", "lesion_detection", "aggregate_detection"]
+__all__ = ["LesionDetection", "lesion_detection", "aggregate_detection", "predicted_lesion_errors"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,27 @@ def lesion_detection(
     n_ref, det = _touching(components(ref, connectivity), pred)
     n_pred, tp = _touching(components(pred, connectivity), ref)
     return LesionDetection(n_ref, n_pred, det, tp)
+
+
+def predicted_lesion_errors(
+    reference: np.ndarray, prediction: np.ndarray, uncertainty: np.ndarray, connectivity: int = 18
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per predicted lesion (component of ``prediction``): its mean ``uncertainty`` and whether
+    it is a false positive (touches no reference voxel, as in the AutoPET false-positive
+    volume). Two arrays in component order; what the review threshold is calibrated on."""
+    if not reference.shape == prediction.shape == np.shape(uncertainty):
+        raise GeometryError(
+            f"reference {reference.shape}, prediction {prediction.shape} and uncertainty "
+            f"{np.shape(uncertainty)} must share one grid"
+        )
+    labels = components(np.asarray(prediction) != 0, connectivity).ravel()
+    n = int(labels.max(initial=0))
+    size = np.bincount(labels, minlength=n + 1)[1:]
+    u_sum = np.bincount(
+        labels, weights=np.asarray(uncertainty, np.float64).ravel(), minlength=n + 1
+    )
+    hits = np.bincount(labels, weights=(np.asarray(reference) != 0).ravel(), minlength=n + 1)
+    return u_sum[1:] / np.maximum(size, 1), hits[1:] == 0
 
 
 def aggregate_detection(records: Sequence[LesionDetection]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mefn.errors import GeometryError
-from mefn.metrics.lesions import aggregate_detection, lesion_detection
+from mefn.metrics.lesions import aggregate_detection, lesion_detection, predicted_lesion_errors
 
 
 def _case():
@@ -52,3 +52,21 @@ def test_shape_mismatch():
     ref, pred = _case()
     with pytest.raises(GeometryError, match="differs from reference shape"):
         lesion_detection(ref, pred[1:])
+
+
+def test_predicted_lesion_errors_hand_case() -> None:
+    ref = np.zeros((12, 12, 12), np.uint8)
+    pred = np.zeros_like(ref)
+    unc = np.zeros(ref.shape, np.float32)
+    ref[1:4, 1:4, 1:4] = 1
+    pred[2:5, 2:5, 2:5] = 1  # touches the reference: a true detection
+    unc[2:5, 2:5, 2:5] = 0.1
+    pred[8:10, 8:10, 8:10] = 1  # far from it: a false positive
+    unc[8:10, 8:10, 8:10] = 0.5
+    unc[8, 8, 8] = 0.9
+    u, fp = predicted_lesion_errors(ref, pred, unc)
+    assert sorted(zip(u.round(4).tolist(), fp.tolist())) == [(0.1, False), (0.55, True)]
+    empty_u, empty_fp = predicted_lesion_errors(ref, np.zeros_like(ref), unc)
+    assert empty_u.size == 0 and empty_fp.size == 0
+    with pytest.raises(GeometryError, match="must share one grid"):
+        predicted_lesion_errors(ref, pred, unc[:5])
