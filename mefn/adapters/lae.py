@@ -25,6 +25,17 @@ __all__ = ["LAEController", "LAEEnsembleModel", "ensemble_logits", "ensemble_map
 log = logging.getLogger(__name__)
 
 
+ENSEMBLE_MODES = ("max_confidence", "mean_logits")
+
+
+def _checked_mode(mode: str) -> str:
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(
+            f"LAE ensemble mode must be 'max_confidence' or 'mean_logits', found {mode!r}"
+        )
+    return mode
+
+
 def ensemble_logits(
     online: torch.Tensor, offline: torch.Tensor, mode: str = "max_confidence", dim: int = 1
 ) -> torch.Tensor:
@@ -38,15 +49,11 @@ def ensemble_logits(
             f"LAE ensemble needs outputs of one shape, found {tuple(online.shape)} and "
             f"{tuple(offline.shape)}"
         )
-    if mode == "mean_logits":
+    if _checked_mode(mode) == "mean_logits":
         return (online + offline) / 2
-    if mode == "max_confidence":
-        conf_on = torch.softmax(online, dim=dim).amax(dim=dim, keepdim=True)
-        conf_off = torch.softmax(offline, dim=dim).amax(dim=dim, keepdim=True)
-        return torch.where(conf_on >= conf_off, online, offline)
-    raise ConfigError(
-        f"LAE ensemble mode must be 'max_confidence' or 'mean_logits', found {mode!r}"
-    )
+    conf_on = torch.softmax(online, dim=dim).amax(dim=dim, keepdim=True)
+    conf_off = torch.softmax(offline, dim=dim).amax(dim=dim, keepdim=True)
+    return torch.where(conf_on >= conf_off, online, offline)
 
 
 def ensemble_maps(
@@ -64,12 +71,8 @@ def ensemble_maps(
             f"LAE ensemble needs the same maps with a 'prob' from both adapters, found "
             f"{sorted(online)} and {sorted(offline)}"
         )
-    if mode == "mean_logits":
+    if _checked_mode(mode) == "mean_logits":
         return {k: (online[k] + offline[k]) / 2 for k in online}
-    if mode != "max_confidence":
-        raise ConfigError(
-            f"LAE ensemble mode must be 'max_confidence' or 'mean_logits', found {mode!r}"
-        )
     pick_online = online["prob"].amax(dim=1, keepdim=True) >= offline["prob"].amax(
         dim=1, keepdim=True
     )
