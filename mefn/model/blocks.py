@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from monai.networks.blocks import Convolution
 from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
 from torch import Tensor, nn
@@ -145,8 +148,55 @@ def out_conv(in_channels: int, out_channels: int) -> nn.Module:
     return UnetOutBlock(3, in_channels, out_channels)
 
 
+class _FrozenWeightConv3d(torch.autograd.Function):
+    """3D convolution by a weight that takes no gradient, keeping only the weight for backward.
+
+    ``aten::convolution`` saves its input for the backward pass even when only the input's
+    gradient is wanted (the input is needed for the weight's gradient alone). Behind frozen
+    weights (adapter and head-only fine-tuning) that input is dead weight: one saved activation
+    per convolution. This function saves the weight (and the input's shape) only; the input's
+    gradient is the transposed convolution of the output's gradient, the bias's is its sum.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        conv: OneDnnConv3d,
+    ) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.input_shape = input.shape
+        ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        with torch.no_grad():
+            return conv._fast_conv(input, weight, bias)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: Tensor
+    ) -> tuple[Tensor | None, None, Tensor | None, None]:
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        grad_input = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = torch.nn.grad.conv3d_input(  # type: ignore[attr-defined]
+                ctx.input_shape,
+                weight,
+                grad,
+                stride,
+                padding,
+                dilation,
+                groups,
+            )
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3, 4))
+        return grad_input, None, grad_bias, None
+
+
 class OneDnnConv3d(nn.Conv3d):
-    """``nn.Conv3d`` with faster CPU paths for the small 3D layers of these networks.
+    """``nn.Conv3d`` with faster CPU paths for the small 3D layers of these networks, and a
+    lean backward behind frozen weights.
 
     PyTorch's CPU dispatcher picks its slow im2col kernel for a batch of one whenever
     ``N * C * D * H <= 20480`` (a heuristic tuned for 2D), which makes narrow or coarse 3D
@@ -156,9 +206,27 @@ class OneDnnConv3d(nn.Conv3d):
 
     A 1x1x1 convolution with few channels (``in * out <= 64``, e.g. an output head) runs as a
     matrix product, which is 3-10x faster on CPU than either convolution kernel.
+
+    When the weight is frozen but gradients flow through (adapter fine-tuning: the base is
+    frozen, adapters before it train), the input is not kept for the backward pass
+    (:class:`_FrozenWeightConv3d`): the same gradients, one saved activation fewer per layer.
     """
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if (
+            torch.is_grad_enabled()
+            and not weight.requires_grad
+            and (input.requires_grad or (bias is not None and bias.requires_grad))
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and input.ndim == 5
+            and not torch.is_autocast_enabled(input.device.type)
+        ):
+            out: Tensor = _FrozenWeightConv3d.apply(input, weight, bias, self)
+            return out
+        return self._fast_conv(input, weight, bias)
+
+    def _fast_conv(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (
             input.device.type == "cpu"
             and self.kernel_size == (1, 1, 1)
