@@ -695,6 +695,14 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _dice_cell(results: dict[str, Any], row: dict[str, Any], n: int) -> str:
+    """DSCagg of one type at ``n`` cases; ``failed`` for a run that failed, ``not run`` for one
+    still to do (a report written part-way)."""
+    if n in row["dice"]:
+        return _f(row["dice"][n])
+    return "failed" if f"{row['type']}/n{n}" in results["runs"] else "not run"
+
+
 def render_table(results: dict[str, Any]) -> str:
     cases = results["settings"]["cases"]
     gpu = results["settings"]["device"].startswith("cuda")
@@ -715,7 +723,7 @@ def render_table(results: dict[str, Any]) -> str:
             mem,
             _f(row["seconds_per_step"], 2),
         ]
-        cells += [_f(row["dice"].get(n)) if n in row["dice"] else "failed" for n in cases]
+        cells += [_dice_cell(results, row, n) for n in cases]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -750,9 +758,9 @@ def render_report(results: dict[str, Any]) -> str:
         "",
     ]
     rows = table_rows(results)
-    if rows:
+    n = cases[-1]
+    if any(n in r["dice"] for r in rows):
         parts += ["Per label at the largest case count (DSCagg GTVp / GTVn):", ""]
-        n = cases[-1]
         parts.append(
             ", ".join(
                 f"{r['type']} {_f(r['dice_gtvp'].get(n))} / {_f(r['dice_gtvn'].get(n))}"

@@ -148,7 +148,8 @@ def test_report_table_and_doc_section(bench, tmp_path: Path) -> None:
         "| DSCagg n=10 |"
     )
     assert table[2] == "| ia3 | 1,500 | 1.50 | 6.9 | 900 (100) | 0.50 | 0.590 | 0.690 |"
-    assert table[-1].startswith("| dora |") and table[-1].endswith("| failed | failed |")
+    # dora failed at 5 cases and has not run at 10 yet (a report written part-way)
+    assert table[-1].startswith("| dora |") and table[-1].endswith("| failed | not run |")
     assert "- met: an adapter within 0.02 DSCagg" in text and "dora failed: child failed" in text
     assert "`python pipelines/adapter_benchmark.py --steps 60`" in text
     doc = tmp_path / "adapters.md"
