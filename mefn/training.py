@@ -521,7 +521,8 @@ def train(
         save_config(model_cfg, out / "model_config.yaml")
     loss_fn = build_loss(model_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lr = cfg.lr * (adapter_cfg.lr_scale if adapter_cfg is not None else 1.0)
+    optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
 
     state: dict[str, Any] = {
@@ -589,7 +590,7 @@ def train(
         for _ in range(cfg.steps_per_epoch):
             step = int(state["global_step"])
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, total_steps, cfg.warmup_steps)
+                group["lr"] = base_lr * _lr_factor(step, total_steps, cfg.warmup_steps)
             x_np, y_np = sampler.batch(cfg.batch_size)
             x = torch.from_numpy(x_np).to(device)
             y = torch.from_numpy(y_np).to(device)

@@ -187,7 +187,8 @@ def _inject_peft(model: nn.Module, cfg: AdapterConfig, names: list[str]) -> None
     pattern = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
     peft_cfg: Any
     if cfg.type == "ia3":
-        peft_cfg = IA3Config(target_modules=pattern, feedforward_modules=[])
+        feedforward: str | list[str] = pattern if cfg.ia3_scale == "input" else []
+        peft_cfg = IA3Config(target_modules=pattern, feedforward_modules=feedforward)
     else:
         peft_cfg = LoraConfig(
             r=cfg.rank,

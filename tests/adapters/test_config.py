@@ -44,6 +44,9 @@ def test_unknown_name_lists_the_bundled_ones() -> None:
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"quant": QuantConfig(bits=3)}, "quant.bits must be 0 \\(off\\), 1, 2, 4 or 8, found 3"),
         ({"type": "ia3", "quant": QuantConfig(bits=1)}, "quant.bits applies to lora"),
+        ({"lr_scale": 0.0}, "lr_scale must be a positive number, found 0.0"),
+        ({"lr_scale": float("nan")}, "lr_scale must be a positive number, found nan"),
+        ({"type": "ia3", "backend": "own"}, "IA3 input scaling .* comes from peft"),
     ],
 )
 def test_invalid_values_are_refused(kwargs: dict, message: str) -> None:

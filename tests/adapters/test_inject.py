@@ -182,7 +182,9 @@ def _one_conv() -> nn.Module:
         ({"type": "lora", "rank": 4, "backend": "own"}, 4 * (8 * 27 + 12)),
         ({"type": "dora", "rank": 4}, 4 * (8 * 27 + 12) + 12),
         ({"type": "dora", "rank": 4, "backend": "own"}, 4 * (8 * 27 + 12) + 12),
-        ({"type": "ia3"}, 12),
+        ({"type": "ia3"}, 8),  # input channels (the default ia3_scale)
+        ({"type": "ia3", "ia3_scale": "output"}, 12),
+        ({"type": "ia3", "ia3_scale": "output", "backend": "own"}, 12),
         ({"type": "norm_bias"}, 24),
         ({"type": "bottleneck", "reduction": 4}, 3 * 12 + 3 * 27 + 12 * 3),
         ({"type": "bottleneck", "placement": "parallel"}, 3 * 8 + 3 * 27 + 12 * 3),
@@ -353,3 +355,22 @@ def test_channel_count_of_a_target_must_be_known() -> None:
     cfg = AdapterConfig(type="norm_bias", targets=TargetConfig(layer_types=("GELU",)))
     with pytest.raises(ConfigError, match="cannot tell the channel count of target '1'"):
         inject_adapters(model, cfg)
+
+
+@pytest.mark.parametrize(("scale", "changes"), [("input", True), ("output", False)])
+def test_ia3_input_scale_survives_the_instance_norm_after_a_convolution(
+    scale: str, changes: bool
+) -> None:
+    """conv -> instance norm (every MEFN / nnU-Net block): the norm cancels a per-output-channel
+    scale, so only IA3's input form can change the block's output."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv3d(4, 6, 3, padding=1), nn.InstanceNorm3d(6, affine=True))
+    x = torch.randn(2, 4, 8, 8, 8)
+    before = block(x).detach()
+    cfg = AdapterConfig(type="ia3", ia3_scale=scale, targets=TargetConfig(layer_types=("Conv3d",)))  # type: ignore[arg-type]
+    handle = inject_adapters(block, cfg)
+    with torch.no_grad():
+        for p in handle.trainable_parameters().values():
+            p.uniform_(0.5, 1.5)
+    after = block(x)
+    assert torch.allclose(after, before, atol=1e-4) is not changes

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from support import make_tiny_weights
 
+from mefn.adapters import load_adapter_config
 from mefn.cli import main
+from mefn.training import _lr_factor, load_train_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 HN_LABELS = {"0": "background", "1": "GTVp", "2": "GTVn"}
 
@@ -44,6 +50,14 @@ def test_finetune_then_segment_with_the_adapter(tmp_path, adapter):
     assert code == 0
     meta = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert json.dumps(meta).count(adapter) >= 1
+    # the adapter's lr_scale (compacter's config: 5) multiplies the learning rate it trains at
+    scale = load_adapter_config(adapter).lr_scale
+    assert scale == (5.0 if adapter == "compacter" else 1.0)
+    cfg = load_train_config(REPO / "configs" / "train" / "finetune.yaml")
+    last = list(csv.DictReader((out / "log.csv").open()))[-1]
+    step = int(last["step"])
+    expected = cfg.lr * scale * _lr_factor(step - 1, cfg.steps_per_epoch, cfg.warmup_steps)
+    assert float(last["lr"]) == pytest.approx(expected, rel=1e-6)
     # the base weights file is untouched
     after = load_file(str(weights))
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
