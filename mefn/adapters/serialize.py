@@ -29,7 +29,13 @@ from mefn.adapters.inject import (
     plan_targets,
     remove_adapters,
 )
-from mefn.adapters.quant import dequantize, pack_codes, quantize_codes, unpack_codes
+from mefn.adapters.quant import (
+    dequantize,
+    pack_codes,
+    quantize_codes,
+    scales_fit_half,
+    unpack_codes,
+)
 from mefn.config import from_dict, to_dict
 from mefn.errors import CheckpointError, ConfigError
 from mefn.fileutil import atomic_path, atomic_write_text, check_writable_dir, file_sha256
@@ -122,7 +128,9 @@ def save_adapter(
             codes.append(c.reshape(-1))
             scales.append(torch.stack([mean, std]))
         tensors[PACKED_CODES] = pack_codes(torch.cat(codes), bits)
-        tensors[PACKED_SCALES] = torch.stack(scales).to(torch.float32)
+        stacked = torch.stack(scales).to(torch.float32)
+        # float16 when that is exact (quantize_codes rounds to it): 4 bytes per tensor, not 8
+        tensors[PACKED_SCALES] = stacked.half() if scales_fit_half(stacked) else stacked
         packing = {"bits": bits, "tensors": layout}
 
     lae: dict[str, Any] | None = None
@@ -261,6 +269,8 @@ def _fill(
         bits = int(packing["bits"])
         codes_all = tensors.pop(PACKED_CODES, None)
         scales = tensors.pop(PACKED_SCALES, None)
+        if scales is not None:
+            scales = scales.to(torch.float32)
         layout = packing["tensors"]
         if codes_all is None or scales is None or scales.shape != (len(layout), 2):
             raise CheckpointError(

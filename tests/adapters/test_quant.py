@@ -13,6 +13,7 @@ from mefn.adapters.quant import (
     normal_levels,
     pack_codes,
     quantize_codes,
+    scales_fit_half,
     unpack_codes,
 )
 
@@ -32,10 +33,20 @@ def test_one_bit_quantisation_by_hand() -> None:
     codes, mean, std = quantize_codes(t, 1)
     assert codes.tolist() == [0, 0, 1, 1]
     assert float(mean) == 2.5
-    assert math.isclose(float(std), math.sqrt(1.25), rel_tol=1e-6)
-    step = 0.6744897 * math.sqrt(1.25)
+    # the std, sqrt(1.25), is kept as its nearest float16 value (what the file stores)
+    assert float(std) == float(torch.tensor(math.sqrt(1.25)).half())
+    assert math.isclose(float(std), math.sqrt(1.25), rel_tol=1e-3)
+    step = 0.6744897 * float(std)
     expected = torch.tensor([2.5 - step, 2.5 - step, 2.5 + step, 2.5 + step])
     torch.testing.assert_close(dequantize(codes, mean, std, 1), expected, atol=1e-5, rtol=0)
+
+
+def test_scales_beyond_float16_stay_float32() -> None:
+    t = torch.tensor([1e5, 3e5])
+    _, mean, std = quantize_codes(t, 1)
+    assert float(mean) == 2e5 and float(std) == 1e5  # not float16 values: kept as they are
+    assert not scales_fit_half(torch.stack([mean, std]))
+    assert scales_fit_half(torch.tensor([[2.5, 1.1181640625]]))
 
 
 def test_two_bit_codes_pick_the_nearest_level() -> None:
