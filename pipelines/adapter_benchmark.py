@@ -1,6 +1,6 @@
 """Adapter benchmark: fine-tune a 2-class base to head and neck (GTVp, GTVn), every adapter type.
 
-    python pipelines/adapter_benchmark.py                      # the whole table (~45 min, 2 cores)
+    python pipelines/adapter_benchmark.py                      # the whole table (~110 min, 1 thread)
     python pipelines/adapter_benchmark.py --cases 5 --steps 40 --types lora lowbit full
     python pipelines/adapter_benchmark.py --report             # rewrite the doc from saved results
 
@@ -822,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--types", nargs="+", default=list(TYPES[:-1]), choices=TYPES)
     p.add_argument("--cases", nargs="+", type=int, default=[5, 10, 25], help="training cases")
     p.add_argument("--val-cases", type=int, default=8, help="fixed validation phantoms")
-    p.add_argument("--steps", type=int, default=100, help="training steps per run (all types)")
+    p.add_argument("--steps", type=int, default=200, help="training steps per run (all types)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--patch", type=int, default=48, help="patch edge in voxels")
     p.add_argument("--lr", type=float, default=2e-3)
