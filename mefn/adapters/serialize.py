@@ -226,7 +226,10 @@ def load_adapter(
             "or was replaced; save the adapter again"
         )
     try:
-        cfg = from_dict(AdapterConfig, meta.get("config"), where=f"{CONFIG_NAME} config")
+        saved = meta.get("config")
+        if isinstance(saved, dict) and saved.get("type") == "ia3" and "ia3_scale" not in saved:
+            saved = {**saved, "ia3_scale": "output"}  # saved before ia3_scale: output scales
+        cfg = from_dict(AdapterConfig, saved, where=f"{CONFIG_NAME} config")
     except ConfigError as exc:
         raise CheckpointError(f"{folder}: invalid adapter config ({exc})") from None
     try:

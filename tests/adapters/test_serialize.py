@@ -208,6 +208,7 @@ def test_one_bit_file_is_at_most_a_25th_of_fp32(tmp_path: Path) -> None:
     tensors = load_file(str(tmp_path / "one_bit" / WEIGHTS_NAME))
     assert set(tensors) == {PACKED_CODES, PACKED_SCALES}
     assert tensors[PACKED_CODES].dtype == torch.uint8
+    assert tensors[PACKED_SCALES].dtype == torch.float16  # exact: quantize_codes rounds to it
     assert tensors[PACKED_CODES].numel() == -(-handle.num_trainable() // 8)
     # the 1-bit file reproduces the quantisation-aware forward pass exactly
     fresh = _wide_model()
@@ -239,3 +240,24 @@ def test_low_bit_lora_uses_own_modules_and_round_trips(make_net, x, train, tmp_p
     fresh = make_net()
     load_adapter(fresh, tmp_path / "a", "h")
     assert torch.equal(fresh(x), net(x))
+
+
+def test_ia3_saved_before_ia3_scale_loads_as_the_output_scale_it_was(
+    make_net, x, train, tmp_path: Path
+) -> None:
+    """Adapter files written before ``ia3_scale`` existed scaled output channels."""
+    net = make_net()
+    base_hash = model_hash(net.state_dict())
+    cfg = dataclasses.replace(load_adapter_config("ia3"), ia3_scale="output")
+    handle = inject_adapters(net, cfg)
+    train(net, handle, x, steps=2, lr=0.01)
+    expected = net(x)
+    save_adapter(handle, tmp_path / "old", base_hash)
+    meta_path = tmp_path / "old" / CONFIG_NAME
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["ia3_scale"]
+    meta_path.write_text(json.dumps(meta))
+    fresh = make_net()
+    loaded = load_adapter(fresh, tmp_path / "old", base_hash)
+    assert loaded.config.ia3_scale == "output"
+    assert torch.allclose(fresh(x), expected, atol=1e-6)
