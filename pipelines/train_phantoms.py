@@ -74,7 +74,7 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
         pred = predictor.predict(case)
         ref = (study.label_pet.array > 0).astype(np.uint8)
         m = autopet_case_metrics(ref, pred.mask, study.pet.geometry.spacing_mm, year=2022)
-        u, fp = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
+        u, fp, _ = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
         flags = u >= predictor.review_threshold
         rows.append(
             {
@@ -150,13 +150,16 @@ def calibrate_postprocessing(
             raise SystemExit(f"validation case {entry.case_id} has no label")
         pred = predictor.predict(case)
         ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
+        # the lesions of the unfiltered mask; a size floor keeps those with enough voxels
+        u, fp, voxels = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
         for min_ml in MIN_LESION_CANDIDATES_ML:
             min_vox = int(np.ceil(min_ml / pred.geometry.voxel_volume_ml)) if min_ml else 0
             mask = remove_small_components(pred.mask.copy(), min_vox)
             per_case[min_ml].append(
                 autopet_case_metrics(ref.astype(np.uint8), mask, pred.geometry.spacing_mm, 2022)
             )
-            lesions[min_ml].append(predicted_lesion_errors(ref, mask, pred.uncertainty))
+            keep = voxels >= min_vox
+            lesions[min_ml].append((u[keep], fp[keep]))
         print(f"[calibrate] {entry.case_id}: scored", flush=True)
     scores = {}
     for min_ml, metrics in per_case.items():

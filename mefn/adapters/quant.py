@@ -50,10 +50,10 @@ _HALF_MAX = float(torch.finfo(torch.float16).max)
 
 
 def _half_rounded(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (0-dim float32) rounded to the nearest float16 value, unless beyond its range."""
-    if abs(float(x)) > _HALF_MAX:
-        return x
-    return x.to(torch.float16).to(torch.float32)
+    """``x`` (0-dim float32) rounded to the nearest float16 value, unless beyond its range.
+    Tensor ops only: this runs in every quantisation-aware forward pass, and reading the value
+    on the host would synchronise a GPU once per quantised tensor."""
+    return torch.where(x.abs() <= _HALF_MAX, x.to(torch.float16).to(torch.float32), x)
 
 
 def scales_fit_half(scales: torch.Tensor) -> bool:

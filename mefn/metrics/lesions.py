@@ -96,10 +96,12 @@ def lesion_detection(
 
 def predicted_lesion_errors(
     reference: np.ndarray, prediction: np.ndarray, uncertainty: np.ndarray, connectivity: int = 18
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per predicted lesion (component of ``prediction``): its mean ``uncertainty`` and whether
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per predicted lesion (component of ``prediction``): its mean ``uncertainty``, whether
     it is a false positive (touches no reference voxel, as in the AutoPET false-positive
-    volume). Two arrays in component order; what the review threshold is calibrated on."""
+    volume), and its voxel count. Three arrays in component order; what the review threshold
+    is calibrated on. A minimum lesion size (``mefn.postprocess.remove_small_components``,
+    18-connected too) keeps exactly the entries whose count reaches it."""
     if not reference.shape == prediction.shape == np.shape(uncertainty):
         raise GeometryError(
             f"reference {reference.shape}, prediction {prediction.shape} and uncertainty "
@@ -112,7 +114,7 @@ def predicted_lesion_errors(
         labels, weights=np.asarray(uncertainty, np.float64).ravel(), minlength=n + 1
     )
     hits = np.bincount(labels, weights=(np.asarray(reference) != 0).ravel(), minlength=n + 1)
-    return u_sum[1:] / np.maximum(size, 1), hits[1:] == 0
+    return u_sum[1:] / np.maximum(size, 1), hits[1:] == 0, size
 
 
 def aggregate_detection(records: Sequence[LesionDetection]) -> dict[str, Any]:

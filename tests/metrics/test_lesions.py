@@ -9,6 +9,7 @@ import pytest
 
 from mefn.errors import GeometryError
 from mefn.metrics.lesions import aggregate_detection, lesion_detection, predicted_lesion_errors
+from mefn.postprocess import remove_small_components
 
 
 def _case():
@@ -64,9 +65,17 @@ def test_predicted_lesion_errors_hand_case() -> None:
     pred[8:10, 8:10, 8:10] = 1  # far from it: a false positive
     unc[8:10, 8:10, 8:10] = 0.5
     unc[8, 8, 8] = 0.9
-    u, fp = predicted_lesion_errors(ref, pred, unc)
-    assert sorted(zip(u.round(4).tolist(), fp.tolist())) == [(0.1, False), (0.55, True)]
-    empty_u, empty_fp = predicted_lesion_errors(ref, np.zeros_like(ref), unc)
-    assert empty_u.size == 0 and empty_fp.size == 0
+    u, fp, voxels = predicted_lesion_errors(ref, pred, unc)
+    assert sorted(zip(u.round(4).tolist(), fp.tolist(), voxels.tolist())) == [
+        (0.1, False, 27),
+        (0.55, True, 8),
+    ]
+    # a size floor keeps exactly the entries whose voxel count reaches it
+    filtered = remove_small_components(pred.copy(), 10)
+    u10, fp10, voxels10 = predicted_lesion_errors(ref, filtered, unc)
+    keep = voxels >= 10
+    assert np.array_equal(u10, u[keep]) and np.array_equal(fp10, fp[keep])
+    empty_u, empty_fp, empty_v = predicted_lesion_errors(ref, np.zeros_like(ref), unc)
+    assert empty_u.size == 0 and empty_fp.size == 0 and empty_v.size == 0
     with pytest.raises(GeometryError, match="must share one grid"):
         predicted_lesion_errors(ref, pred, unc[:5])
