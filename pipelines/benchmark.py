@@ -462,7 +462,7 @@ def quality_models(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     out = [(m, m, resolve_model_config(m)) for m in args.models]
     if args.ablations:
         base = resolve_model_config("mefn_small")
-        for switch in ABLATIONS:
+        for switch in args.ablations:
             out.append((f"mefn_small-no_{switch}", "mefn_small", replace(base, **{switch: False})))
     return out
 
@@ -485,6 +485,7 @@ def train_config(args: argparse.Namespace, train_root: Path, cache: Path) -> Any
         preprocess=replace(base.preprocess, spacing_mm=(args.spacing,) * 3),
         patch_size_vox=(args.patch,) * 3,
         batch_size=args.batch,
+        lr=base.lr if args.lr is None else args.lr,
         epochs=epochs,
         steps_per_epoch=per_epoch,
         warmup_steps=min(base.warmup_steps, max(1, epochs * per_epoch // 5)),
@@ -642,7 +643,9 @@ def run_quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "epochs": cfg.epochs,
             "steps_per_epoch": cfg.steps_per_epoch,
             "patch_vox": args.patch,
+            "spacing_mm": args.spacing,
             "batch": args.batch,
+            "lr": cfg.lr,
             "train_cases": args.cases,
             "train_data": str(train_root),
             "test_cases": len(test_entries),
@@ -826,8 +829,11 @@ def render_report(
             "### Quality under the same training budget",
             "",
             f"Command: `{quality['command']}`. Every model: {b['steps']} steps "
-            f"({b['epochs']} epochs x {b['steps_per_epoch']}), patch {b['patch_vox']}^3, batch "
-            f"{b['batch']}, {b['train_cases']} training phantoms (seeds 700,000,000+), "
+            f"({b['epochs']} epochs x {b['steps_per_epoch']}), patch {b['patch_vox']}^3"
+            + (f" at {b['spacing_mm']} mm" if "spacing_mm" in b else "")
+            + f", batch {b['batch']}"
+            + (f", peak lr {b['lr']}" if "lr" in b else "")
+            + f", {b['train_cases']} training phantoms (seeds 700,000,000+), "
             f"{b['train_config']} otherwise; scored on {b['test_cases']} fresh whole-body "
             f"phantoms (seeds 777,700,000+, fov {b['test_fov']}; MC dropout on the first "
             f"{b.get('mc_test_cases', b['test_cases'])}). Dice and FNV: mean over "
@@ -923,7 +929,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="only rewrite the doc from saved results")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (%(default)s)")
     p.add_argument("--doc", default=str(DEFAULT_DOC), help="report to update (%(default)s)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=list(MODELS),
+        choices=MODELS,
+        help="models to compare (default: all three; none with --quality: the ablations only)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=424242, help="seed of the inference studies")
     p.add_argument("--spacing", type=float, default=3.0, help="model spacing in mm (%(default)s)")
@@ -962,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("quality (budget)")
     q.add_argument("--steps", type=int, default=400, help="training steps per model")
     q.add_argument("--batch", type=int, default=2)
+    q.add_argument("--lr", type=float, help="peak learning rate (default: the train config's)")
     q.add_argument("--cases", type=int, default=40, help="training phantoms")
     q.add_argument(
         "--val-cases",
@@ -985,7 +998,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the first N test phantoms (%(default)s)",
     )
     q.add_argument("--test-fov", choices=("full", "random", "crop"), default="full")
-    q.add_argument("--no-ablations", dest="ablations", action="store_false")
+    q.add_argument(
+        "--ablations",
+        nargs="*",
+        default=list(ABLATIONS),
+        choices=ABLATIONS,
+        help="MEFN parts switched off one at a time (default: all five)",
+    )
+    q.add_argument("--no-ablations", dest="ablations", action="store_const", const=[])
     q.add_argument("--small-phantoms", action="store_true", help="`mefn phantoms --small`")
     q.add_argument("--train-data", help="use this nnU-Net-layout phantom folder for training")
     q.add_argument("--train-config", default=str(REPO / "configs/train/phantoms_small.yaml"))

@@ -209,6 +209,30 @@ def test_tiny_run_of_both_sections(tmp_path):
     assert "scoring" not in again.stdout
 
 
+def test_quality_runs_split_by_model_and_ablation(bench, tmp_path):
+    """`--models` with none and `--ablations` naming some: the runs one invocation trains, so
+    two invocations can share the cores and a last one collects; `--lr` sets the budget's lr."""
+    parser = bench.build_parser()
+    only = parser.parse_args(["--quality", "--models", "--ablations", "cfl", "calibrator"])
+    assert [name for name, _, _ in bench.quality_models(only)] == [
+        "mefn_small-no_cfl",
+        "mefn_small-no_calibrator",
+    ]
+    runs = bench.quality_models(only)
+    assert runs[0][2].cfl is False and runs[0][2].calibrator is True
+    assert runs[1][1] == "mefn_small"
+    plain = parser.parse_args(["--quality", "--no-ablations"])
+    assert [name for name, _, _ in bench.quality_models(plain)] == list(bench.MODELS)
+    every = parser.parse_args(["--quality"])
+    assert len(bench.quality_models(every)) == 3 + 5
+
+    base = bench.train_config(every, tmp_path, tmp_path / "cache")
+    assert base.lr == 0.002  # configs/train/phantoms_small.yaml
+    tuned = parser.parse_args(["--quality", "--lr", "0.008", "--steps", "100", "--batch", "3"])
+    cfg = bench.train_config(tuned, tmp_path, tmp_path / "cache")
+    assert (cfg.lr, cfg.batch_size, cfg.epochs * cfg.steps_per_epoch) == (0.008, 3, 120)
+
+
 def test_no_section_is_a_usage_error():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=REPO, timeout=60
