@@ -233,6 +233,28 @@ def test_quality_runs_split_by_model_and_ablation(bench, tmp_path):
     assert (cfg.lr, cfg.batch_size, cfg.epochs * cfg.steps_per_epoch) == (0.008, 3, 120)
 
 
+def test_calibration_near_lesions(bench):
+    """The region of the near-lesion ECE/AUROC: 3 six-connected steps around either mask
+    (an octahedron of 63 voxels around one voxel), nothing in a case with neither."""
+    ref = np.zeros((15, 15, 15), np.uint8)
+    pred = np.zeros_like(ref)
+    assert not bench.lesion_region(ref, pred).any()
+    ref[4, 4, 4] = 1
+    pred[10, 10, 10] = 1
+    region = bench.lesion_region(ref, pred)
+    assert region.sum() == 2 * 63
+    assert region[4, 4, 7] and not region[4, 5, 7]
+    # the same limits apply to the near-lesion figures, listed beside the pooled ones
+    quality = _quality(0.6, 0.5, 0.9, 0.01)
+    quality["models"]["mefn_small"]["summary"].update(ece_near=0.08, auroc_near=0.9)
+    checks = {c["what"]: c for c in bench.check_targets(None, quality)}
+    assert checks["MEFN ECE near lesions"]["met"] is False
+    assert checks["MEFN ECE near lesions"]["missed_by"] == "0.03 (60 %)"
+    assert checks["MEFN AUROC near lesions"]["met"] is True
+    plain = bench.check_targets(None, _quality(0.6, 0.5, 0.9, 0.01))
+    assert not any("near lesions" in c["what"] for c in plain)
+
+
 def test_no_section_is_a_usage_error():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=REPO, timeout=60
