@@ -231,6 +231,11 @@ def test_quality_runs_split_by_model_and_ablation(bench, tmp_path):
     tuned = parser.parse_args(["--quality", "--lr", "0.008", "--steps", "100", "--batch", "3"])
     cfg = bench.train_config(tuned, tmp_path, tmp_path / "cache")
     assert (cfg.lr, cfg.batch_size, cfg.epochs * cfg.steps_per_epoch) == (0.008, 3, 120)
+    # the report names the config relative to the repository, other paths as given
+    assert bench._repo_relative(str(REPO / "configs/train/phantoms_small.yaml")) == (
+        "configs/train/phantoms_small.yaml"
+    )
+    assert bench._repo_relative(str(tmp_path / "x.yaml")) == str(tmp_path / "x.yaml")
 
 
 def test_calibration_near_lesions(bench):
