@@ -968,6 +968,26 @@ def print_checks(checks: list[dict[str, Any]]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive {kind.__name__}, found {text!r}"
+            ) from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, found {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+_positive_int = _positive(int)
+_positive_float = _positive(float)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -984,10 +1004,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODELS,
         help="models to compare (default: all three; none with --quality: the ablations only)",
     )
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_positive_int, default=2)
     p.add_argument("--seed", type=int, default=424242, help="seed of the inference studies")
-    p.add_argument("--spacing", type=float, default=3.0, help="model spacing in mm (%(default)s)")
-    p.add_argument("--patch", type=int, default=64, help="patch / window edge (%(default)s)")
+    p.add_argument(
+        "--spacing", type=_positive_float, default=3.0, help="model spacing in mm (%(default)s)"
+    )
+    p.add_argument(
+        "--patch", type=_positive_int, default=64, help="patch / window edge (%(default)s)"
+    )
     g = p.add_argument_group("inference")
     g.add_argument("--devices", nargs="+", help="default: cpu, and cuda when present")
     g.add_argument(
@@ -1007,7 +1031,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[512, 512, 110],
         help="head-and-neck CT grid (HECKTOR-like: %(default)s)",
     )
-    g.add_argument("--runs", type=int, default=1, help="fresh processes per model (median)")
+    g.add_argument(
+        "--runs", type=_positive_int, default=1, help="fresh processes per model (median)"
+    )
     g.add_argument("--sw-batch-size", type=int, default=1)
     g.add_argument("--overlap", type=float, default=None, help="default: the card's (0.25)")
     g.add_argument("--matmul-size", type=int, default=4096)
@@ -1020,10 +1046,12 @@ def build_parser() -> argparse.ArgumentParser:
         "table's cost grows with them)",
     )
     q = p.add_argument_group("quality (budget)")
-    q.add_argument("--steps", type=int, default=400, help="training steps per model")
-    q.add_argument("--batch", type=int, default=2)
-    q.add_argument("--lr", type=float, help="peak learning rate (default: the train config's)")
-    q.add_argument("--cases", type=int, default=40, help="training phantoms")
+    q.add_argument("--steps", type=_positive_int, default=400, help="training steps per model")
+    q.add_argument("--batch", type=_positive_int, default=2)
+    q.add_argument(
+        "--lr", type=_positive_float, help="peak learning rate (default: the train config's)"
+    )
+    q.add_argument("--cases", type=_positive_int, default=40, help="training phantoms")
     q.add_argument(
         "--val-cases",
         type=int,
@@ -1031,7 +1059,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation cases scored at the end of training (default 0: every model keeps "
         "its last weights)",
     )
-    q.add_argument("--test-cases", type=int, default=20)
+    q.add_argument("--test-cases", type=_positive_int, default=20)
     q.add_argument(
         "--ablation-test-cases",
         type=int,

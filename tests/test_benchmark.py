@@ -260,6 +260,24 @@ def test_calibration_near_lesions(bench):
     assert not any("near lesions" in c["what"] for c in plain)
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--lr", "-1", "expected a positive number, found -1"),
+        ("--steps", "0", "expected a positive number, found 0"),
+        ("--batch", "two", "expected a positive int, found 'two'"),
+        ("--spacing", "nan", "expected a positive number, found nan"),
+    ],
+)
+def test_budget_flags_must_be_positive(bench, capsys, flag, value, message):
+    """A zero or negative budget is a usage error before anything is written (it used to
+    reach the optimizer, or divide by zero, after the phantoms were generated)."""
+    with pytest.raises(SystemExit) as exc:
+        bench.build_parser().parse_args(["--quality", flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
 def test_no_section_is_a_usage_error():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=REPO, timeout=60
