@@ -193,6 +193,8 @@ def test_tiny_run_of_both_sections(tmp_path):
     assert models["dynunet_mcdropout_small"]["summary"]["n_cases"] == 1
     for res in models.values():
         assert 0.0 <= res["summary"]["ece"] <= 1.0
+        # the near-lesion region holds the test phantoms' lesions, and is a part of the grid
+        assert 0 < res["summary"]["n_voxels_near"] <= res["summary"]["n_voxels"]
     text = doc.read_text()
     assert "| cpu | wholebody | mefn_small |" in text and "| no_calibrator |" in text
     assert "MEFN time / DynUNet time" in proc.stdout
