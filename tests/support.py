@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -175,3 +177,12 @@ def make_tiny_weights(folder: Path, model: dict[str, Any] | None = None) -> Path
     )
     (folder / "tiny.json").write_text(json.dumps(model_card(train_cfg, cfg)))
     return folder / "tiny.safetensors"
+
+
+def load_pipeline(script: Path) -> ModuleType:
+    """A ``pipelines/`` script imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"mefn_pipeline_{script.stem}", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from support import make_tiny_weights
+from support import load_pipeline, make_tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pipelines" / "adapter_benchmark.py"
@@ -20,11 +19,7 @@ HN_LABELS = {"0": "background", "1": "GTVp", "2": "GTVn"}
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mefn_pipeline_adapter_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline(SCRIPT)
 
 
 def _run(kind: str, n: int, dice: float, trainable: int, rss: float, **extra) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from support import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pipelines" / "benchmark.py"
@@ -18,11 +18,7 @@ SCRIPT = REPO / "pipelines" / "benchmark.py"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mefn_pipeline_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline(SCRIPT)
 
 
 def _row(model: str, seconds: float, rss: float = 1.0, study: str = "wholebody") -> dict:

@@ -1,0 +1,61 @@
+"""pipelines/train_phantoms.py: the model-grid Dice ceiling and the reproduce command."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from support import load_pipeline
+
+from mefn.io.volume import Geometry, Volume
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "pipelines" / "train_phantoms.py"
+
+
+@pytest.fixture(scope="module")
+def tp() -> ModuleType:
+    return load_pipeline(SCRIPT)
+
+
+def _ball(radius_mm: float, spacing: float = 2.0, n: int = 40) -> Volume:
+    geo = Geometry(shape=(n, n, n), spacing_mm=(spacing,) * 3, origin_mm=(-n * spacing / 2,) * 3)
+    c = (np.arange(n) + 0.5) * spacing - n * spacing / 2
+    x, y, z = np.meshgrid(c, c, c, indexing="ij")
+    inside = (x**2 + y**2 + z**2) <= radius_mm**2
+    return Volume(inside.astype(np.uint8), geo, modality="SEG", units="label")
+
+
+def test_grid_ceiling_falls_with_lesion_size(tp: ModuleType) -> None:
+    big = tp.grid_ceiling_dice(_ball(25.0), (4.0, 4.0, 4.0))
+    small = tp.grid_ceiling_dice(_ball(3.0), (4.0, 4.0, 4.0))
+    same_grid = tp.grid_ceiling_dice(_ball(3.0), (2.0, 2.0, 2.0))
+    assert big > 0.95  # a 5 cm ball loses only its rim
+    assert small < 0.5  # a 6 mm lesion is lost in 4 mm voxels: no coarse voxel half lesion
+    assert same_grid == pytest.approx(1.0)  # no change of grid, nothing lost
+
+
+def test_grid_ceiling_of_an_empty_label_is_nan(tp: ModuleType) -> None:
+    empty = _ball(0.0)
+    empty.array[:] = 0
+    assert math.isnan(tp.grid_ceiling_dice(empty, (4.0, 4.0, 4.0)))
+
+
+def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
+    default = str(REPO / "configs/train/phantoms_small.yaml")
+    assert tp.reproduce_command(default, str(REPO / "runs/x"), None) == (
+        "python pipelines/train_phantoms.py"
+    )
+    cmd = tp.reproduce_command(
+        str(REPO / "configs/train/phantoms_small_stage2.yaml"),
+        str(REPO / "runs/phantoms_stage2"),
+        "runs/phantoms_small/model.safetensors",
+    )
+    assert cmd == (
+        "(after the run that wrote runs/phantoms_small/model.safetensors) python "
+        "pipelines/train_phantoms.py --config configs/train/phantoms_small_stage2.yaml "
+        "--run runs/phantoms_stage2"
+    )
