@@ -416,7 +416,12 @@ def _load_init(model: Any, path: Path, model_name: str, skip_heads: bool) -> Non
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """The learning-rate schedule as a factor of the peak lr, at 0-based optimiser ``step``.
+
+    Linear warm-up over the first ``warmup`` steps to 1, then a cosine down to 0.01 at
+    ``total`` steps (held there beyond).
+    """
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -590,7 +595,7 @@ def train(
         for _ in range(cfg.steps_per_epoch):
             step = int(state["global_step"])
             for group in optimizer.param_groups:
-                group["lr"] = base_lr * _lr_factor(step, total_steps, cfg.warmup_steps)
+                group["lr"] = base_lr * lr_factor(step, total_steps, cfg.warmup_steps)
             x_np, y_np = sampler.batch(cfg.batch_size)
             x = torch.from_numpy(x_np).to(device)
             y = torch.from_numpy(y_np).to(device)

@@ -15,7 +15,7 @@ import pytest
 from mefn.config import save_config
 from mefn.data.preprocess import PreprocessConfig
 from mefn.errors import InputError
-from mefn.training import DataConfig, TrainConfig, train
+from mefn.training import DataConfig, TrainConfig, lr_factor, train
 
 TINY_MODEL = """\
 architecture: mefn
@@ -201,3 +201,14 @@ def test_cached_cases_are_not_read_again(tmp_path):
     assert len(calls) == 1 and first.shape == second.shape == (5, 5, 6)
     cache_case(load, PreprocessConfig(spacing_mm=(6.0, 6.0, 6.0)), tmp_path, case_id="a b")
     assert len(calls) == 2  # other preprocessing: rebuilt
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine_to_one_percent():
+    warm = [lr_factor(s, total=100, warmup=10) for s in range(10)]
+    assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])
+    after = [lr_factor(s, total=100, warmup=10) for s in range(10, 101)]
+    assert after[0] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(after, after[1:]))  # never rises after the warm-up
+    assert lr_factor(55, total=100, warmup=10) == pytest.approx(0.505)  # half way: the mid-point
+    assert lr_factor(100, total=100, warmup=10) == pytest.approx(0.01)
+    assert lr_factor(500, total=100, warmup=10) == pytest.approx(0.01)  # held past the end

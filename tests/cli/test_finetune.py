@@ -13,7 +13,7 @@ from support import make_tiny_weights
 
 from mefn.adapters import load_adapter_config
 from mefn.cli import main
-from mefn.training import _lr_factor, load_train_config
+from mefn.training import load_train_config, lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_finetune_then_segment_with_the_adapter(tmp_path, adapter):
     cfg = load_train_config(REPO / "configs" / "train" / "finetune.yaml")
     last = list(csv.DictReader((out / "log.csv").open()))[-1]
     step = int(last["step"])
-    expected = cfg.lr * scale * _lr_factor(step - 1, cfg.steps_per_epoch, cfg.warmup_steps)
+    expected = cfg.lr * scale * lr_factor(step - 1, cfg.steps_per_epoch, cfg.warmup_steps)
     assert float(last["lr"]) == pytest.approx(expected, rel=1e-6)
     # the base weights file is untouched
     after = load_file(str(weights))
