@@ -111,6 +111,31 @@ class TrainConfig:
             raise ConfigError(
                 f"num_classes must be at least 2 (background + classes), found {self.num_classes}"
             )
+        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every", "sw_batch_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, found {value}")
+        for name in ("lr", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be a positive number, found {value}")
+        if any(p < 1 for p in self.patch_size_vox) or len(self.patch_size_vox) != 3:
+            raise ConfigError(
+                f"patch_size_vox must be three positive voxel counts, found {self.patch_size_vox}"
+            )
+        fractions = (self.pos_fraction, self.hot_negative_fraction)
+        if not all(0.0 <= f <= 1.0 for f in fractions) or sum(fractions) > 1.0:
+            raise ConfigError(
+                "pos_fraction and hot_negative_fraction must lie in [0, 1] and add up to at most "
+                f"1, found {self.pos_fraction} and {self.hot_negative_fraction}"
+            )
+        if not 0.0 <= self.sw_overlap < 1.0:
+            raise ConfigError(f"sw_overlap must lie in [0, 1), found {self.sw_overlap}")
+        if self.warmup_steps < 0 or self.early_stop_patience < 1:
+            raise ConfigError(
+                "warmup_steps must be >= 0 and early_stop_patience >= 1, found "
+                f"{self.warmup_steps} and {self.early_stop_patience}"
+            )
 
 
 @dataclass(frozen=True)
@@ -479,12 +504,13 @@ def train(
         raise InputError(
             f"{out} already holds a training run; pass --resume to continue it or choose another -o"
         )
+    # the data is indexed before anything is written: a wrong folder leaves no half-made run
+    train_entries, val_entries = _index_cases(cfg)
     if dist_info.main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
 
     _seed_everything(cfg.seed + 1000 * dist_info.rank)
-    train_entries, val_entries = _index_cases(cfg)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
     # every rank caches its own share, then all read the whole cache
     my_entries = (train_entries + val_entries)[dist_info.rank :: dist_info.world]

@@ -14,7 +14,7 @@ import pytest
 
 from mefn.config import save_config
 from mefn.data.preprocess import PreprocessConfig
-from mefn.errors import InputError
+from mefn.errors import ConfigError, InputError
 from mefn.training import DataConfig, TrainConfig, lr_factor, train
 
 TINY_MODEL = """\
@@ -101,6 +101,25 @@ def test_missing_data_folder_is_reported(tmp_path):
     cfg = _config(tmp_path, tmp_path / "nowhere")
     with pytest.raises(InputError, match="does not exist"):
         train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing half-made is left behind
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", 0, "epochs must be at least 1, found 0"),
+        ("batch_size", -2, "batch_size must be at least 1"),
+        ("lr", -0.1, "lr must be a positive number"),
+        ("max_minutes", 0.0, "max_minutes must be a positive number"),
+        ("patch_size_vox", (48, 0, 48), "three positive voxel counts"),
+        ("pos_fraction", 0.9, "add up to at most 1, found 0.9 and 0.25"),
+        ("sw_overlap", 1.0, r"sw_overlap must lie in \[0, 1\)"),
+    ],
+)
+def test_bad_training_settings_are_refused(key, value, message):
+    base = {"hot_negative_fraction": 0.25}
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{**base, key: value})
 
 
 @pytest.mark.slow
