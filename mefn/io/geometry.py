@@ -33,6 +33,8 @@ _AXES = ("x", "y", "z")
 PET_MAX_SUV = 1000.0
 # A CT with nothing below this (no air, lung or fat) is unusual; >= 0 everywhere is not HU.
 CT_LOW_HU = -100.0
+# PET (SUV) may dip a little below 0 where reconstruction rings; air-like values are CT.
+PET_MIN_SUV = -50.0
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,16 @@ def check_ct_units(ct: Volume, name: str = "CT") -> None:
 
 
 def check_pet_units(pet: Volume, name: str = "PET") -> None:
-    """InputError when the PET looks like Bq/mL or counts rather than SUV."""
+    """InputError when the PET looks like Bq/mL or counts, or like a CT, rather than SUV."""
     if pet.array.size == 0:
         raise InputError(f"{name} is empty")
-    hi = float(np.max(pet.array))
+    lo, hi = float(np.min(pet.array)), float(np.max(pet.array))
+    if lo < PET_MIN_SUV:
+        raise InputError(
+            f"{name} minimum is {lo:g}: this looks like a CT in HU (air is -1000), not SUV "
+            f"(expected above {PET_MIN_SUV:g}); check that CT and PET are not swapped "
+            "(nnU-Net: _0000 is CT, _0001 is PET; or give --ct and --pet)"
+        )
     if hi > PET_MAX_SUV:
         raise InputError(
             f"{name} maximum is {hi:g}: this looks like Bq/mL (or counts), not SUV (expected "

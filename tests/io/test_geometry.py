@@ -67,6 +67,9 @@ def test_pet_units() -> None:
     bqml = Volume.from_array(np.linspace(0, 25000, 60).reshape(3, 4, 5))
     with pytest.raises(InputError, match="PET maximum is 25000: this looks like Bq/mL"):
         check_pet_units(bqml)
+    with pytest.raises(InputError, match="PET minimum is -1000: this looks like a CT in HU"):
+        check_pet_units(Volume.from_array(np.linspace(-1000, 1500, 60).reshape(3, 4, 5)))
+    check_pet_units(Volume.from_array(np.linspace(-2, 35, 60).reshape(3, 4, 5)))  # ringing
     with pytest.raises(InputError, match="looks like Bq/mL"):
         check_pair(
             Volume.from_array(np.full((3, 3, 3), -1000.0)),
