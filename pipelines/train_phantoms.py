@@ -155,6 +155,37 @@ def reproduce_command(config: str, run: str, init_weights: str | None) -> str:
     return cmd
 
 
+def init_lineage(init_weights: Path, training: dict[str, Any]) -> dict[str, object]:
+    """Where a run's initial weights come from, and the training time of both runs together.
+
+    ``init_weights`` is resolved from the repository root; the card beside it (``model.json``
+    of that run) gives its training figures and, recursively, its own ``init_from``.
+    """
+    from mefn.fileutil import file_sha256
+
+    path = init_weights if init_weights.is_absolute() else REPO / init_weights
+    lineage: dict[str, object] = {"weights": str(init_weights), "sha256": file_sha256(path)}
+    seconds = float(training["seconds"])
+    steps = int(training["steps"])
+    parent_card = path.parent / "model.json"
+    if parent_card.is_file():
+        parent = json.loads(parent_card.read_text())
+        parent_training = parent.get("training", {})
+        lineage["training"] = {
+            k: parent_training.get(k) for k in ("epochs", "steps", "seconds", "stopped")
+        }
+        lineage["validation"] = parent.get("validation")
+        # the parent's own total (its training and its ancestors') when it had an init, too
+        before = parent.get("init_from", {}).get("total", parent_training)
+        seconds += float(before.get("seconds", 0.0))
+        steps += int(before.get("steps", 0))
+        if "init_from" in parent:
+            lineage["init_from"] = parent["init_from"]
+    # the parent's steps are those it ran, past its best epoch too: the time actually spent
+    lineage["total"] = {"steps": steps, "seconds": round(seconds, 1)}
+    return lineage
+
+
 def _repo_relative(path: str) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
@@ -303,6 +334,8 @@ def main() -> int:
     card["commit"] = git_commit()
     card["test_fresh_phantoms"] = summary
     card["reproduce"] = reproduce_command(args.config, args.run, cfg.init_weights)
+    if cfg.init_weights:
+        card["init_from"] = init_lineage(Path(cfg.init_weights), card["training"])
     (run_dir / "model.json").write_text(json.dumps(card, indent=1))
     if not args.no_install:
         dest = REPO / "mefn" / "weights"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from types import ModuleType
@@ -59,3 +61,29 @@ def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
         "pipelines/train_phantoms.py --config configs/train/phantoms_small_stage2.yaml "
         "--run runs/phantoms_stage2"
     )
+
+
+def test_init_lineage_adds_the_parent_runs_training(tp: ModuleType, tmp_path: Path) -> None:
+    grand = {"training": {"epochs": 10, "steps": 400, "seconds": 600.0, "stopped": "epochs"}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.json").write_text(json.dumps(grand))
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"a")
+    parent_training = {"epochs": 20, "steps": 800, "seconds": 1200.0, "stopped": "time_budget"}
+    parent = {
+        "training": parent_training,
+        "validation": {"dice": 0.1, "epoch": 15},
+        "init_from": tp.init_lineage(tmp_path / "a" / "model.safetensors", parent_training),
+    }
+    assert parent["init_from"]["total"] == {"steps": 1200, "seconds": 1800.0}
+    assert "init_from" not in parent["init_from"]  # the first run had no init of its own
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.json").write_text(json.dumps(parent))
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"b")
+    mine = {"epochs": 5, "steps": 200, "seconds": 300.0}
+    lineage = tp.init_lineage(tmp_path / "b" / "model.safetensors", mine)
+    assert lineage["sha256"] == hashlib.sha256(b"b").hexdigest()
+    assert lineage["validation"] == {"dice": 0.1, "epoch": 15}
+    assert lineage["training"]["steps"] == 800
+    # this run + the parent + what the parent's own init had cost
+    assert lineage["total"] == {"steps": 200 + 800 + 400, "seconds": 300.0 + 1200.0 + 600.0}
+    assert lineage["init_from"]["weights"].endswith("a/model.safetensors")
