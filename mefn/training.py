@@ -115,10 +115,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, found {value}")
-        for name in ("lr", "max_minutes"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be a positive number, found {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be a positive number, found {self.lr}")
+        if self.max_minutes is not None and not self.max_minutes >= 0:  # 0: one epoch
+            raise ConfigError(f"max_minutes must be 0 or more, found {self.max_minutes}")
         if any(p < 1 for p in self.patch_size_vox) or len(self.patch_size_vox) != 3:
             raise ConfigError(
                 f"patch_size_vox must be three positive voxel counts, found {self.patch_size_vox}"

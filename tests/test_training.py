@@ -110,7 +110,7 @@ def test_missing_data_folder_is_reported(tmp_path):
         ("epochs", 0, "epochs must be at least 1, found 0"),
         ("batch_size", -2, "batch_size must be at least 1"),
         ("lr", -0.1, "lr must be a positive number"),
-        ("max_minutes", 0.0, "max_minutes must be a positive number"),
+        ("max_minutes", -1.0, "max_minutes must be 0 or more, found -1.0"),
         ("patch_size_vox", (48, 0, 48), "three positive voxel counts"),
         ("pos_fraction", 0.9, "add up to at most 1, found 0.9 and 0.25"),
         ("sw_overlap", 1.0, r"sw_overlap must lie in \[0, 1\)"),
