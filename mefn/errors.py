@@ -7,6 +7,8 @@ errors (exit 2), the others runtime failures (exit 1).
 
 from __future__ import annotations
 
+import re
+
 
 class MefnError(Exception):
     """Base class of every error mefn raises on purpose."""
@@ -42,3 +44,11 @@ class OutputError(MefnError):
     """An output cannot be written (exists without --overwrite, folder not writable)."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException | str, limit: int = 1000) -> str:
+    """``exc``'s message on one line: line breaks (with the spaces around them) become one
+    space; spaces inside the text stay as they are, so file names with runs of spaces can be
+    copied from it. Longer than ``limit`` characters, it is cut with "..."."""
+    text = re.sub(r"\s*[\r\n]+\s*", " ", str(exc)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -75,11 +75,6 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
     root.propagate = False
 
 
-def _one_line(exc: BaseException, limit: int = 1000) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mefn`` console script; returns the exit code."""
     parser = build_parser()
@@ -88,14 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _configure_logging(args.debug, args.quiet)
-    from mefn.errors import MefnError
+    from mefn.errors import MefnError, one_line
 
     try:
         code = args.func(args)
     except MefnError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"mefn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"mefn {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"mefn {args.command}: interrupted", file=sys.stderr)
@@ -104,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(
-            f"mefn {args.command}: internal error: {type(exc).__name__}: {_one_line(exc, 300)} "
+            f"mefn {args.command}: internal error: {type(exc).__name__}: {one_line(exc, 300)} "
             "(run again with --debug for the traceback)",
             file=sys.stderr,
         )

@@ -94,7 +94,7 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mefn.errors import InputError, MefnError
+    from mefn.errors import InputError, MefnError, one_line
 
     if args.list_models:
         from mefn.inference import list_models
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                     prediction, outdir, case=case, overwrite=args.overwrite, extra=args.extra
                 )
             except MefnError as exc:
-                failures.append((job.case_id, " ".join(str(exc).split())))
+                failures.append((job.case_id, one_line(exc)))
                 print(f"mefn segment: error: {job.case_id}: {failures[-1][1]}", file=sys.stderr)
                 continue
             table = prediction.lesions
