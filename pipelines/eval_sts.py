@@ -5,7 +5,9 @@
 Runs ``mefn segment --ct CT/image.nii.gz --pet PET/image.nii.gz`` (outputs on the CT grid) and
 compares the mask with ``CT/mask.nii.gz`` (Dice, volumes, AutoPET false-positive and
 false-negative volumes), and with ``PET/mask.nii.gz`` after nearest-neighbour resampling of
-the prediction onto the PET grid. The figures go to ``<out>/sts_scores.json``.
+the prediction onto the PET grid, and gives the mean uncertainty u inside the reference
+tumour and outside it (does u warn where the mask is wrong?). The figures go to
+``<out>/sts_scores.json``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ def main() -> int:
         year=2022,
     )
     report = json.loads(next(out.glob("*_report.json")).read_text())
+    # does u warn where the answer is wrong? mean u inside the reference tumour and outside it
+    (u_path,) = out.glob("*_uncertainty.nii.gz")
+    u = read_volume(u_path).array
+    in_tumour = ref_ct.array > 0
     scores = {
         "model": args.model,
         "dice_ct_grid": dice(pred.array > 0, ref_ct.array > 0),
@@ -76,6 +82,8 @@ def main() -> int:
         "reference_volume_ml": float((ref_ct.array > 0).sum() * ref_ct.geometry.voxel_volume_ml),
         "predicted_volume_ml": float((pred.array > 0).sum() * pred.geometry.voxel_volume_ml),
         "autopet_2022": m.to_dict(),
+        "mean_u_in_reference": float(u[in_tumour].mean()),
+        "mean_u_outside_reference": float(u[~in_tumour].mean()),
         "n_lesions": report["n_lesions"],
         "lesions": report["lesions"][:5],
     }
