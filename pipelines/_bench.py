@@ -18,6 +18,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when inside it (reports and cards name no local
+    folders); otherwise as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def _git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=REPO, capture_output=True, text=True, check=True

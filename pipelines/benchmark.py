@@ -691,7 +691,7 @@ def run_quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "mc_test_cases": min(args.mc_test_cases, len(test_entries)),
             "test_fov": args.test_fov,
             "small_phantoms": args.small_phantoms,
-            "train_config": _repo_relative(args.train_config),
+            "train_config": _bench.repo_relative(args.train_config),
             "threads": args.threads,
             "device": args.device,
         },
@@ -937,12 +937,6 @@ def _quality_row(label: str, res: dict[str, Any], which: str) -> str:
         f"{_f(val if val is not None and val >= 0 else None, 3)} | "
         f"{_f(minutes / 60 if minutes is not None else None, 1)} |"
     )
-
-
-def _repo_relative(path: str) -> str:
-    """``path`` relative to the repository when inside it (the report names no local folders)."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
 def _command() -> str:

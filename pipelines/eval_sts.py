@@ -6,7 +6,8 @@ Runs ``mefn segment --ct CT/image.nii.gz --pet PET/image.nii.gz`` (outputs on th
 compares the mask with ``CT/mask.nii.gz`` (Dice, volumes, AutoPET false-positive and
 false-negative volumes), and with ``PET/mask.nii.gz`` after nearest-neighbour resampling of
 the prediction onto the PET grid, and gives the mean uncertainty u inside the reference
-tumour and outside it (does u warn where the mask is wrong?). The figures go to
+tumour and outside it (does u warn where the mask is wrong?) and the highest lesion probability
+inside it. The figures go to
 ``<out>/sts_scores.json``.
 """
 
@@ -38,7 +39,7 @@ def main() -> int:
 
     from mefn.cli import main as mefn
     from mefn.io.geometry import resample_to
-    from mefn.io.readers import read_volume
+    from mefn.io.readers import read_volume, read_volumes
     from mefn.metrics.autopet import autopet_case_metrics
 
     data, out = Path(args.data), Path(args.output)
@@ -64,24 +65,24 @@ def main() -> int:
     ref_ct = read_volume(data / "CT/mask.nii.gz")
     ref_pet = read_volume(data / "PET/mask.nii.gz")
     pred_on_pet = resample_to(pred, ref_pet.geometry, interpolation="nearest")
+    in_tumour, predicted = ref_ct.array > 0, pred.array > 0
     m = autopet_case_metrics(
-        (ref_ct.array > 0).astype(np.uint8),
-        (pred.array > 0).astype(np.uint8),
-        ref_ct.geometry.spacing_mm,
-        year=2022,
+        in_tumour.astype(np.uint8), predicted.astype(np.uint8), ref_ct.geometry.spacing_mm, 2022
     )
     report = json.loads(next(out.glob("*_report.json")).read_text())
     # does u warn where the answer is wrong? mean u inside the reference tumour and outside it
     (u_path,) = out.glob("*_uncertainty.nii.gz")
     u = read_volume(u_path).array
-    in_tumour = ref_ct.array > 0
+    (p_path,) = out.glob("*_probabilities.nii.gz")  # written by --extra: (background, lesion)
+    lesion_p = read_volumes(p_path)[1].array
     scores = {
         "model": args.model,
-        "dice_ct_grid": dice(pred.array > 0, ref_ct.array > 0),
+        "dice_ct_grid": dice(predicted, in_tumour),
         "dice_pet_grid": dice(pred_on_pet.array > 0, ref_pet.array > 0),
-        "reference_volume_ml": float((ref_ct.array > 0).sum() * ref_ct.geometry.voxel_volume_ml),
-        "predicted_volume_ml": float((pred.array > 0).sum() * pred.geometry.voxel_volume_ml),
+        "reference_volume_ml": float(in_tumour.sum() * ref_ct.geometry.voxel_volume_ml),
+        "predicted_volume_ml": float(predicted.sum() * pred.geometry.voxel_volume_ml),
         "autopet_2022": m.to_dict(),
+        "max_lesion_probability_in_reference": float(lesion_p[in_tumour].max()),
         "mean_u_in_reference": float(u[in_tumour].mean()),
         "mean_u_outside_reference": float(u[~in_tumour].mean()),
         "n_lesions": report["n_lesions"],

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from mefn.training import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import git_commit  # noqa: E402  (pipelines/ on sys.path above)
+from _bench import git_commit, repo_relative  # noqa: E402  (pipelines/ on sys.path above)
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SEED0 = 10_000_000  # test phantoms: seeds far from any training seed
@@ -149,7 +149,7 @@ def reproduce_command(config: str, run: str, init_weights: str | None) -> str:
     cmd = "python pipelines/train_phantoms.py"
     default = REPO / "configs/train/phantoms_small.yaml"
     if Path(config).resolve() != default.resolve():
-        cmd += f" --config {_repo_relative(config)} --run {_repo_relative(run)}"
+        cmd += f" --config {repo_relative(config)} --run {repo_relative(run)}"
     if init_weights:
         cmd = f"(after the run that wrote {init_weights}) {cmd}"
     return cmd
@@ -184,11 +184,6 @@ def init_lineage(init_weights: Path, training: dict[str, Any]) -> dict[str, obje
     # the parent's steps are those it ran, past its best epoch too: the time actually spent
     lineage["total"] = {"steps": steps, "seconds": round(seconds, 1)}
     return lineage
-
-
-def _repo_relative(path: str) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
 
 MIN_LESION_CANDIDATES_ML = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)

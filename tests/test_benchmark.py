@@ -230,10 +230,11 @@ def test_quality_runs_split_by_model_and_ablation(bench, tmp_path):
     cfg = bench.train_config(tuned, tmp_path, tmp_path / "cache")
     assert (cfg.lr, cfg.batch_size, cfg.epochs * cfg.steps_per_epoch) == (0.008, 3, 120)
     # the report names the config relative to the repository, other paths as given
-    assert bench._repo_relative(str(REPO / "configs/train/phantoms_small.yaml")) == (
+    # (pipelines/_bench.py, shared with train_phantoms' reproduce command)
+    assert bench._bench.repo_relative(str(REPO / "configs/train/phantoms_small.yaml")) == (
         "configs/train/phantoms_small.yaml"
     )
-    assert bench._repo_relative(str(tmp_path / "x.yaml")) == str(tmp_path / "x.yaml")
+    assert bench._bench.repo_relative(str(tmp_path / "x.yaml")) == str(tmp_path / "x.yaml")
 
 
 def test_calibration_near_lesions(bench):
