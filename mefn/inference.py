@@ -15,6 +15,7 @@ resampled back onto the case's output grid, where the mask is their argmax.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -216,6 +217,10 @@ class Predictor:
     min_lesion_ml:
         Predicted lesions smaller than this are dropped. Default: the value chosen on
         validation cases and stored in the card (``min_lesion_ml``), else 0 (keep all).
+    tta_axes:
+        Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
+        the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
+        8 passes) and the maps are averaged. Default ``()``: one pass.
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -231,6 +236,7 @@ class Predictor:
         threads: int | None = None,
         review_threshold: float | None = None,
         min_lesion_ml: float | None = None,
+        tta_axes: Sequence[int] = (),
     ) -> None:
         import torch
 
@@ -303,6 +309,10 @@ class Predictor:
         if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
             min_lesion_ml = float(self.card.get("min_lesion_ml", 0.0))
         self.min_lesion_ml = min_lesion_ml
+        axes = tuple(sorted({int(a) for a in tta_axes}))
+        if any(a not in (0, 1, 2) for a in axes):
+            raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")
+        self.tta_axes = axes
 
     @staticmethod
     def _device(name: str) -> Any:
@@ -336,19 +346,38 @@ class Predictor:
             "overlap": self.overlap,
             "review_threshold": self.review_threshold,
             "min_lesion_ml": self.min_lesion_ml,
+            "tta_axes": list(self.tta_axes),
         }
 
     def predict_model_space(
         self, image: np.ndarray, keys: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Raw network outputs for a model-space image ``(2, X, Y, Z)`` (only ``keys``, if given)."""
+        """Network outputs for a model-space image ``(2, X, Y, Z)`` (only ``keys``, if given).
+
+        With ``tta_axes``, the mean of the outputs over all mirrorings (each mapped back).
+        """
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        out = sliding_window_predict(
-            self.net, x, self.roi, self.overlap, self.sw_batch_size, self.device, keys=keys
-        )
-        return {k: v[0].numpy() for k, v in out.items()}
+        total: dict[str, Any] = {}
+        mirrorings = [
+            combo
+            for n in range(len(self.tta_axes) + 1)
+            for combo in itertools.combinations(self.tta_axes, n)
+        ]
+        for axes in mirrorings:  # () first: without tta_axes, the one plain pass
+            dims = [a + 2 for a in axes]
+            xi = torch.flip(x, dims) if dims else x
+            out = sliding_window_predict(
+                self.net, xi, self.roi, self.overlap, self.sw_batch_size, self.device, keys=keys
+            )
+            for k, v in out.items():
+                v = torch.flip(v, dims) if dims else v
+                total[k] = v if k not in total else total[k].add_(v)
+        if len(mirrorings) > 1:
+            for v in total.values():
+                v.div_(len(mirrorings))
+        return {k: v[0].numpy() for k, v in total.items()}
 
     def predict(self, case: Case, keep_extra: bool = False) -> Prediction:
         """Segment one case; outputs on ``case.target_geometry``."""

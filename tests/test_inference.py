@@ -34,3 +34,42 @@ def test_review_threshold_and_min_lesion_come_from_the_card(tmp_path) -> None:
     assert calibrated.review_threshold == 0.0123 and calibrated.min_lesion_ml == 2.0
     chosen = Predictor(weights, device="cpu", review_threshold=0.5, min_lesion_ml=0.0)
     assert chosen.review_threshold == 0.5 and chosen.min_lesion_ml == 0.0
+
+
+def test_tta_averages_the_mirrored_passes_mapped_back(tmp_path) -> None:
+    """With tta_axes, each output is the mean over every mirroring, each flipped back, so a
+    mirrored case gets the mirrored maps (the plain pass alone is not mirror-symmetric)."""
+    import numpy as np
+
+    weights = make_tiny_weights(tmp_path)
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 1.0, (2, 40, 36, 44)).astype(np.float32)
+    plain = Predictor(weights, device="cpu")
+    assert plain.settings()["tta_axes"] == []
+    tta = Predictor(weights, device="cpu", tta_axes=(2, 0))
+    assert tta.tta_axes == (0, 2)
+    got = tta.predict_model_space(image)
+    expected = {k: np.zeros_like(v) for k, v in plain.predict_model_space(image).items()}
+    for axes in ((), (1,), (3,), (1, 3)):  # array axes of x and z in (channel, x, y, z)
+        out = plain.predict_model_space(np.flip(image, axes) if axes else image)
+        for k, v in out.items():
+            expected[k] += (np.flip(v, axes) if axes else v) / 4
+    assert set(got) == set(expected)
+    for k in got:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6)
+    mirrored = tta.predict_model_space(np.ascontiguousarray(image[:, ::-1]))
+    np.testing.assert_allclose(mirrored["prob"], got["prob"][:, ::-1], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(
+        plain.predict_model_space(np.ascontiguousarray(image[:, ::-1]))["prob"],
+        plain.predict_model_space(image)["prob"][:, ::-1],
+        atol=1e-4,
+    )
+
+
+def test_tta_axes_outside_xyz_are_refused(tmp_path) -> None:
+    import pytest
+
+    from mefn.errors import InputError
+
+    with pytest.raises(InputError, match="tta_axes must be among 0, 1, 2"):
+        Predictor(make_tiny_weights(tmp_path), device="cpu", tta_axes=(3,))

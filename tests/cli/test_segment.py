@@ -140,11 +140,10 @@ def test_four_d_nifti(tmp_path, tiny_weights):
     pet_on_ct = resample_to(pet, ct.geometry, interpolation="linear")
     write_multichannel(np.stack([ct.array, pet_on_ct.array]), ct.geometry, tmp_path / "both.nii.gz")
     out = tmp_path / "out"
-    assert (
-        _run("segment", str(tmp_path / "both.nii.gz"), "-o", str(out), "--model", str(tiny_weights))
-        == 0
-    )
-    _check_outputs(out, "both", ct)
+    args = ("segment", str(tmp_path / "both.nii.gz"), "-o", str(out), "--model", str(tiny_weights))
+    assert _run(*args, "--tta", "x") == 0  # test-time mirroring along x: 2 passes
+    report = _check_outputs(out, "both", ct)
+    assert report["settings"]["tta_axes"] == [0]
 
 
 def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):
@@ -371,4 +370,6 @@ def test_usage_errors(tmp_path, capsys):
     assert "--ct and --pet go together" in capsys.readouterr().err
     assert _run("segment", str(tmp_path / "missing_0000.nii.gz"), "-o", str(tmp_path / "o")) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert _run("segment", str(tmp_path / "a_0000.nii.gz"), "--tta", "xq") == 2
+    assert "--tta expects axis letters among x, y and z" in capsys.readouterr().err
     assert _run("segment", "--list-models") == 0
