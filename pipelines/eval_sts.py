@@ -1,6 +1,7 @@
 """Segment the real sarcoma FDG PET/CT (TCIA STS_001 crop) and score it against its GTV.
 
     python pipelines/eval_sts.py [--data ../shared/data/sts/STS_001] [--model default] [-o runs/sts]
+                                 [--tta xyz]
 
 Runs ``mefn segment --ct CT/image.nii.gz --pet PET/image.nii.gz`` (outputs on the CT grid) and
 compares the mask with ``CT/mask.nii.gz`` (Dice, volumes, AutoPET false-positive and
@@ -35,6 +36,7 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "sts" / "STS_001"))
     parser.add_argument("--model", default="default")
     parser.add_argument("-o", "--output", default=str(REPO / "runs" / "sts"))
+    parser.add_argument("--tta", default="", help="test-time mirroring axes (mefn segment --tta)")
     args = parser.parse_args()
 
     from mefn.cli import main as mefn
@@ -56,6 +58,7 @@ def main() -> int:
             args.model,
             "--overwrite",
             "--extra",
+            *(["--tta", args.tta] if args.tta else []),
         ]
     )
     if code != 0:
@@ -77,7 +80,8 @@ def main() -> int:
     lesion_p = read_volumes(p_path)[1].array
     scores = {
         "model": args.model,
-        "dice_ct_grid": dice(predicted, in_tumour),
+        "tta": args.tta,
+        "dice_ct_grid": m.dice,  # the AutoPET Dice below, on the CT grid of the contour
         "dice_pet_grid": dice(pred_on_pet.array > 0, ref_pet.array > 0),
         "reference_volume_ml": float(in_tumour.sum() * ref_ct.geometry.voxel_volume_ml),
         "predicted_volume_ml": float(predicted.sum() * pred.geometry.voxel_volume_ml),

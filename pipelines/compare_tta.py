@@ -1,0 +1,156 @@
+"""Score test-time mirroring (``mefn segment --tta``) against plain inference on phantoms.
+
+    python pipelines/compare_tta.py [--tta none,x,xyz] [--max-cases 16] [--test 0]
+                                    [--model default] [--config configs/train/phantoms_small.yaml]
+
+Segments the validation split of the training config (the phantoms the bundled weights chose
+their post-processing on; never the test phantoms unless ``--test N`` asks for the first N of
+``pipelines/train_phantoms.py``'s fresh test seeds) once per mirroring setting, with the
+weights' own post-processing (the card's ``min_lesion_ml``), and prints and writes the mean
+AutoPET 2022 figures per setting (Dice and FNV over cases with lesions, FPV over all) and the
+seconds per case, to ``<out>/tta.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import REPO, git_commit, repo_relative  # noqa: E402
+
+
+def _axes(name: str) -> tuple[int, ...]:
+    if name == "none":
+        return ()
+    if not name or any(c not in "xyz" for c in name):
+        raise SystemExit(f"--tta expects settings like none,x,xyz; found {name!r}")
+    return tuple("xyz".index(c) for c in name)
+
+
+def _cases(cfg: Any, max_cases: int, n_test: int) -> list[tuple[str, Any]]:
+    """(name, loader) pairs: the validation split's cases, then fresh test phantoms."""
+    from mefn.data.datasets import index_dataset, split_by_patient
+    from mefn.io.discovery import load_case
+
+    _, val = split_by_patient(
+        index_dataset(REPO / cfg.data.root, layout=cfg.data.layout),
+        cfg.data.val_fraction,
+        cfg.data.split_seed,
+    )
+    out: list[tuple[str, Any]] = [
+        (
+            f"val:{e.case_id}",
+            lambda e=e: load_case(ct=e.ct, pet=e.pet, label=e.label, case_id=e.case_id),
+        )
+        for e in val[:max_cases]
+    ]
+    if n_test:
+        from train_phantoms import TEST_SEED0
+
+        from mefn.data.phantoms import generate_study
+        from mefn.io.case import Case
+
+        def phantom(seed: int) -> Case:
+            study = generate_study(seed, kind="wholebody")
+            return Case(
+                case_id=f"test_{seed}",
+                ct=study.ct,
+                pet=study.pet,
+                label=study.label_pet,
+                output_geometry=study.pet.geometry,
+            )
+
+        out += [
+            (f"test:{s}", lambda s=s: phantom(s)) for s in range(TEST_SEED0, TEST_SEED0 + n_test)
+        ]
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    with_lesions = [r for r in rows if r["reference_voxels"] > 0]
+    return {
+        "cases": len(rows),
+        "with_lesions": len(with_lesions),
+        "mean_dice": _mean([r["dice"] for r in with_lesions]),
+        "mean_fpv_ml": _mean([r["fpv_ml"] for r in rows]),
+        "mean_fnv_ml": _mean([r["fnv_ml"] for r in with_lesions]),
+        "seconds_per_case": float(np.mean([r["seconds"] for r in rows])),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--config", default=str(REPO / "configs/train/phantoms_small.yaml"))
+    parser.add_argument("--tta", default="none,x,xyz", help="comma-separated settings")
+    parser.add_argument("--max-cases", type=int, default=16, help="validation cases")
+    parser.add_argument("--test", type=int, default=0, help="also score N fresh test phantoms")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("-o", "--output", default=str(REPO / "runs" / "tta"))
+    args = parser.parse_args()
+    settings = {name: _axes(name) for name in args.tta.split(",")}
+
+    from mefn.inference import Predictor
+    from mefn.io.geometry import resample_to
+    from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.training import load_train_config
+
+    cfg = load_train_config(args.config)
+    predictors = {
+        name: Predictor(args.model, device="cpu", threads=args.threads, tta_axes=axes)
+        for name, axes in settings.items()
+    }
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in settings}
+    for where, load in _cases(cfg, args.max_cases, args.test):
+        case = load()
+        split = where.split(":")[0]
+        for name, predictor in predictors.items():
+            t0 = time.monotonic()
+            pred = predictor.predict(case)
+            seconds = time.monotonic() - t0
+            ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
+            m = autopet_case_metrics(
+                ref.astype(np.uint8), pred.mask, pred.geometry.spacing_mm, year=2022
+            )
+            rows[name].setdefault(split, []).append(
+                {"case": where, **m.to_dict(), "seconds": seconds}
+            )
+            print(f"[tta] {where} {name}: {m}", flush=True)
+    summary = {
+        name: {split: _summary(r) for split, r in per_split.items()}
+        for name, per_split in rows.items()
+    }
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    first = next(iter(predictors.values()))
+    result = {
+        "command": "python pipelines/compare_tta.py " + " ".join(sys.argv[1:]),
+        "model": repo_relative(first.weights_path),
+        "model_sha256": first.base_hash,
+        "min_lesion_ml": first.min_lesion_ml,
+        "commit": git_commit(),
+        "definitions": "AutoPET 2022: Dice and FNV over cases with lesions, FPV over all cases",
+        "summary": summary,
+        "cases": rows,
+    }
+    (out / "tta.json").write_text(json.dumps(result, indent=1, default=float))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
