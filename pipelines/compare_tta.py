@@ -127,7 +127,7 @@ def main() -> int:
                 ref.astype(np.uint8), pred.mask, pred.geometry.spacing_mm, year=2022
             )
             rows[name].setdefault(split, []).append(
-                {"case": where, **m.to_dict(), "seconds": seconds}
+                {**m.to_dict(), "case": where, "seconds": seconds}
             )
             print(f"[tta] {where} {name}: {m}", flush=True)
     summary = {

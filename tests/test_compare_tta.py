@@ -36,7 +36,8 @@ def test_scores_each_mirroring_on_the_validation_split(tmp_path, monkeypatch) ->
             dice = sum(r["dice"] for r in lesions) / len(lesions)
             assert val["mean_dice"] == pytest.approx(dice)
         assert val["mean_fpv_ml"] == pytest.approx(sum(r["fpv_ml"] for r in rows) / len(rows))
-    # the same cases under both settings, in the same order
+    # named by split and case id, the same cases under both settings, in the same order
+    assert all(r["case"].startswith("val:") for r in result["cases"]["none"]["val"])
     assert [r["case"] for r in result["cases"]["x"]["val"]] == [
         r["case"] for r in result["cases"]["none"]["val"]
     ]
