@@ -47,7 +47,7 @@ def add_parser(sub: Any) -> None:
         help="also write class probabilities and the CT and PET opinions' uncertainty",
     )
     p.add_argument("--sw-batch-size", type=int, default=1, help="tiles per forward pass")
-    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (0-0.9)")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, in [0, 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and SimpleITK)")
     p.add_argument(
         "--review-threshold",
