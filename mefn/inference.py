@@ -192,6 +192,20 @@ def sliding_window_predict(
     return {key: blended[(slice(None), slice(a, b), *crop)] for key, (a, b) in channels.items()}
 
 
+def parse_tta_axes(text: str) -> tuple[int, ...]:
+    """Test-time mirroring axes from letters: ``"xyz"`` -> ``(0, 1, 2)``; ``""`` or
+    ``"none"`` -> ``()`` (one plain pass)."""
+    letters = text.strip().lower()
+    if letters == "none":
+        return ()
+    if any(c not in "xyz" for c in letters) or len(set(letters)) != len(letters):
+        raise InputError(
+            f"test-time mirroring expects axis letters among x, y and z (e.g. xyz) or none, "
+            f"found {text!r}"
+        )
+    return tuple("xyz".index(c) for c in letters)
+
+
 class Predictor:
     """Segment PET/CT cases with a trained MEFN (or baseline) and report its uncertainty.
 

@@ -27,50 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import REPO, git_commit, repo_relative  # noqa: E402
 
 
-def _axes(name: str) -> tuple[int, ...]:
-    if name == "none":
-        return ()
-    if not name or any(c not in "xyz" for c in name):
-        raise SystemExit(f"--tta expects settings like none,x,xyz; found {name!r}")
-    return tuple("xyz".index(c) for c in name)
-
-
 def _cases(cfg: Any, max_cases: int, n_test: int) -> list[tuple[str, Any]]:
     """(name, loader) pairs: the validation split's cases, then fresh test phantoms."""
-    from mefn.data.datasets import index_dataset, split_by_patient
+    from train_phantoms import TEST_SEED0, fresh_phantom, validation_entries
+
     from mefn.io.discovery import load_case
 
-    _, val = split_by_patient(
-        index_dataset(REPO / cfg.data.root, layout=cfg.data.layout),
-        cfg.data.val_fraction,
-        cfg.data.split_seed,
-    )
     out: list[tuple[str, Any]] = [
         (
             f"val:{e.case_id}",
             lambda e=e: load_case(ct=e.ct, pet=e.pet, label=e.label, case_id=e.case_id),
         )
-        for e in val[:max_cases]
+        for e in validation_entries(cfg, max_cases)
     ]
-    if n_test:
-        from train_phantoms import TEST_SEED0
-
-        from mefn.data.phantoms import generate_study
-        from mefn.io.case import Case
-
-        def phantom(seed: int) -> Case:
-            study = generate_study(seed, kind="wholebody")
-            return Case(
-                case_id=f"test_{seed}",
-                ct=study.ct,
-                pet=study.pet,
-                label=study.label_pet,
-                output_geometry=study.pet.geometry,
-            )
-
-        out += [
-            (f"test:{s}", lambda s=s: phantom(s)) for s in range(TEST_SEED0, TEST_SEED0 + n_test)
-        ]
+    out += [
+        (f"test:{s}", lambda s=s: fresh_phantom(s)[1])
+        for s in range(TEST_SEED0, TEST_SEED0 + n_test)
+    ]
     return out
 
 
@@ -102,9 +75,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("-o", "--output", default=str(REPO / "runs" / "tta"))
     args = parser.parse_args()
-    settings = {name: _axes(name) for name in args.tta.split(",")}
 
-    from mefn.inference import Predictor
+    from mefn.errors import InputError
+    from mefn.inference import Predictor, parse_tta_axes
+
+    try:
+        settings = {name: parse_tta_axes(name) for name in args.tta.split(",")}
+    except InputError as exc:
+        raise SystemExit(f"--tta: {exc}") from None
     from mefn.io.geometry import resample_to
     from mefn.metrics.autopet import autopet_case_metrics
     from mefn.training import load_train_config

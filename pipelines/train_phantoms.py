@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from mefn.data.datasets import DatasetEntry
+    from mefn.data.phantoms import PhantomStudy
+    from mefn.io.case import Case
     from mefn.io.volume import Volume
     from mefn.training import TrainConfig
 
@@ -77,15 +80,42 @@ def grid_ceiling_dice(label: Volume, spacing_mm: tuple[float, float, float]) -> 
     ).dice
 
 
+def fresh_phantom(seed: int) -> tuple[PhantomStudy, Case]:
+    """The fresh whole-body test phantom of ``seed`` and its case (outputs on the PET grid,
+    labelled with the PET-grid label)."""
+    from mefn.data.phantoms import generate_study
+    from mefn.io.case import Case
+
+    study = generate_study(seed, kind="wholebody")
+    case = Case(
+        case_id=f"test_{seed}",
+        ct=study.ct,
+        pet=study.pet,
+        label=study.label_pet,
+        output_geometry=study.pet.geometry,
+    )
+    return study, case
+
+
+def validation_entries(cfg: TrainConfig, max_cases: int) -> list[DatasetEntry]:
+    """The first ``max_cases`` of the training config's validation split (its data root is
+    taken from the repository root when relative)."""
+    from mefn.data.datasets import index_dataset, split_by_patient
+
+    data = cfg.data
+    _, val = split_by_patient(
+        index_dataset(REPO / data.root, layout=data.layout), data.val_fraction, data.split_seed
+    )
+    return val[:max_cases]
+
+
 def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     """Segment fresh phantoms and score them (AutoPET 2022 definitions).
 
     Each case also gets ``grid_ceiling_dice`` (:func:`grid_ceiling_dice` at the model's
     spacing), so the summary says how much of the Dice the model grid leaves reachable.
     """
-    from mefn.data.phantoms import generate_study
     from mefn.inference import Predictor
-    from mefn.io.case import Case
     from mefn.metrics.autopet import autopet_case_metrics
     from mefn.metrics.lesions import predicted_lesion_errors
 
@@ -93,14 +123,7 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     rows = []
     for i in range(n_test):
         seed = TEST_SEED0 + i
-        study = generate_study(seed, kind="wholebody")
-        case = Case(
-            case_id=f"test_{seed}",
-            ct=study.ct,
-            pet=study.pet,
-            label=study.label_pet,
-            output_geometry=study.pet.geometry,
-        )
+        study, case = fresh_phantom(seed)
         pred = predictor.predict(case)
         ref = (study.label_pet.array > 0).astype(np.uint8)
         m = autopet_case_metrics(ref, pred.mask, study.pet.geometry.spacing_mm, year=2022)
@@ -200,7 +223,6 @@ def calibrate_postprocessing(
     lesions left, the mean-u threshold that maximises Youden's J between false and true
     detections (mefn.postprocess.choose_review_threshold).
     """
-    from mefn.data.datasets import index_dataset, split_by_patient
     from mefn.inference import Predictor
     from mefn.io.discovery import load_case
     from mefn.io.geometry import resample_to
@@ -208,11 +230,7 @@ def calibrate_postprocessing(
     from mefn.metrics.lesions import predicted_lesion_errors
     from mefn.postprocess import choose_review_threshold, remove_small_components
 
-    data = cfg.data
-    _, val = split_by_patient(
-        index_dataset(Path(data.root), layout=data.layout), data.val_fraction, data.split_seed
-    )
-    val = val[:max_cases]
+    val = validation_entries(cfg, max_cases)
     predictor = Predictor(run_dir, device="cpu", min_lesion_ml=0.0)
     # per candidate: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
     # a case's prediction is dropped once scored (a whole validation split would not fit)

@@ -45,5 +45,5 @@ def test_scores_each_mirroring_on_the_validation_split(tmp_path, monkeypatch) ->
 
 def test_unknown_setting_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["compare_tta.py", "--tta", "none,w"])
-    with pytest.raises(SystemExit, match="--tta expects settings like none,x,xyz"):
+    with pytest.raises(SystemExit, match="--tta: test-time mirroring expects axis letters"):
         load_pipeline(SCRIPT).main()

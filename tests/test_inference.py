@@ -73,3 +73,17 @@ def test_tta_axes_outside_xyz_are_refused(tmp_path) -> None:
 
     with pytest.raises(InputError, match="tta_axes must be among 0, 1, 2"):
         Predictor(make_tiny_weights(tmp_path), device="cpu", tta_axes=(3,))
+
+
+def test_tta_letters() -> None:
+    import pytest
+
+    from mefn.errors import InputError
+    from mefn.inference import parse_tta_axes
+
+    assert parse_tta_axes("xyz") == (0, 1, 2)
+    assert parse_tta_axes(" ZX ") == (2, 0)
+    assert parse_tta_axes("none") == parse_tta_axes("") == ()
+    for bad in ("xw", "xx", "0"):
+        with pytest.raises(InputError, match="axis letters among x, y and z"):
+            parse_tta_axes(bad)

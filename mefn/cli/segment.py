@@ -71,22 +71,10 @@ def add_parser(sub: Any) -> None:
         metavar="AXES",
         help="test-time mirroring (as nnU-Net's): also segment the case mirrored along these "
         "axes of the model grid, every combination, and average (--tta alone: xyz, 8 passes; "
-        "--tta x: 2 passes)",
+        "--tta x: 2 passes; --tta none: off)",
     )
     p.add_argument("--list-models", action="store_true", help="list bundled weights and exit")
     p.set_defaults(func=run)
-
-
-def _tta_axes(text: str) -> tuple[int, ...]:
-    """``--tta`` letters (a subset of ``xyz``) as model-space axes."""
-    from mefn.errors import InputError
-
-    letters = text.strip().lower()
-    if any(c not in "xyz" for c in letters) or len(set(letters)) != len(letters):
-        raise InputError(
-            f"--tta expects axis letters among x, y and z (e.g. --tta xyz), found {text!r}"
-        )
-    return tuple("xyz".index(c) for c in letters)
 
 
 def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
@@ -117,8 +105,9 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mefn.errors import InputError, MefnError, one_line
+    from mefn.inference import parse_tta_axes
 
-    tta_axes = _tta_axes(args.tta)
+    tta_axes = parse_tta_axes(args.tta)
 
     if args.list_models:
         from mefn.inference import list_models

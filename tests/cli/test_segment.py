@@ -371,5 +371,5 @@ def test_usage_errors(tmp_path, capsys):
     assert _run("segment", str(tmp_path / "missing_0000.nii.gz"), "-o", str(tmp_path / "o")) == 2
     assert "does not exist" in capsys.readouterr().err
     assert _run("segment", str(tmp_path / "a_0000.nii.gz"), "--tta", "xq") == 2
-    assert "--tta expects axis letters among x, y and z" in capsys.readouterr().err
+    assert "mirroring expects axis letters among x, y and z" in capsys.readouterr().err
     assert _run("segment", "--list-models") == 0
