@@ -234,7 +234,9 @@ class Predictor:
     tta_axes:
         Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
         the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
-        8 passes) and the maps are averaged. Default ``()``: one pass.
+        8 passes) and the maps are averaged; ``()``: one pass. Default: the card's
+        ``tta_axes`` (the setting its ``min_lesion_ml`` and ``review_threshold`` were
+        calibrated with), else one pass.
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -250,7 +252,7 @@ class Predictor:
         threads: int | None = None,
         review_threshold: float | None = None,
         min_lesion_ml: float | None = None,
-        tta_axes: Sequence[int] = (),
+        tta_axes: Sequence[int] | None = None,
     ) -> None:
         import torch
 
@@ -323,6 +325,8 @@ class Predictor:
         if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
             min_lesion_ml = float(self.card.get("min_lesion_ml", 0.0))
         self.min_lesion_ml = min_lesion_ml
+        if tta_axes is None:  # the mirroring the card's post-processing was calibrated with
+            tta_axes = self.card.get("tta_axes", ())
         axes = tuple(sorted({int(a) for a in tta_axes}))
         if any(a not in (0, 1, 2) for a in axes):
             raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")

@@ -257,6 +257,7 @@ def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
         threads=threads,
         sw_batch_size=int(spec["sw_batch_size"]),
         overlap=spec.get("overlap"),
+        tta_axes=(),  # one pass: the sliding-window cost, whatever the card's default
     )
     t_load = time.perf_counter() - t0
     infer = predictor.net.infer

@@ -5,9 +5,11 @@
     python pipelines/train_phantoms.py --evaluate-only       # re-score runs/phantoms_small
 
 Steps: (1) write ``--n`` training phantoms (seeds from ``--seed``) in the nnU-Net layout;
-(2) ``mefn.training.train`` with ``configs/train/phantoms_small.yaml``; (3) segment ``--n-test``
-fresh phantoms whose seeds were never used for training and score them with the AutoPET 2022
-metrics; (4) copy the weights to ``mefn/weights/mefn_default.safetensors`` with a model card that
+(2) ``mefn.training.train`` with ``configs/train/phantoms_small.yaml``; (3) on the validation
+split, choose the lesion-size floor and the review threshold for segmentation with test-time
+mirroring (``--tta``, default xyz: the card's default, so ``mefn segment`` uses what was
+calibrated); (4) segment ``--n-test`` fresh phantoms whose seeds were never used for training
+and score them with the AutoPET 2022 metrics; (5) copy the weights to ``mefn/weights/mefn_default.safetensors`` with a model card that
 holds the data, config, commit, validation and test figures and the training time.
 """
 
@@ -109,8 +111,11 @@ def validation_entries(cfg: TrainConfig, max_cases: int) -> list[DatasetEntry]:
     return val[:max_cases]
 
 
-def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
-    """Segment fresh phantoms and score them (AutoPET 2022 definitions).
+def evaluate(
+    run_dir: Path, n_test: int, out_dir: Path, tta_axes: tuple[int, ...] = ()
+) -> dict[str, object]:
+    """Segment fresh phantoms and score them (AutoPET 2022 definitions), with test-time
+    mirroring along ``tta_axes``.
 
     Each case also gets ``grid_ceiling_dice`` (:func:`grid_ceiling_dice` at the model's
     spacing), so the summary says how much of the Dice the model grid leaves reachable.
@@ -119,7 +124,7 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     from mefn.metrics.autopet import autopet_case_metrics
     from mefn.metrics.lesions import predicted_lesion_errors
 
-    predictor = Predictor(run_dir, device="cpu")
+    predictor = Predictor(run_dir, device="cpu", tta_axes=tta_axes)
     rows = []
     for i in range(n_test):
         seed = TEST_SEED0 + i
@@ -159,6 +164,7 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
         "grid_ceiling_mean_dice": float(np.nanmean([r["grid_ceiling_dice"] for r in with_lesions])),
         "definitions": "AutoPET 2022: Dice and FNV over cases with lesions, FPV over all cases",
         "review_threshold": predictor.review_threshold,
+        "tta_axes": list(tta_axes),
         "false_positive_lesions": n_fp,
         "false_positive_lesions_flagged": _share(rows, "flagged_false_positive", n_fp),
         "true_lesions": n_tp,
@@ -167,12 +173,14 @@ def evaluate(run_dir: Path, n_test: int, out_dir: Path) -> dict[str, object]:
     return summary
 
 
-def reproduce_command(config: str, run: str, init_weights: str | None) -> str:
+def reproduce_command(config: str, run: str, init_weights: str | None, tta: str = "xyz") -> str:
     """The command that reproduces a run, with the run its ``init_weights`` come from first."""
     cmd = "python pipelines/train_phantoms.py"
     default = REPO / "configs/train/phantoms_small.yaml"
     if Path(config).resolve() != default.resolve():
         cmd += f" --config {repo_relative(config)} --run {repo_relative(run)}"
+    if tta != "xyz":
+        cmd += f" --tta {tta}"
     if init_weights:
         cmd = f"(after the run that wrote {init_weights}) {cmd}"
     return cmd
@@ -213,9 +221,10 @@ MIN_LESION_CANDIDATES_ML = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def calibrate_postprocessing(
-    run_dir: Path, cfg: TrainConfig, max_cases: int = 20
+    run_dir: Path, cfg: TrainConfig, max_cases: int = 20, tta_axes: tuple[int, ...] = ()
 ) -> dict[str, object]:
-    """Post-processing chosen on the validation split (never on test cases).
+    """Post-processing chosen on the validation split (never on test cases), for
+    segmentation with test-time mirroring along ``tta_axes``.
 
     ``min_lesion_ml``: of MIN_LESION_CANDIDATES_ML, the one with the best mean Dice over the
     validation cases with lesions (AutoPET 2022 definitions), on a tie the one with the
@@ -231,7 +240,7 @@ def calibrate_postprocessing(
     from mefn.postprocess import choose_review_threshold, remove_small_components
 
     val = validation_entries(cfg, max_cases)
-    predictor = Predictor(run_dir, device="cpu", min_lesion_ml=0.0)
+    predictor = Predictor(run_dir, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes)
     # per candidate: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
     # a case's prediction is dropped once scored (a whole validation split would not fit)
     per_case: dict[float, list[Any]] = {v: [] for v in MIN_LESION_CANDIDATES_ML}
@@ -284,6 +293,7 @@ def calibrate_postprocessing(
         )
     return {
         "cases": len(val),
+        "tta_axes": list(tta_axes),
         "min_lesion_ml": best_ml,
         "min_lesion_scores": {str(k): v for k, v in scores.items()},
         "review_threshold": threshold,
@@ -303,7 +313,17 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--no-install", action="store_true", help="do not copy into mefn/weights")
+    parser.add_argument(
+        "--tta",
+        default="xyz",
+        metavar="AXES",
+        help="test-time mirroring the post-processing is calibrated with and the card sets as "
+        "its default (`mefn segment --tta`; default xyz, 8 passes; none: one pass)",
+    )
     args = parser.parse_args()
+    from mefn.inference import parse_tta_axes
+
+    tta_axes = parse_tta_axes(args.tta)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from mefn.training import load_train_config, train
@@ -323,9 +343,10 @@ def main() -> int:
         result = train(cfg, run_dir, resume=args.resume, progress=progress)
         print(f"[train] {result}", flush=True)
     # post-processing and the review flag's threshold, chosen on the validation split
-    calibration = calibrate_postprocessing(run_dir, cfg)
+    calibration = calibrate_postprocessing(run_dir, cfg, tta_axes=tta_axes)
     print(f"[calibrate] {json.dumps(calibration)}", flush=True)
     card = json.loads((run_dir / "model.json").read_text())
+    card["tta_axes"] = list(tta_axes)
     card["min_lesion_ml"] = calibration["min_lesion_ml"]
     if calibration["review_threshold"] is not None:
         card["review_threshold"] = calibration["review_threshold"]
@@ -336,7 +357,7 @@ def main() -> int:
         "(share of false detections flagged - share of true lesions flagged)",
     }
     (run_dir / "model.json").write_text(json.dumps(card, indent=1))
-    summary = evaluate(run_dir, args.n_test, run_dir / "evaluation")
+    summary = evaluate(run_dir, args.n_test, run_dir / "evaluation", tta_axes)
     print(f"[test] summary {json.dumps(summary)}", flush=True)
     card = json.loads((run_dir / "model.json").read_text())
     card["name"] = "mefn_default"
@@ -346,7 +367,7 @@ def main() -> int:
     )
     card["commit"] = git_commit()
     card["test_fresh_phantoms"] = summary
-    card["reproduce"] = reproduce_command(args.config, args.run, cfg.init_weights)
+    card["reproduce"] = reproduce_command(args.config, args.run, cfg.init_weights, args.tta)
     if cfg.init_weights:
         card["init_from"] = init_lineage(Path(cfg.init_weights), card["training"])
     (run_dir / "model.json").write_text(json.dumps(card, indent=1))

@@ -20,20 +20,24 @@ def test_threads_limit_torch_and_simpleitk(tmp_path) -> None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
-def test_review_threshold_and_min_lesion_come_from_the_card(tmp_path) -> None:
+def test_review_threshold_min_lesion_and_mirroring_come_from_the_card(tmp_path) -> None:
     import json
 
     weights = make_tiny_weights(tmp_path)
-    assert Predictor(weights, device="cpu").review_threshold == 0.3  # no calibration stored
+    uncalibrated = Predictor(weights, device="cpu")  # no calibration stored
+    assert uncalibrated.review_threshold == 0.3 and uncalibrated.tta_axes == ()
     card_path = weights.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["review_threshold"] = 0.0123
     card["min_lesion_ml"] = 2.0
+    card["tta_axes"] = [2, 0]
     card_path.write_text(json.dumps(card))
     calibrated = Predictor(weights, device="cpu")
     assert calibrated.review_threshold == 0.0123 and calibrated.min_lesion_ml == 2.0
-    chosen = Predictor(weights, device="cpu", review_threshold=0.5, min_lesion_ml=0.0)
+    assert calibrated.tta_axes == (0, 2)
+    chosen = Predictor(weights, device="cpu", review_threshold=0.5, min_lesion_ml=0.0, tta_axes=())
     assert chosen.review_threshold == 0.5 and chosen.min_lesion_ml == 0.0
+    assert chosen.tta_axes == ()
 
 
 def test_tta_averages_the_mirrored_passes_mapped_back(tmp_path) -> None:

@@ -61,6 +61,10 @@ def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
         "pipelines/train_phantoms.py --config configs/train/phantoms_small_stage2.yaml "
         "--run runs/phantoms_stage2"
     )
+    # a mirroring other than the default is part of the recipe
+    assert tp.reproduce_command(default, str(REPO / "runs/x"), None, "none") == (
+        "python pipelines/train_phantoms.py --tta none"
+    )
 
 
 def test_init_lineage_adds_the_parent_runs_training(tp: ModuleType, tmp_path: Path) -> None:
