@@ -10,7 +10,8 @@ True
 A case is resampled into model space (:mod:`mefn.data.preprocess`), segmented with MONAI's
 sliding-window inference (Gaussian blending, bounded memory: tiles run on the chosen device,
 the full-size outputs stay on the CPU), and the class probabilities and uncertainty maps are
-resampled back onto the case's output grid, where the mask is their argmax.
+resampled back onto the case's output grid, where the mask is their argmax (or, with a
+lesion threshold, where the probability of not being background reaches it).
 """
 
 from __future__ import annotations
@@ -237,6 +238,10 @@ class Predictor:
         8 passes) and the maps are averaged; ``()``: one pass. Default: the card's
         ``tta_axes`` (the setting its ``min_lesion_ml`` and ``review_threshold`` were
         calibrated with), else one pass.
+    lesion_threshold:
+        A voxel is lesion when its probability of not being background reaches this
+        (then the most probable lesion class). Default: the threshold chosen on validation
+        cases and stored in the card (``lesion_threshold``), else the argmax.
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -253,6 +258,7 @@ class Predictor:
         review_threshold: float | None = None,
         min_lesion_ml: float | None = None,
         tta_axes: Sequence[int] | None = None,
+        lesion_threshold: float | None = None,
     ) -> None:
         import torch
 
@@ -325,6 +331,14 @@ class Predictor:
         if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
             min_lesion_ml = float(self.card.get("min_lesion_ml", 0.0))
         self.min_lesion_ml = min_lesion_ml
+        if lesion_threshold is None:  # the card's calibrated value, else the argmax
+            lesion_threshold = self.card.get("lesion_threshold")
+        if lesion_threshold is not None and not 0.0 < float(lesion_threshold) < 1.0:
+            raise InputError(
+                f"the lesion probability threshold must be between 0 and 1 (exclusive), found "
+                f"{lesion_threshold}; use e.g. 0.5"
+            )
+        self.lesion_threshold = None if lesion_threshold is None else float(lesion_threshold)
         if tta_axes is None:  # the mirroring the card's post-processing was calibrated with
             tta_axes = self.card.get("tta_axes", ())
         axes = tuple(sorted({int(a) for a in tta_axes}))
@@ -364,6 +378,7 @@ class Predictor:
             "overlap": self.overlap,
             "review_threshold": self.review_threshold,
             "min_lesion_ml": self.min_lesion_ml,
+            "lesion_threshold": self.lesion_threshold,
             "tta_axes": list(self.tta_axes),
         }
 
@@ -413,13 +428,10 @@ class Predictor:
         prob = to_output_grid(
             out["prob"], grid, target, default_values=(1.0,) + (0.0,) * (self.num_classes - 1)
         )
-        if self.min_lesion_ml > 0:
-            from mefn.postprocess import mask_from_probabilities
+        from mefn.postprocess import mask_from_probabilities
 
-            min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
-            mask = mask_from_probabilities(prob, min_component_voxels=min_vox)
-        else:
-            mask = _argmax_uint8(prob)
+        min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
+        mask = mask_from_probabilities(prob, min_vox, self.lesion_threshold)
         kept_prob = prob if keep_extra else None
         del prob  # without keep_extra, freed before the SUV resampling and the lesion table
         unc = to_output_grid(out["uncertainty"], grid, target, (1.0,))[0]
@@ -462,20 +474,6 @@ def _default_labels(num_classes: int) -> dict[str, str]:
     from mefn.model.config import label_names
 
     return label_names(num_classes)
-
-
-def _argmax_uint8(prob: np.ndarray) -> np.ndarray:
-    """``np.argmax(prob, axis=0).astype(np.uint8)`` (the first class wins a tie) without the
-    int64 temporary, eight bytes per voxel of the output grid. ``prob`` holds no NaN."""
-    if prob.shape[0] == 2:
-        return np.greater(prob[1], prob[0]).view(np.uint8)
-    mask = np.zeros(prob.shape[1:], np.uint8)
-    best = prob[0].copy()
-    for c in range(1, prob.shape[0]):
-        higher = np.greater(prob[c], best)
-        mask[higher] = c
-        np.maximum(best, prob[c], out=best)
-    return mask
 
 
 def _load_state(path: Path) -> dict[str, Any]:

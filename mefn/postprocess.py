@@ -35,15 +35,44 @@ CONNECTIVITY: Literal[18] = 18
 DEFAULT_REVIEW_THRESHOLD = 0.3
 
 
-def mask_from_probabilities(prob: np.ndarray, min_component_voxels: int = 0) -> np.ndarray:
-    """Label map (uint8) from class probabilities ``(K, X, Y, Z)`` by argmax.
+def mask_from_probabilities(
+    prob: np.ndarray, min_component_voxels: int = 0, lesion_threshold: float | None = None
+) -> np.ndarray:
+    """Label map (uint8) from class probabilities ``(K, X, Y, Z)``.
 
-    ``min_component_voxels`` removes foreground components smaller than that (0 keeps all).
+    Without ``lesion_threshold``, the argmax (the first class wins a tie). With it, a voxel is
+    foreground when its probability of not being background, ``1 - prob[0]``, reaches the
+    threshold, and takes the most probable foreground class. ``min_component_voxels``
+    removes foreground components smaller than that (0 keeps all). No int64 temporary (eight
+    bytes per voxel of a whole-body grid); ``prob`` holds no NaN.
     """
     if prob.ndim != 4:
         raise ValueError(f"expected probabilities (K, X, Y, Z), found shape {prob.shape}")
-    mask = np.argmax(prob, axis=0).astype(np.uint8)
+    if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
+        raise ValueError(f"lesion_threshold must be in (0, 1), found {lesion_threshold}")
+    k = prob.shape[0]
+    if lesion_threshold is None:
+        if k == 2:
+            mask = np.greater(prob[1], prob[0]).view(np.uint8)
+        else:
+            mask = _argmax_from(prob, 0)
+    else:
+        foreground = np.less_equal(prob[0], np.float32(1.0 - lesion_threshold))
+        mask = foreground.view(np.uint8) if k == 2 else _argmax_from(prob, 1)
+        if k > 2:
+            mask[~foreground] = 0
     return remove_small_components(mask, min_component_voxels)
+
+
+def _argmax_from(prob: np.ndarray, first: int) -> np.ndarray:
+    """Argmax over classes ``first..K-1`` (the first wins a tie), as uint8 class numbers."""
+    mask = np.full(prob.shape[1:], first, np.uint8)
+    best = prob[first].copy()
+    for c in range(first + 1, prob.shape[0]):
+        higher = np.greater(prob[c], best)
+        mask[higher] = c
+        np.maximum(best, prob[c], out=best)
+    return mask
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:

@@ -164,6 +164,8 @@ def evaluate(
         "grid_ceiling_mean_dice": float(np.nanmean([r["grid_ceiling_dice"] for r in with_lesions])),
         "definitions": "AutoPET 2022: Dice and FNV over cases with lesions, FPV over all cases",
         "review_threshold": predictor.review_threshold,
+        "lesion_threshold": predictor.lesion_threshold,
+        "min_lesion_ml": predictor.min_lesion_ml,
         "tta_axes": list(tta_axes),
         "false_positive_lesions": n_fp,
         "false_positive_lesions_flagged": _share(rows, "flagged_false_positive", n_fp),
@@ -218,6 +220,39 @@ def init_lineage(init_weights: Path, training: dict[str, Any]) -> dict[str, obje
 
 
 MIN_LESION_CANDIDATES_ML = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
+#: None: the argmax (for two classes, lesion probability above 0.5).
+LESION_THRESHOLD_CANDIDATES = (None, 0.4, 0.3, 0.2, 0.15, 0.1)
+#: The default weights' target for the mean false-positive volume (issue 4), in mL.
+FPV_LIMIT_ML = 3.0
+
+
+def _foreground_box(*masks: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
+    """The bounding box of the union of ``masks`` (with ``margin`` voxels); one voxel (of
+    background) when they are all empty.
+
+    Every AutoPET metric and component count of masks inside it equals that of the whole
+    grid (components are of foreground only), at a fraction of the cost."""
+    union = np.logical_or.reduce([m != 0 for m in masks])
+    nz = [np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(n) == 0 for n in nz):
+        return (slice(0, 1),) * 3
+    return tuple(slice(max(int(n[0]) - margin, 0), int(n[-1]) + margin + 1) for n in nz)
+
+
+def choose_postprocessing(
+    scores: dict[tuple[float | None, float], dict[str, float]],
+) -> tuple[float | None, float]:
+    """The (lesion threshold, lesion floor) with the best mean Dice among those whose mean
+    false-positive volume is within FPV_LIMIT_ML, or within that of the plain argmax without
+    a floor (``(None, 0.0)``, which must be scored) when that is larger: a threshold or floor
+    may add Dice, never false positives beyond both. On a tie, the smaller false-positive
+    volume."""
+    limit = max(FPV_LIMIT_ML, scores[None, 0.0]["mean_fpv_ml"])
+    within = [k for k, v in scores.items() if v["mean_fpv_ml"] <= limit]
+    return max(
+        within,
+        key=lambda k: (round(scores[k]["mean_dice"], 4), -scores[k]["mean_fpv_ml"]),
+    )
 
 
 def calibrate_postprocessing(
@@ -226,48 +261,64 @@ def calibrate_postprocessing(
     """Post-processing chosen on the validation split (never on test cases), for
     segmentation with test-time mirroring along ``tta_axes``.
 
-    ``min_lesion_ml``: of MIN_LESION_CANDIDATES_ML, the one with the best mean Dice over the
-    validation cases with lesions (AutoPET 2022 definitions), on a tie the one with the
-    smaller mean false-positive volume. ``review_threshold``: on the
-    lesions left, the mean-u threshold that maximises Youden's J between false and true
-    detections (mefn.postprocess.choose_review_threshold).
+    ``lesion_threshold`` and ``min_lesion_ml``: of LESION_THRESHOLD_CANDIDATES x
+    MIN_LESION_CANDIDATES_ML, the pair :func:`choose_postprocessing` picks from the mean Dice
+    over the validation cases with lesions and the mean false-positive volume over all (AutoPET
+    2022 definitions). ``review_threshold``: on the lesions left, the mean-u threshold that
+    maximises Youden's J between false and true detections
+    (mefn.postprocess.choose_review_threshold).
     """
     from mefn.inference import Predictor
     from mefn.io.discovery import load_case
     from mefn.io.geometry import resample_to
     from mefn.metrics.autopet import autopet_case_metrics
     from mefn.metrics.lesions import predicted_lesion_errors
-    from mefn.postprocess import choose_review_threshold, remove_small_components
+    from mefn.postprocess import (
+        choose_review_threshold,
+        mask_from_probabilities,
+        remove_small_components,
+    )
 
     val = validation_entries(cfg, max_cases)
-    predictor = Predictor(run_dir, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes)
-    # per candidate: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
+    predictor = Predictor(
+        run_dir, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes, lesion_threshold=0.5
+    )
+    settings = [(t, v) for t in LESION_THRESHOLD_CANDIDATES for v in MIN_LESION_CANDIDATES_ML]
+    # per setting: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
     # a case's prediction is dropped once scored (a whole validation split would not fit)
-    per_case: dict[float, list[Any]] = {v: [] for v in MIN_LESION_CANDIDATES_ML}
-    lesions: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {
-        v: [] for v in MIN_LESION_CANDIDATES_ML
+    per_case: dict[tuple[float | None, float], list[Any]] = {k: [] for k in settings}
+    lesions: dict[tuple[float | None, float], list[tuple[np.ndarray, np.ndarray]]] = {
+        k: [] for k in settings
     }
+    lowest = min(t for t in LESION_THRESHOLD_CANDIDATES if t is not None)
     for entry in val:
         case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
         if case.label is None:
             raise SystemExit(f"validation case {entry.case_id} has no label")
-        pred = predictor.predict(case)
-        ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
-        # the lesions of the unfiltered mask; a size floor keeps those with enough voxels
-        u, fp, voxels = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
-        for min_ml in MIN_LESION_CANDIDATES_ML:
-            min_vox = int(np.ceil(min_ml / pred.geometry.voxel_volume_ml)) if min_ml else 0
-            mask = remove_small_components(pred.mask.copy(), min_vox)
-            per_case[min_ml].append(
-                autopet_case_metrics(ref.astype(np.uint8), mask, pred.geometry.spacing_mm, 2022)
-            )
-            keep = voxels >= min_vox
-            lesions[min_ml].append((u[keep], fp[keep]))
+        pred = predictor.predict(case, keep_extra=True)
+        assert pred.probabilities is not None
+        ref_full = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
+        box = _foreground_box(ref_full, mask_from_probabilities(pred.probabilities, 0, lowest))
+        prob = np.ascontiguousarray(pred.probabilities[(slice(None), *box)])
+        ref = ref_full[box].astype(np.uint8)
+        unc = pred.uncertainty[box]
+        for t in LESION_THRESHOLD_CANDIDATES:
+            raw = mask_from_probabilities(prob, 0, t)
+            # the lesions of the unfiltered mask; a size floor keeps those with enough voxels
+            u, fp, voxels = predicted_lesion_errors(ref, raw, unc)
+            for min_ml in MIN_LESION_CANDIDATES_ML:
+                min_vox = int(np.ceil(min_ml / pred.geometry.voxel_volume_ml)) if min_ml else 0
+                mask = remove_small_components(raw.copy(), min_vox)
+                per_case[t, min_ml].append(
+                    autopet_case_metrics(ref, mask, pred.geometry.spacing_mm, 2022)
+                )
+                keep = voxels >= min_vox
+                lesions[t, min_ml].append((u[keep], fp[keep]))
         print(f"[calibrate] {entry.case_id}: scored", flush=True)
     scores = {}
-    for min_ml, metrics in per_case.items():
+    for key, metrics in per_case.items():
         with_lesions = [m for m in metrics if m.reference_voxels > 0]
-        scores[min_ml] = {
+        scores[key] = {
             "mean_dice": float(np.mean([m.dice for m in with_lesions]))
             if with_lesions
             else math.nan,
@@ -276,13 +327,10 @@ def calibrate_postprocessing(
             if with_lesions
             else math.nan,
         }
-        print(f"[calibrate] min_lesion_ml {min_ml}: {scores[min_ml]}", flush=True)
-    best_ml = max(  # best Dice; on a tie, the smaller false-positive volume
-        MIN_LESION_CANDIDATES_ML,
-        key=lambda v: (round(scores[v]["mean_dice"], 4), -scores[v]["mean_fpv_ml"]),
-    )
-    u_means = np.concatenate([u for u, _ in lesions[best_ml]])
-    false_pos = np.concatenate([fp for _, fp in lesions[best_ml]])
+        print(f"[calibrate] lesion threshold, min_lesion_ml {key}: {scores[key]}", flush=True)
+    best = choose_postprocessing(scores)
+    u_means = np.concatenate([u for u, _ in lesions[best]])
+    false_pos = np.concatenate([fp for _, fp in lesions[best]])
     try:
         threshold, stats = choose_review_threshold(u_means, false_pos)
     except ValueError as exc:  # all detections false (or all true): nothing to separate
@@ -294,8 +342,11 @@ def calibrate_postprocessing(
     return {
         "cases": len(val),
         "tta_axes": list(tta_axes),
-        "min_lesion_ml": best_ml,
-        "min_lesion_scores": {str(k): v for k, v in scores.items()},
+        "lesion_threshold": best[0],
+        "min_lesion_ml": best[1],
+        "scores": [
+            {"lesion_threshold": t, "min_lesion_ml": v, **scores[t, v]} for t, v in settings
+        ],
         "review_threshold": threshold,
         "review": stats,
     }
@@ -347,12 +398,15 @@ def main() -> int:
     print(f"[calibrate] {json.dumps(calibration)}", flush=True)
     card = json.loads((run_dir / "model.json").read_text())
     card["tta_axes"] = list(tta_axes)
+    card["lesion_threshold"] = calibration["lesion_threshold"]
     card["min_lesion_ml"] = calibration["min_lesion_ml"]
     if calibration["review_threshold"] is not None:
         card["review_threshold"] = calibration["review_threshold"]
     card["calibration"] = {
         **calibration,
-        "rule": "on the validation split: min_lesion_ml with the best mean Dice; then a lesion "
+        "rule": "on the validation split: the lesion_threshold (null: argmax) and min_lesion_ml "
+        f"with the best mean Dice among those with a mean false-positive volume <= "
+        f"{FPV_LIMIT_ML} mL or <= that of the argmax without a floor; then a lesion "
         "is flagged when its mean u >= review_threshold, the threshold that maximises Youden's J "
         "(share of false detections flagged - share of true lesions flagged)",
     }

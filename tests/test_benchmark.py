@@ -322,7 +322,7 @@ def test_one_blend_for_all_outputs_matches_blending_each():
 
 
 def test_argmax_without_int64_temporary():
-    from mefn.inference import _argmax_uint8
+    from mefn.postprocess import mask_from_probabilities as _argmax_uint8
 
     rng = np.random.default_rng(3)
     two = rng.random((2, 33, 34, 35)).astype(np.float32)

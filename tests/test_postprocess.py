@@ -86,6 +86,25 @@ def test_mask_from_probabilities_removes_small_components():
     assert mask_from_probabilities(prob, min_component_voxels=2).sum() == 27
 
 
+def test_lesion_threshold_on_the_probability_of_not_being_background():
+    rng = np.random.default_rng(5)
+    raw = rng.random((3, 9, 10, 11)).astype(np.float32)
+    prob = raw / raw.sum(0)
+    for t in (0.2, 0.5, 0.8):
+        mask = mask_from_probabilities(prob, lesion_threshold=t)
+        foreground = 1.0 - prob[0] >= t
+        expected = np.where(foreground, np.argmax(prob[1:], axis=0) + 1, 0)
+        np.testing.assert_array_equal(mask, expected)
+    two = prob[:2] / prob[:2].sum(0)
+    np.testing.assert_array_equal(mask_from_probabilities(two, lesion_threshold=0.3), two[1] >= 0.3)
+    # more voxels as the threshold falls; the small-component floor still applies after it
+    assert (mask_from_probabilities(two, lesion_threshold=0.3) > 0).sum() > (
+        mask_from_probabilities(two) > 0
+    ).sum()
+    with pytest.raises(ValueError, match="lesion_threshold must be in"):
+        mask_from_probabilities(two, lesion_threshold=1.0)
+
+
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="must have one shape"):
         lesion_table(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), np.zeros((3, 3, 3)), _geo((3, 3, 3)))

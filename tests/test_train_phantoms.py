@@ -91,3 +91,36 @@ def test_init_lineage_adds_the_parent_runs_training(tp: ModuleType, tmp_path: Pa
     # this run + the parent + what the parent's own init had cost
     assert lineage["total"] == {"steps": 200 + 800 + 400, "seconds": 300.0 + 1200.0 + 600.0}
     assert lineage["init_from"]["weights"].endswith("a/model.safetensors")
+
+
+def test_postprocessing_choice_keeps_false_positives_within_the_target(tp: ModuleType) -> None:
+    scores = {
+        (None, 0.0): {"mean_dice": 0.50, "mean_fpv_ml": 2.0},
+        (0.3, 0.0): {"mean_dice": 0.60, "mean_fpv_ml": 2.9},
+        (0.3, 1.0): {"mean_dice": 0.60, "mean_fpv_ml": 1.0},  # same Dice, fewer FP: chosen
+        (0.1, 0.0): {"mean_dice": 0.70, "mean_fpv_ml": 9.0},  # best Dice, too many FP
+    }
+    assert tp.choose_postprocessing(scores) == (0.3, 1.0)
+    # the plain argmax is over the target: the limit is its own false-positive volume
+    over = {k: {**v, "mean_fpv_ml": v["mean_fpv_ml"] + 5} for k, v in scores.items()}
+    assert tp.choose_postprocessing(over) == (0.3, 1.0)
+    over[0.1, 0.0]["mean_fpv_ml"] = 7.0  # as many as the argmax's 7.0 mL: allowed
+    assert tp.choose_postprocessing(over) == (0.1, 0.0)
+
+
+def test_foreground_box_keeps_every_metric(tp: ModuleType) -> None:
+    from mefn.metrics.autopet import autopet_case_metrics
+
+    ref = np.zeros((30, 31, 32), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[5:9, 6:10, 7:9] = 1
+    pred[6:10, 6:9, 7:9] = 1
+    pred[20:22, 25:27, 30:32] = 1  # a false positive at the grid's edge
+    box = tp._foreground_box(ref, pred)
+    whole = autopet_case_metrics(ref, pred, (2.0, 2.0, 3.0), 2022)
+    cropped = autopet_case_metrics(ref[box], pred[box], (2.0, 2.0, 3.0), 2022)
+    assert cropped.to_dict() == whole.to_dict()
+    assert ref[box].size < ref.size
+    empty = tp._foreground_box(ref * 0, pred * 0)
+    assert empty == (slice(0, 1),) * 3
+    assert math.isnan(autopet_case_metrics(ref[empty], pred[empty], (2.0, 2.0, 3.0), 2022).dice)

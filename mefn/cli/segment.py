@@ -64,6 +64,15 @@ def add_parser(sub: Any) -> None:
         "weights, in their card; 0 if the card has none)",
     )
     p.add_argument(
+        "--lesion-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="a voxel is lesion when its probability of not being background reaches P "
+        "(default: the threshold chosen for the weights, in their card; the argmax if the "
+        "card has none; lower finds more and larger lesions, and more false positives)",
+    )
+    p.add_argument(
         "--tta",
         nargs="?",
         const="xyz",
@@ -123,11 +132,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no input given: pass INPUT paths, or --ct CT --pet PET")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
+    if args.lesion_threshold is not None and not 0.0 < args.lesion_threshold < 1.0:
+        raise InputError(
+            f"--lesion-threshold is a probability threshold between 0 and 1 (exclusive), "
+            f"found {args.lesion_threshold}; use e.g. 0.5"
+        )
 
     from mefn.fileutil import check_writable_dir
     from mefn.io.discovery import find_case_files, find_cases, load_case
 
-    outdir = check_writable_dir(args.output)
     # Resolve every input before loading any weights: bad paths fail fast.
     jobs: list[Any] = []
     if args.ct:
@@ -146,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             jobs.extend(many)
 
+    outdir = check_writable_dir(args.output)  # created once the inputs are known to exist
     # torchrun: each process takes its share of the cases, each case written once.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     jobs = jobs[rank::world]
@@ -172,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         review_threshold=args.review_threshold,
         min_lesion_ml=args.min_lesion_ml,
+        lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
     )
 

@@ -144,6 +144,14 @@ def test_four_d_nifti(tmp_path, tiny_weights):
     assert _run(*args, "--tta", "x") == 0  # test-time mirroring along x: 2 passes
     report = _check_outputs(out, "both", ct)
     assert report["settings"]["tta_axes"] == [0]
+    assert report["settings"]["lesion_threshold"] is None  # the tiny card has none: argmax
+    # a low lesion threshold keeps every argmax voxel and adds those of lower probability
+    assert _run(*args, "--tta", "x", "--lesion-threshold", "0.1", "-o", str(tmp_path / "o2")) == 0
+    low = _check_outputs(tmp_path / "o2", "both", ct)
+    assert low["settings"]["lesion_threshold"] == 0.1
+    argmax = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "both_mask.nii.gz")))
+    lower = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o2" / "both_mask.nii.gz")))
+    assert (lower[argmax > 0] > 0).all() and (lower > 0).sum() > (argmax > 0).sum()
 
 
 def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):
@@ -370,6 +378,15 @@ def test_usage_errors(tmp_path, capsys):
     assert "--ct and --pet go together" in capsys.readouterr().err
     assert _run("segment", str(tmp_path / "missing_0000.nii.gz"), "-o", str(tmp_path / "o")) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # no output folder left behind
     assert _run("segment", str(tmp_path / "a_0000.nii.gz"), "--tta", "xq") == 2
     assert "mirroring expects axis letters among x, y and z" in capsys.readouterr().err
+    weights = make_tiny_weights(tmp_path)
+    args = (str(tmp_path / "a_0000.nii.gz"), "--model", str(weights), "-o", str(tmp_path / "o"))
+    write_volume(_volumes()[0], tmp_path / "a_0000.nii.gz")
+    write_volume(_volumes()[1], tmp_path / "a_0001.nii.gz")
+    assert _run("segment", *args, "--lesion-threshold", "1.5") == 2
+    err = capsys.readouterr().err
+    assert "probability threshold between 0 and 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
     assert _run("segment", "--list-models") == 0
