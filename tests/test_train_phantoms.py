@@ -108,6 +108,24 @@ def test_postprocessing_choice_keeps_false_positives_within_the_target(tp: Modul
     assert tp.choose_postprocessing(over) == (0.1, 0.0)
 
 
+def test_postprocessing_choice_weighs_the_simple_phantoms_too(tp: ModuleType) -> None:
+    scores = {
+        (None, 0.0): {"mean_dice": 0.36, "mean_fpv_ml": 2.0},
+        (None, 2.0): {"mean_dice": 0.37, "mean_fpv_ml": 1.2},  # best on validation alone
+        (0.4, 0.5): {"mean_dice": 0.40, "mean_fpv_ml": 4.1},  # over the limit on validation
+    }
+    simple = {
+        (None, 0.0): {"mean_dice": 0.56, "mean_fpv_ml": 0.0},  # a floor hides small lesions
+        (None, 2.0): {"mean_dice": 0.50, "mean_fpv_ml": 0.0},
+        (0.4, 0.5): {"mean_dice": 0.63, "mean_fpv_ml": 0.0},
+    }
+    assert tp.choose_postprocessing(scores) == (None, 2.0)
+    assert tp.choose_postprocessing(scores, simple) == (None, 0.0)
+    simple[None, 0.0]["mean_fpv_ml"] = 3.5  # over 3 mL there: the limit is its own
+    simple[None, 2.0]["mean_fpv_ml"] = 3.6  # ... which this exceeds
+    assert tp.choose_postprocessing(scores, simple) == (None, 0.0)
+
+
 def test_foreground_box_keeps_every_metric(tp: ModuleType) -> None:
     from mefn.metrics.autopet import autopet_case_metrics
 
