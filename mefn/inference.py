@@ -221,6 +221,8 @@ class Predictor:
         ``labels``: the base weights load in full, then the adapter replaces the heads.
         Mergeable adapters are folded into the weights; an LAE adapter runs its online and
         offline (EMA) copies on every tile and combines their maps (LAE's ensemble).
+        The card's post-processing (below) applies with an adapter for the base's own heads;
+        with new heads it does not (it was chosen for another task): the plain defaults do.
     device:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     sw_batch_size, overlap:
@@ -301,6 +303,7 @@ class Predictor:
             ) from None
         self.base_hash = file_sha256(self.weights_path)
         self.adapter_path = None
+        new_heads = False
         if adapter is not None:
             from mefn.adapters import load_adapter, merge_adapters
 
@@ -309,6 +312,7 @@ class Predictor:
                 adapter = adapter / "adapter"  # a `mefn finetune` output folder
             handle = load_adapter(net, adapter, expected_base_hash=self.base_hash)
             if handle.num_classes is not None:  # new output heads: another label set
+                new_heads = True
                 model_cfg = replace(model_cfg, num_classes=handle.num_classes)
                 self.model_cfg = model_cfg
                 self.labels = handle.labels or _default_labels(handle.num_classes)
@@ -323,16 +327,19 @@ class Predictor:
         self.roi: tuple[int, int, int] = (roi[0], roi[1], roi[2])
         self.overlap = float(overlap if overlap is not None else self.card.get("sw_overlap", 0.25))
         self.sw_batch_size = sw_batch_size
+        # The card's post-processing was chosen for the base weights' own heads; an adapter
+        # with new heads (another task) starts from the plain defaults instead.
+        calibrated: dict[str, Any] = {} if new_heads else self.card
         if review_threshold is None:
             from mefn.postprocess import DEFAULT_REVIEW_THRESHOLD
 
-            review_threshold = float(self.card.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
+            review_threshold = float(calibrated.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
         self.review_threshold = review_threshold
         if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
-            min_lesion_ml = float(self.card.get("min_lesion_ml", 0.0))
+            min_lesion_ml = float(calibrated.get("min_lesion_ml", 0.0))
         self.min_lesion_ml = min_lesion_ml
         if lesion_threshold is None:  # the card's calibrated value, else the argmax
-            lesion_threshold = self.card.get("lesion_threshold")
+            lesion_threshold = calibrated.get("lesion_threshold")
         if lesion_threshold is not None and not 0.0 < float(lesion_threshold) < 1.0:
             raise InputError(
                 f"the lesion probability threshold must be between 0 and 1 (exclusive), found "
@@ -340,7 +347,7 @@ class Predictor:
             )
         self.lesion_threshold = None if lesion_threshold is None else float(lesion_threshold)
         if tta_axes is None:  # the mirroring the card's post-processing was calibrated with
-            tta_axes = self.card.get("tta_axes", ())
+            tta_axes = calibrated.get("tta_axes", ())
         axes = tuple(sorted({int(a) for a in tta_axes}))
         if any(a not in (0, 1, 2) for a in axes):
             raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")
