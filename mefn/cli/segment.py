@@ -81,8 +81,8 @@ def add_parser(sub: Any) -> None:
         help="test-time mirroring (as nnU-Net's): also segment the case mirrored along these "
         "axes of the model grid, every combination, and average (--tta alone: xyz, 8 passes; "
         "--tta x: 2 passes; --tta none: off, one pass, about 7x faster than xyz; default: "
-        "the setting in the weights' card, which their lesion floor and review threshold "
-        "were calibrated with)",
+        "the setting in the weights' card, which their lesion threshold, lesion floor and "
+        "review threshold were calibrated with)",
     )
     p.add_argument("--list-models", action="store_true", help="list bundled weights and exit")
     p.set_defaults(func=run)
