@@ -238,8 +238,8 @@ class Predictor:
         Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
         the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
         8 passes) and the maps are averaged; ``()``: one pass. Default: the card's
-        ``tta_axes`` (the setting its ``min_lesion_ml`` and ``review_threshold`` were
-        calibrated with), else one pass.
+        ``tta_axes`` (the setting its ``lesion_threshold``, ``min_lesion_ml`` and
+        ``review_threshold`` were calibrated with), else one pass.
     lesion_threshold:
         A voxel is lesion when its probability of not being background reaches this
         (then the most probable lesion class). Default: the threshold chosen on validation
@@ -338,14 +338,11 @@ class Predictor:
         if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
             min_lesion_ml = float(calibrated.get("min_lesion_ml", 0.0))
         self.min_lesion_ml = min_lesion_ml
+        from mefn.postprocess import check_lesion_threshold
+
         if lesion_threshold is None:  # the card's calibrated value, else the argmax
             lesion_threshold = calibrated.get("lesion_threshold")
-        if lesion_threshold is not None and not 0.0 < float(lesion_threshold) < 1.0:
-            raise InputError(
-                f"the lesion probability threshold must be between 0 and 1 (exclusive), found "
-                f"{lesion_threshold}; use e.g. 0.5"
-            )
-        self.lesion_threshold = None if lesion_threshold is None else float(lesion_threshold)
+        self.lesion_threshold = check_lesion_threshold(lesion_threshold)
         if tta_axes is None:  # the mirroring the card's post-processing was calibrated with
             tta_axes = calibrated.get("tta_axes", ())
         axes = tuple(sorted({int(a) for a in tta_axes}))

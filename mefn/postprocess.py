@@ -13,12 +13,14 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from mefn.errors import InputError
 from mefn.io.volume import Geometry
 
 __all__ = [
     "DEFAULT_REVIEW_THRESHOLD",
     "Lesion",
     "LesionTable",
+    "check_lesion_threshold",
     "choose_review_threshold",
     "format_u",
     "lesion_table",
@@ -35,6 +37,19 @@ CONNECTIVITY: Literal[18] = 18
 DEFAULT_REVIEW_THRESHOLD = 0.3
 
 
+def check_lesion_threshold(value: float | None) -> float | None:
+    """``value`` as a float when it is a usable lesion threshold (None: the argmax), else
+    :class:`~mefn.errors.InputError`."""
+    if value is None:
+        return None
+    if not 0.0 < float(value) < 1.0:
+        raise InputError(
+            f"the lesion probability threshold must be between 0 and 1 (exclusive), found "
+            f"{value}; use e.g. 0.5"
+        )
+    return float(value)
+
+
 def mask_from_probabilities(
     prob: np.ndarray, min_component_voxels: int = 0, lesion_threshold: float | None = None
 ) -> np.ndarray:
@@ -48,8 +63,7 @@ def mask_from_probabilities(
     """
     if prob.ndim != 4:
         raise ValueError(f"expected probabilities (K, X, Y, Z), found shape {prob.shape}")
-    if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
-        raise ValueError(f"lesion_threshold must be in (0, 1), found {lesion_threshold}")
+    lesion_threshold = check_lesion_threshold(lesion_threshold)
     k = prob.shape[0]
     if lesion_threshold is None:
         if k == 2:

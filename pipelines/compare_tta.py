@@ -6,7 +6,8 @@
 Segments the validation split of the training config (the phantoms the bundled weights chose
 their post-processing on; never the test phantoms unless ``--test N`` asks for the first N of
 ``pipelines/train_phantoms.py``'s fresh test seeds) once per mirroring setting, with the
-weights' own post-processing (the card's ``min_lesion_ml``), and prints and writes the mean
+weights' own post-processing (the card's ``lesion_threshold`` and ``min_lesion_ml``; note that
+the card chose them for its own ``tta_axes``), and prints and writes the mean
 AutoPET 2022 figures per setting (Dice and FNV over cases with lesions, FPV over all) and the
 seconds per case, to ``<out>/tta.json``.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -47,19 +47,18 @@ def _cases(cfg: Any, max_cases: int, n_test: int) -> list[tuple[str, Any]]:
     return out
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else math.nan
+def _summary(records: list[Any], seconds: list[float]) -> dict[str, float]:
+    """AutoPET 2022 means (mefn.metrics.autopet.aggregate_autopet) and seconds per case."""
+    from mefn.metrics.autopet import aggregate_autopet
 
-
-def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    with_lesions = [r for r in rows if r["reference_voxels"] > 0]
+    agg = aggregate_autopet(records, 2022)
     return {
-        "cases": len(rows),
-        "with_lesions": len(with_lesions),
-        "mean_dice": _mean([r["dice"] for r in with_lesions]),
-        "mean_fpv_ml": _mean([r["fpv_ml"] for r in rows]),
-        "mean_fnv_ml": _mean([r["fnv_ml"] for r in with_lesions]),
-        "seconds_per_case": float(np.mean([r["seconds"] for r in rows])),
+        "cases": agg["n_cases"],
+        "with_lesions": agg["n_cases_with_lesions"],
+        "mean_dice": agg["dice_mean"],
+        "mean_fpv_ml": agg["fpv_ml_mean"],
+        "mean_fnv_ml": agg["fnv_ml_mean"],
+        "seconds_per_case": float(np.mean(seconds)),
     }
 
 
@@ -93,6 +92,7 @@ def main() -> int:
         for name, axes in settings.items()
     }
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in settings}
+    records: dict[str, dict[str, list[Any]]] = {name: {} for name in settings}
     for where, load in _cases(cfg, args.max_cases, args.test):
         case = load()
         split = where.split(":")[0]
@@ -107,9 +107,13 @@ def main() -> int:
             rows[name].setdefault(split, []).append(
                 {**m.to_dict(), "case": where, "seconds": seconds}
             )
+            records[name].setdefault(split, []).append(m)
             print(f"[tta] {where} {name}: {m}", flush=True)
     summary = {
-        name: {split: _summary(r) for split, r in per_split.items()}
+        name: {
+            split: _summary(records[name][split], [r["seconds"] for r in split_rows])
+            for split, split_rows in per_split.items()
+        }
         for name, per_split in rows.items()
     }
     out = Path(args.output)
@@ -120,6 +124,7 @@ def main() -> int:
         "model": repo_relative(first.weights_path),
         "model_sha256": first.base_hash,
         "min_lesion_ml": first.min_lesion_ml,
+        "lesion_threshold": first.lesion_threshold,
         "commit": git_commit(),
         "definitions": "AutoPET 2022: Dice and FNV over cases with lesions, FPV over all cases",
         "summary": summary,

@@ -6,11 +6,13 @@
 
 Steps: (1) write ``--n`` training phantoms (seeds from ``--seed``) in the nnU-Net layout;
 (2) ``mefn.training.train`` with ``configs/train/phantoms_small.yaml``; (3) on the validation
-split, choose the lesion-size floor and the review threshold for segmentation with test-time
-mirroring (``--tta``, default xyz: the card's default, so ``mefn segment`` uses what was
-calibrated); (4) segment ``--n-test`` fresh phantoms whose seeds were never used for training
-and score them with the AutoPET 2022 metrics; (5) copy the weights to ``mefn/weights/mefn_default.safetensors`` with a model card that
-holds the data, config, commit, validation and test figures and the training time.
+split and the simple phantoms of ``eval_simple_phantoms.py``, choose the lesion threshold, the
+lesion floor and the review threshold for segmentation with test-time mirroring (``--tta``,
+default xyz), all stored in the card so ``mefn segment`` uses what was calibrated; (4) segment
+``--n-test`` fresh phantoms whose seeds were never used for training and score them with the
+AutoPET 2022 metrics; (5) copy the weights to ``mefn/weights/mefn_default.safetensors`` with a
+model card that holds the data, config, commit, validation and test figures and the training
+time.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def evaluate(
         "review_threshold": predictor.review_threshold,
         "lesion_threshold": predictor.lesion_threshold,
         "min_lesion_ml": predictor.min_lesion_ml,
-        "tta_axes": list(tta_axes),
+        "tta_axes": list(predictor.tta_axes),
         "false_positive_lesions": n_fp,
         "false_positive_lesions_flagged": _share(rows, "flagged_false_positive", n_fp),
         "true_lesions": n_tp,
@@ -297,13 +299,15 @@ def _settings_metrics(
 
 
 def _mean_scores(metrics: list[Any]) -> dict[str, float]:
-    with_lesions = [m for m in metrics if m.reference_voxels > 0]
+    """The AutoPET 2022 means (mefn.metrics.autopet.aggregate_autopet) under the names the
+    card's calibration scores use."""
+    from mefn.metrics.autopet import aggregate_autopet
+
+    agg = aggregate_autopet(metrics, 2022)
     return {
-        "mean_dice": float(np.mean([m.dice for m in with_lesions])) if with_lesions else math.nan,
-        "mean_fpv_ml": float(np.mean([m.fpv_ml for m in metrics])),
-        "mean_fnv_ml": float(np.mean([m.fnv_ml for m in with_lesions]))
-        if with_lesions
-        else math.nan,
+        "mean_dice": agg["dice_mean"],
+        "mean_fpv_ml": agg["fpv_ml_mean"],
+        "mean_fnv_ml": agg["fnv_ml_mean"],
     }
 
 
@@ -331,6 +335,8 @@ def calibrate_postprocessing(
     from mefn.postprocess import choose_review_threshold
 
     val = validation_entries(cfg, max_cases)
+    # every threshold and floor is applied below to the kept probabilities; the mask predict()
+    # makes is not used, so its settings only need to be valid, not the card's
     predictor = Predictor(
         run_dir, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes, lesion_threshold=0.5
     )

@@ -101,7 +101,9 @@ def test_lesion_threshold_on_the_probability_of_not_being_background():
     assert (mask_from_probabilities(two, lesion_threshold=0.3) > 0).sum() > (
         mask_from_probabilities(two) > 0
     ).sum()
-    with pytest.raises(ValueError, match="lesion_threshold must be in"):
+    from mefn.errors import InputError
+
+    with pytest.raises(InputError, match="lesion probability threshold must be between 0 and 1"):
         mask_from_probabilities(two, lesion_threshold=1.0)
 
 

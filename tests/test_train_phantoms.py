@@ -142,3 +142,24 @@ def test_foreground_box_keeps_every_metric(tp: ModuleType) -> None:
     empty = tp._foreground_box(ref * 0, pred * 0)
     assert empty == (slice(0, 1),) * 3
     assert math.isnan(autopet_case_metrics(ref[empty], pred[empty], (2.0, 2.0, 3.0), 2022).dice)
+
+
+def test_mean_scores_follow_the_autopet_2022_aggregation(tp: ModuleType) -> None:
+    from mefn.metrics.autopet import autopet_case_metrics
+
+    ref = np.zeros((10, 10, 10), np.uint8)
+    ref[2:4, 2:4, 2:4] = 1
+    pred = np.zeros_like(ref)
+    pred[2:4, 2:4, 2:3] = 1
+    pred[8, 8, 8] = 1  # a 1-voxel false positive
+    empty = np.zeros_like(ref)
+    spacing = (10.0, 10.0, 10.0)  # 1 mL voxels
+    cases = [
+        autopet_case_metrics(ref, pred, spacing, 2022),
+        autopet_case_metrics(empty, empty, spacing, 2022),  # no lesion, none predicted
+        autopet_case_metrics(empty, pred, spacing, 2022),  # no lesion, 5 mL predicted
+    ]
+    scores = tp._mean_scores(cases)
+    assert scores["mean_dice"] == pytest.approx(2 * 4 / (8 + 5))  # the case with lesions only
+    assert scores["mean_fpv_ml"] == pytest.approx((1 + 0 + 5) / 3)  # every case
+    assert scores["mean_fnv_ml"] == 0.0

@@ -132,11 +132,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no input given: pass INPUT paths, or --ct CT --pet PET")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
-    if args.lesion_threshold is not None and not 0.0 < args.lesion_threshold < 1.0:
-        raise InputError(
-            f"--lesion-threshold is a probability threshold between 0 and 1 (exclusive), "
-            f"found {args.lesion_threshold}; use e.g. 0.5"
-        )
+    from mefn.postprocess import check_lesion_threshold
+
+    check_lesion_threshold(args.lesion_threshold)  # before any output folder is made
 
     from mefn.fileutil import check_writable_dir
     from mefn.io.discovery import find_case_files, find_cases, load_case

@@ -387,6 +387,6 @@ def test_usage_errors(tmp_path, capsys):
     write_volume(_volumes()[1], tmp_path / "a_0001.nii.gz")
     assert _run("segment", *args, "--lesion-threshold", "1.5") == 2
     err = capsys.readouterr().err
-    assert "probability threshold between 0 and 1" in err and err.count("\n") == 1
+    assert "probability threshold must be between 0 and 1" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     assert _run("segment", "--list-models") == 0
