@@ -35,7 +35,7 @@ from mefn.errors import CheckpointError, InputError, OutputError
 from mefn.fileutil import file_sha256
 from mefn.io.case import Case
 from mefn.io.volume import Geometry, Volume
-from mefn.postprocess import LesionTable, lesion_table
+from mefn.postprocess import LesionTable, PetCheck, lesion_table
 
 __all__ = [
     "sliding_window_predict",
@@ -244,6 +244,12 @@ class Predictor:
         A voxel is lesion when its probability of not being background reaches this
         (then the most probable lesion class). Default: the threshold chosen on validation
         cases and stored in the card (``lesion_threshold``), else the argmax.
+    pet_check:
+        What a predicted lesion must show on PET, and whether its outline is redrawn on the
+        PET (:class:`mefn.postprocess.PetCheck`), applied after the lesion threshold and
+        before the lesion floor. Default: the card's ``pet_check``, else none. A dict
+        overrides only the fields it names (``{"refine_fraction": None}``: the card's check
+        without the redrawing).
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -261,6 +267,7 @@ class Predictor:
         min_lesion_ml: float | None = None,
         tta_axes: Sequence[int] | None = None,
         lesion_threshold: float | None = None,
+        pet_check: PetCheck | dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -349,6 +356,7 @@ class Predictor:
         if any(a not in (0, 1, 2) for a in axes):
             raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")
         self.tta_axes = axes
+        self.pet_check = resolve_pet_check(calibrated.get("pet_check"), pet_check)
 
     @staticmethod
     def _device(name: str) -> Any:
@@ -384,6 +392,7 @@ class Predictor:
             "min_lesion_ml": self.min_lesion_ml,
             "lesion_threshold": self.lesion_threshold,
             "tta_axes": list(self.tta_axes),
+            "pet_check": self.pet_check.to_json(),
         }
 
     def predict_model_space(
@@ -432,10 +441,9 @@ class Predictor:
         prob = to_output_grid(
             out["prob"], grid, target, default_values=(1.0,) + (0.0,) * (self.num_classes - 1)
         )
-        from mefn.postprocess import mask_from_probabilities
+        from mefn.postprocess import mask_from_probabilities, remove_small_components
 
-        min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
-        mask = mask_from_probabilities(prob, min_vox, self.lesion_threshold)
+        mask = mask_from_probabilities(prob, 0, self.lesion_threshold)
         kept_prob = prob if keep_extra else None
         del prob  # without keep_extra, freed before the SUV resampling and the lesion table
         unc = to_output_grid(out["uncertainty"], grid, target, (1.0,))[0]
@@ -454,6 +462,12 @@ class Predictor:
             else resample_to(case.pet, target, interpolation="linear", default_value=0.0).array
         )
         suv = np.asarray(suv, dtype=np.float32)
+        if self.pet_check.active:
+            from mefn.postprocess import apply_pet_check
+
+            mask = apply_pet_check(mask, suv, target.spacing_mm, self.pet_check)
+        min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
+        mask = remove_small_components(mask, min_vox)
         table = lesion_table(mask, suv, unc, target, review_threshold=self.review_threshold)
         return Prediction(
             case_id=case.case_id,
@@ -471,6 +485,24 @@ class Predictor:
 
 
 _MAIN_OUTPUTS = ("prob", "uncertainty")
+
+
+def resolve_pet_check(
+    card_value: Any, override: PetCheck | dict[str, Any] | None = None
+) -> PetCheck:
+    """The PET check of a card's ``pet_check`` (absent: none), with ``override``: a
+    :class:`PetCheck` replaces it, a dict replaces the fields it names."""
+    if isinstance(override, PetCheck):
+        return override
+    fields = dict(card_value) if isinstance(card_value, dict) else {}
+    fields.update(override or {})
+    try:
+        return PetCheck(**fields)
+    except TypeError as exc:
+        raise CheckpointError(
+            f"pet_check {fields} is not a PET check ({exc}); expected the fields min_suv, "
+            "min_contrast, refine_fraction and refine_mm"
+        ) from None
 
 
 def _default_labels(num_classes: int) -> dict[str, str]:

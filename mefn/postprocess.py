@@ -6,6 +6,7 @@ Connected components use 18-connectivity (faces and edges), as the AutoPET evalu
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -25,6 +26,8 @@ __all__ = [
     "format_u",
     "lesion_table",
     "mask_from_probabilities",
+    "PetCheck",
+    "apply_pet_check",
     "remove_small_components",
     "suv_peak",
     "SUV_PEAK_VOLUME_ML",
@@ -101,6 +104,112 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     if small.size:
         mask[np.isin(labels, small)] = 0
     return mask
+
+
+#: Where a predicted lesion's background SUV is read: the median SUV in a shell this thick,
+#: starting this far outside the lesion (or outside its growth zone when refining).
+BACKGROUND_SHELL_MM = 8.0
+BACKGROUND_GAP_MM = 4.0
+
+
+@dataclass(frozen=True)
+class PetCheck:
+    """What a predicted lesion must show on PET, and how its outline follows the PET.
+
+    FDG-avid lesions (what AutoPET and HECKTOR label) take up more tracer than what surrounds
+    them; a predicted lesion with no uptake is a false detection whatever the network says.
+
+    min_suv:
+        A lesion's SUVmax must reach this (0: no check).
+    min_contrast:
+        A lesion's SUVmax must reach this multiple of its background, the median SUV in a
+        shell of BACKGROUND_SHELL_MM starting BACKGROUND_GAP_MM outside it (0: no check).
+    refine_fraction:
+        When set, each lesion kept is redrawn as the voxels within ``refine_mm`` of it whose
+        SUV reaches ``background + refine_fraction * (SUVmax - background)`` and that connect
+        to it, with enclosed holes (a cold necrotic core) filled: the contrast-oriented
+        adaptive threshold of PET delineation, seeded and bounded by the network. The
+        background is then read beyond the growth zone.
+    refine_mm:
+        How far a refined lesion may grow beyond the network's outline, in mm.
+    """
+
+    min_suv: float = 0.0
+    min_contrast: float = 0.0
+    refine_fraction: float | None = None
+    refine_mm: float = 8.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.min_suv) and self.min_suv >= 0):
+            problems.append(f"min_suv >= 0, found {self.min_suv}")
+        if not (math.isfinite(self.min_contrast) and self.min_contrast >= 0):
+            problems.append(f"min_contrast >= 0, found {self.min_contrast}")
+        if self.refine_fraction is not None and not 0.0 < self.refine_fraction < 1.0:
+            problems.append(f"refine_fraction in (0, 1), found {self.refine_fraction}")
+        if not (math.isfinite(self.refine_mm) and self.refine_mm >= 0):
+            problems.append(f"refine_mm >= 0, found {self.refine_mm}")
+        if problems:
+            raise InputError(
+                "PET check expects " + "; ".join(problems) + " (e.g. min_suv 1, min_contrast "
+                "2, refine_fraction 0.4, refine_mm 8)"
+            )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.min_suv or self.min_contrast or self.refine_fraction is not None)
+
+    def to_json(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def apply_pet_check(
+    mask: np.ndarray, suv: np.ndarray, spacing_mm: tuple[float, float, float], check: PetCheck
+) -> np.ndarray:
+    """``mask`` (a label map) after ``check``: lesions without the uptake it asks for are
+    removed and, with ``check.refine_fraction``, those kept are redrawn on the PET.
+
+    Lesions are the 18-connected components of the foreground; a refined lesion keeps its
+    most frequent label. Returns a new array; ``suv`` is on the grid of ``mask``.
+    """
+    if mask.shape != suv.shape:
+        raise ValueError(f"mask {mask.shape} and SUV {suv.shape} must have one shape")
+    if not check.active:
+        return mask.copy()
+    components = cc3d.connected_components(mask > 0, connectivity=CONNECTIVITY)
+    out = mask.copy() if check.refine_fraction is None else np.zeros_like(mask)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    gap = max(BACKGROUND_GAP_MM, check.refine_mm if check.refine_fraction is not None else 0.0)
+    margin = np.ceil((gap + BACKGROUND_SHELL_MM) / spacing).astype(int) + 1
+    for index, found in enumerate(ndimage.find_objects(components), start=1):
+        if found is None:
+            continue
+        box = tuple(
+            slice(max(s.start - m, 0), min(s.stop + m, n))
+            for s, m, n in zip(found, margin, mask.shape)
+        )
+        lesion = components[box] == index
+        values = suv[box]
+        peak = float(values[lesion].max())
+        distance = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+        shell = (distance > gap) & (distance <= gap + BACKGROUND_SHELL_MM)
+        background = float(np.median(values[shell])) if shell.any() else 0.0
+        if peak < check.min_suv or (
+            check.min_contrast and peak < check.min_contrast * max(background, 0.0)
+        ):
+            if check.refine_fraction is None:
+                out[box][lesion] = 0
+            continue
+        if check.refine_fraction is None:
+            continue
+        level = background + check.refine_fraction * (peak - background)
+        region = (values >= level) & (distance <= check.refine_mm)
+        parts = cc3d.connected_components(region, connectivity=CONNECTIVITY)
+        seeds = np.unique(parts[lesion & region])
+        grown = ndimage.binary_fill_holes(np.isin(parts, seeds[seeds > 0]))
+        label = int(np.bincount(mask[box][lesion]).argmax())
+        out[box][grown] = label
+    return out
 
 
 def _sphere_kernel(spacing_mm: tuple[float, float, float], volume_ml: float) -> np.ndarray:

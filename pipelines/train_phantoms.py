@@ -7,7 +7,8 @@
 Steps: (1) write ``--n`` training phantoms (seeds from ``--seed``) in the nnU-Net layout;
 (2) ``mefn.training.train`` with ``configs/train/phantoms_small.yaml``; (3) on the validation
 split and the simple phantoms of ``eval_simple_phantoms.py``, choose the lesion threshold, the
-lesion floor and the review threshold for segmentation with test-time mirroring (``--tta``,
+PET check (mefn.postprocess.PetCheck), the lesion floor and the review threshold for
+segmentation with test-time mirroring (``--tta``,
 default xyz), all stored in the card so ``mefn segment`` uses what was calibrated; (4) segment
 ``--n-test`` fresh phantoms whose seeds were never used for training and score them with the
 AutoPET 2022 metrics; (5) copy the weights to ``mefn/weights/mefn_default.safetensors`` with a
@@ -168,6 +169,7 @@ def evaluate(
         "review_threshold": predictor.review_threshold,
         "lesion_threshold": predictor.lesion_threshold,
         "min_lesion_ml": predictor.min_lesion_ml,
+        "pet_check": predictor.pet_check.to_json(),
         "tta_axes": list(predictor.tta_axes),
         "false_positive_lesions": n_fp,
         "false_positive_lesions_flagged": _share(rows, "flagged_false_positive", n_fp),
@@ -224,8 +226,23 @@ def init_lineage(init_weights: Path, training: dict[str, Any]) -> dict[str, obje
 MIN_LESION_CANDIDATES_ML = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 #: None: the argmax (for two classes, lesion probability above 0.5).
 LESION_THRESHOLD_CANDIDATES = (None, 0.4, 0.3, 0.2, 0.15, 0.1)
+#: What a lesion must show on PET, and whether its outline is redrawn on the PET
+#: (mefn.postprocess.PetCheck): none; uptake (SUVmax >= 1); uptake and contrast (SUVmax >= 1
+#: and >= 2x its surroundings); the same with the outline redrawn at 40 % (grown up to 8 mm)
+#: or 30 % (16 mm) of the way from background to SUVmax.
+PET_CHECK_CANDIDATES: dict[str, dict[str, float | None]] = {
+    "none": {},
+    "uptake": {"min_suv": 1.0},
+    "contrast": {"min_suv": 1.0, "min_contrast": 2.0},
+    "refine40": {"min_suv": 1.0, "min_contrast": 2.0, "refine_fraction": 0.4, "refine_mm": 8.0},
+    "refine30": {"min_suv": 1.0, "min_contrast": 2.0, "refine_fraction": 0.3, "refine_mm": 16.0},
+}
+#: The plain argmax, without PET check or floor: the reference of choose_postprocessing.
+PLAIN = (None, "none", 0.0)
 #: The default weights' target for the mean false-positive volume (issue 4), in mL.
 FPV_LIMIT_ML = 3.0
+
+Setting = tuple[float | None, str, float]  # (lesion threshold, PET check name, floor in mL)
 
 
 def _foreground_box(*masks: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
@@ -242,19 +259,19 @@ def _foreground_box(*masks: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
 
 
 def choose_postprocessing(
-    scores: dict[tuple[float | None, float], dict[str, float]],
-    simple: dict[tuple[float | None, float], dict[str, float]] | None = None,
-) -> tuple[float | None, float]:
-    """The (lesion threshold, lesion floor) with the best Dice among those whose mean
-    false-positive volume is within FPV_LIMIT_ML, or within that of the plain argmax without a
-    floor (``(None, 0.0)``, which must be scored) when that is larger: a threshold or floor may
-    add Dice, never false positives beyond both. ``scores`` are the validation split's; with
-    ``simple`` (the same settings on eval_simple_phantoms.py's phantoms, written apart from
-    the generator) the limit holds on both and the Dice is the mean of the two, so a setting
-    that only suits the generator's studies does not win. On a tie, the smaller
-    false-positive volume on the validation split."""
+    scores: dict[Setting, dict[str, float]],
+    simple: dict[Setting, dict[str, float]] | None = None,
+) -> Setting:
+    """The (lesion threshold, PET check, lesion floor) with the best Dice among those whose
+    mean false-positive volume is within FPV_LIMIT_ML, or within that of the plain argmax
+    (PLAIN, which must be scored) when that is larger: post-processing may add Dice, never
+    false positives beyond both. ``scores`` are the validation split's; with ``simple`` (the
+    same settings on eval_simple_phantoms.py's phantoms, written apart from the generator)
+    the limit holds on both and the Dice is the mean of the two, so a setting that only suits
+    the generator's studies does not win. On a tie, the smaller false-positive volume on the
+    validation split."""
     sets = [scores] if simple is None else [scores, simple]
-    limits = [max(FPV_LIMIT_ML, s[None, 0.0]["mean_fpv_ml"]) for s in sets]
+    limits = [max(FPV_LIMIT_ML, s[PLAIN]["mean_fpv_ml"]) for s in sets]
     within = [k for k in scores if all(s[k]["mean_fpv_ml"] <= lim for s, lim in zip(sets, limits))]
     return max(
         within,
@@ -269,33 +286,49 @@ def _settings_metrics(
     prob: np.ndarray,
     ref: np.ndarray,
     unc: np.ndarray,
+    suv: np.ndarray,
     spacing: tuple[float, float, float],
     voxel_ml: float,
-    per_case: dict[tuple[float | None, float], list[Any]],
-    lesions: dict[tuple[float | None, float], list[tuple[np.ndarray, np.ndarray]]] | None,
+    per_case: dict[Setting, list[Any]],
+    lesions: dict[Setting, list[tuple[np.ndarray, np.ndarray]]] | None,
 ) -> None:
     """Append one case's AutoPET metrics (and its lesions' mean u and false-positive flags)
-    under every (lesion threshold, lesion floor) setting, on the foreground's bounding box."""
+    under every (lesion threshold, PET check, lesion floor) setting, on the foreground's
+    bounding box, widened by the reach of the PET checks (their background shell and
+    growth) so every check reads what it would on the whole grid."""
     from mefn.metrics.autopet import autopet_case_metrics
     from mefn.metrics.lesions import predicted_lesion_errors
-    from mefn.postprocess import mask_from_probabilities, remove_small_components
+    from mefn.postprocess import (
+        BACKGROUND_GAP_MM,
+        BACKGROUND_SHELL_MM,
+        PetCheck,
+        apply_pet_check,
+        mask_from_probabilities,
+        remove_small_components,
+    )
 
+    checks = {name: PetCheck(**fields) for name, fields in PET_CHECK_CANDIDATES.items()}
+    reach = max([BACKGROUND_GAP_MM] + [c.refine_mm for c in checks.values()])
+    margin = int(np.ceil((reach + BACKGROUND_SHELL_MM) / min(spacing))) + 2
     lowest = min(t for t in LESION_THRESHOLD_CANDIDATES if t is not None)
-    box = _foreground_box(ref, mask_from_probabilities(prob, 0, lowest))
+    box = _foreground_box(ref, mask_from_probabilities(prob, 0, lowest), margin=margin)
     prob = np.ascontiguousarray(prob[(slice(None), *box)])
     ref = ref[box].astype(np.uint8)
     unc = unc[box]
+    suv = suv[box]
     for t in LESION_THRESHOLD_CANDIDATES:
-        raw = mask_from_probabilities(prob, 0, t)
-        # the lesions of the unfiltered mask; a size floor keeps those with enough voxels
-        u, fp, voxels = predicted_lesion_errors(ref, raw, unc)
-        for min_ml in MIN_LESION_CANDIDATES_ML:
-            min_vox = int(np.ceil(min_ml / voxel_ml)) if min_ml else 0
-            mask = remove_small_components(raw.copy(), min_vox)
-            per_case[t, min_ml].append(autopet_case_metrics(ref, mask, spacing, 2022))
-            if lesions is not None:
-                keep = voxels >= min_vox
-                lesions[t, min_ml].append((u[keep], fp[keep]))
+        thresholded = mask_from_probabilities(prob, 0, t)
+        for name, check in checks.items():
+            raw = apply_pet_check(thresholded, suv, spacing, check)
+            # the lesions of the mask before the floor; a floor keeps those with enough voxels
+            u, fp, voxels = predicted_lesion_errors(ref, raw, unc)
+            for min_ml in MIN_LESION_CANDIDATES_ML:
+                min_vox = int(np.ceil(min_ml / voxel_ml)) if min_ml else 0
+                mask = remove_small_components(raw.copy(), min_vox)
+                per_case[t, name, min_ml].append(autopet_case_metrics(ref, mask, spacing, 2022))
+                if lesions is not None:
+                    keep = voxels >= min_vox
+                    lesions[t, name, min_ml].append((u[keep], fp[keep]))
 
 
 def _mean_scores(metrics: list[Any]) -> dict[str, float]:
@@ -321,8 +354,9 @@ def calibrate_postprocessing(
     """Post-processing chosen on the validation split (never on test cases), for
     segmentation with test-time mirroring along ``tta_axes``.
 
-    ``lesion_threshold`` and ``min_lesion_ml``: of LESION_THRESHOLD_CANDIDATES x
-    MIN_LESION_CANDIDATES_ML, the pair :func:`choose_postprocessing` picks from the mean Dice
+    ``lesion_threshold``, ``pet_check`` and ``min_lesion_ml``: of LESION_THRESHOLD_CANDIDATES x
+    PET_CHECK_CANDIDATES x MIN_LESION_CANDIDATES_ML, the setting :func:`choose_postprocessing`
+    picks from the mean Dice
     over the validation cases with lesions and the mean false-positive volume over all (AutoPET
     2022 definitions) and, with ``simple_phantoms``, the same on the phantoms of
     eval_simple_phantoms.py. ``review_threshold``: on the validation split's lesions left, the
@@ -335,18 +369,28 @@ def calibrate_postprocessing(
     from mefn.postprocess import choose_review_threshold
 
     val = validation_entries(cfg, max_cases)
-    # every threshold and floor is applied below to the kept probabilities; the mask predict()
-    # makes is not used, so its settings only need to be valid, not the card's
+    # every threshold, PET check and floor is applied below to the kept probabilities; the
+    # mask predict() makes is not used, so its settings only need to be valid, not the card's
+    from mefn.postprocess import PetCheck
+
     predictor = Predictor(
-        run_dir, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes, lesion_threshold=0.5
+        run_dir,
+        device="cpu",
+        min_lesion_ml=0.0,
+        tta_axes=tta_axes,
+        lesion_threshold=0.5,
+        pet_check=PetCheck(),
     )
-    settings = [(t, v) for t in LESION_THRESHOLD_CANDIDATES for v in MIN_LESION_CANDIDATES_ML]
+    settings: list[Setting] = [
+        (t, name, v)
+        for t in LESION_THRESHOLD_CANDIDATES
+        for name in PET_CHECK_CANDIDATES
+        for v in MIN_LESION_CANDIDATES_ML
+    ]
     # per setting: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
     # a case's prediction is dropped once scored (a whole validation split would not fit)
-    per_case: dict[tuple[float | None, float], list[Any]] = {k: [] for k in settings}
-    lesions: dict[tuple[float | None, float], list[tuple[np.ndarray, np.ndarray]]] = {
-        k: [] for k in settings
-    }
+    per_case: dict[Setting, list[Any]] = {k: [] for k in settings}
+    lesions: dict[Setting, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in settings}
     for entry in val:
         case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
         if case.label is None:
@@ -356,30 +400,30 @@ def calibrate_postprocessing(
         ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
         geo = pred.geometry
         _settings_metrics(
-            pred.probabilities, ref, pred.uncertainty, geo.spacing_mm, geo.voxel_volume_ml,
-            per_case, lesions,
+            pred.probabilities, ref, pred.uncertainty, pred.suv, geo.spacing_mm,
+            geo.voxel_volume_ml, per_case, lesions,
         )  # fmt: skip
         print(f"[calibrate] {entry.case_id}: scored", flush=True)
     scores = {key: _mean_scores(metrics) for key, metrics in per_case.items()}
-    simple: dict[tuple[float | None, float], dict[str, float]] | None = None
+    simple: dict[Setting, dict[str, float]] | None = None
     if simple_phantoms:
         from eval_simple_phantoms import PHANTOMS, image
 
-        simple_cases: dict[tuple[float | None, float], list[Any]] = {k: [] for k in settings}
+        simple_cases: dict[Setting, list[Any]] = {k: [] for k in settings}
         for name, kind, scan, paint in PHANTOMS:
             case, label = image(kind, scan, **paint)
             pred = predictor.predict(case, keep_extra=True)
             assert pred.probabilities is not None
             geo = pred.geometry
             _settings_metrics(
-                pred.probabilities, label > 0, pred.uncertainty, geo.spacing_mm,
+                pred.probabilities, label > 0, pred.uncertainty, pred.suv, geo.spacing_mm,
                 geo.voxel_volume_ml, simple_cases, None,
             )  # fmt: skip
             print(f"[calibrate] simple phantom {name}: scored", flush=True)
         simple = {key: _mean_scores(metrics) for key, metrics in simple_cases.items()}
     for key in settings:
         extra = f"; simple phantoms {simple[key]}" if simple else ""
-        print(f"[calibrate] threshold, floor {key}: {scores[key]}{extra}", flush=True)
+        print(f"[calibrate] threshold, PET check, floor {key}: {scores[key]}{extra}", flush=True)
     best = choose_postprocessing(scores, simple)
     u_means = np.concatenate([u for u, _ in lesions[best]])
     false_pos = np.concatenate([fp for _, fp in lesions[best]])
@@ -395,16 +439,19 @@ def calibrate_postprocessing(
         "cases": len(val),
         "tta_axes": list(tta_axes),
         "lesion_threshold": best[0],
-        "min_lesion_ml": best[1],
+        "pet_check": PET_CHECK_CANDIDATES[best[1]],
+        "min_lesion_ml": best[2],
         "scores": [
             {
                 "lesion_threshold": t,
+                "pet_check": name,
                 "min_lesion_ml": v,
-                **scores[t, v],
-                **({"simple_phantoms": simple[t, v]} if simple else {}),
+                **scores[t, name, v],
+                **({"simple_phantoms": simple[t, name, v]} if simple else {}),
             }
-            for t, v in settings
+            for t, name, v in settings
         ],
+        "pet_checks": PET_CHECK_CANDIDATES,
         "review_threshold": threshold,
         "review": stats,
     }
@@ -457,15 +504,17 @@ def main() -> int:
     card = json.loads((run_dir / "model.json").read_text())
     card["tta_axes"] = list(tta_axes)
     card["lesion_threshold"] = calibration["lesion_threshold"]
+    card["pet_check"] = calibration["pet_check"]
     card["min_lesion_ml"] = calibration["min_lesion_ml"]
     if calibration["review_threshold"] is not None:
         card["review_threshold"] = calibration["review_threshold"]
     card["calibration"] = {
         **calibration,
-        "rule": "the lesion_threshold (null: argmax) and min_lesion_ml with the best mean of the "
-        "validation split's mean Dice and the simple phantoms' (pipelines/eval_simple_phantoms"
-        f".py), among those whose mean false-positive volume on both is <= {FPV_LIMIT_ML} mL "
-        "or <= that of the argmax without a floor; then a lesion "
+        "rule": "the lesion_threshold (null: argmax), pet_check (of pet_checks) and "
+        "min_lesion_ml with the best mean of the validation split's mean Dice and the simple "
+        "phantoms' (pipelines/eval_simple_phantoms.py), among those whose mean false-positive "
+        f"volume on both is <= {FPV_LIMIT_ML} mL or <= that of the plain argmax (no PET check, "
+        "no floor); then a lesion "
         "is flagged when its mean u >= review_threshold, the threshold that maximises Youden's J "
         "(share of false detections flagged - share of true lesions flagged)",
     }

@@ -95,35 +95,35 @@ def test_init_lineage_adds_the_parent_runs_training(tp: ModuleType, tmp_path: Pa
 
 def test_postprocessing_choice_keeps_false_positives_within_the_target(tp: ModuleType) -> None:
     scores = {
-        (None, 0.0): {"mean_dice": 0.50, "mean_fpv_ml": 2.0},
-        (0.3, 0.0): {"mean_dice": 0.60, "mean_fpv_ml": 2.9},
-        (0.3, 1.0): {"mean_dice": 0.60, "mean_fpv_ml": 1.0},  # same Dice, fewer FP: chosen
-        (0.1, 0.0): {"mean_dice": 0.70, "mean_fpv_ml": 9.0},  # best Dice, too many FP
+        (None, "none", 0.0): {"mean_dice": 0.50, "mean_fpv_ml": 2.0},
+        (0.3, "none", 0.0): {"mean_dice": 0.60, "mean_fpv_ml": 2.9},
+        (0.3, "none", 1.0): {"mean_dice": 0.60, "mean_fpv_ml": 1.0},  # same Dice, fewer FP: chosen
+        (0.1, "none", 0.0): {"mean_dice": 0.70, "mean_fpv_ml": 9.0},  # best Dice, too many FP
     }
-    assert tp.choose_postprocessing(scores) == (0.3, 1.0)
+    assert tp.choose_postprocessing(scores) == (0.3, "none", 1.0)
     # the plain argmax is over the target: the limit is its own false-positive volume
     over = {k: {**v, "mean_fpv_ml": v["mean_fpv_ml"] + 5} for k, v in scores.items()}
-    assert tp.choose_postprocessing(over) == (0.3, 1.0)
-    over[0.1, 0.0]["mean_fpv_ml"] = 7.0  # as many as the argmax's 7.0 mL: allowed
-    assert tp.choose_postprocessing(over) == (0.1, 0.0)
+    assert tp.choose_postprocessing(over) == (0.3, "none", 1.0)
+    over[0.1, "none", 0.0]["mean_fpv_ml"] = 7.0  # as many as the argmax's 7.0 mL: allowed
+    assert tp.choose_postprocessing(over) == (0.1, "none", 0.0)
 
 
 def test_postprocessing_choice_weighs_the_simple_phantoms_too(tp: ModuleType) -> None:
     scores = {
-        (None, 0.0): {"mean_dice": 0.36, "mean_fpv_ml": 2.0},
-        (None, 2.0): {"mean_dice": 0.37, "mean_fpv_ml": 1.2},  # best on validation alone
-        (0.4, 0.5): {"mean_dice": 0.40, "mean_fpv_ml": 4.1},  # over the limit on validation
+        (None, "none", 0.0): {"mean_dice": 0.36, "mean_fpv_ml": 2.0},
+        (None, "none", 2.0): {"mean_dice": 0.37, "mean_fpv_ml": 1.2},  # best on validation alone
+        (0.4, "none", 0.5): {"mean_dice": 0.40, "mean_fpv_ml": 4.1},  # over the limit on validation
     }
     simple = {
-        (None, 0.0): {"mean_dice": 0.56, "mean_fpv_ml": 0.0},  # a floor hides small lesions
-        (None, 2.0): {"mean_dice": 0.50, "mean_fpv_ml": 0.0},
-        (0.4, 0.5): {"mean_dice": 0.63, "mean_fpv_ml": 0.0},
+        (None, "none", 0.0): {"mean_dice": 0.56, "mean_fpv_ml": 0.0},  # a floor hides small lesions
+        (None, "none", 2.0): {"mean_dice": 0.50, "mean_fpv_ml": 0.0},
+        (0.4, "none", 0.5): {"mean_dice": 0.63, "mean_fpv_ml": 0.0},
     }
-    assert tp.choose_postprocessing(scores) == (None, 2.0)
-    assert tp.choose_postprocessing(scores, simple) == (None, 0.0)
-    simple[None, 0.0]["mean_fpv_ml"] = 3.5  # over 3 mL there: the limit is its own
-    simple[None, 2.0]["mean_fpv_ml"] = 3.6  # ... which this exceeds
-    assert tp.choose_postprocessing(scores, simple) == (None, 0.0)
+    assert tp.choose_postprocessing(scores) == (None, "none", 2.0)
+    assert tp.choose_postprocessing(scores, simple) == (None, "none", 0.0)
+    simple[None, "none", 0.0]["mean_fpv_ml"] = 3.5  # over 3 mL there: the limit is its own
+    simple[None, "none", 2.0]["mean_fpv_ml"] = 3.6  # ... which this exceeds
+    assert tp.choose_postprocessing(scores, simple) == (None, "none", 0.0)
 
 
 def test_foreground_box_keeps_every_metric(tp: ModuleType) -> None:

@@ -73,6 +73,38 @@ def add_parser(sub: Any) -> None:
         "card has none; lower finds more and larger lesions, and more false positives)",
     )
     p.add_argument(
+        "--min-lesion-suv",
+        type=float,
+        default=None,
+        metavar="SUV",
+        help="drop predicted lesions whose SUVmax is below this (0: no check; default: the "
+        "weights' card)",
+    )
+    p.add_argument(
+        "--min-lesion-contrast",
+        type=float,
+        default=None,
+        metavar="C",
+        help="drop predicted lesions whose SUVmax is below C times the median SUV 4-12 mm "
+        "around them (0: no check; default: the weights' card)",
+    )
+    p.add_argument(
+        "--pet-refine",
+        default=None,
+        metavar="F",
+        help="redraw each lesion on the PET: the voxels near it above background + F x "
+        "(SUVmax - background), holes filled (none: the network's outline; default: the "
+        "weights' card)",
+    )
+    p.add_argument(
+        "--pet-refine-mm",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="how far --pet-refine may grow a lesion beyond the network's outline (default: "
+        "the weights' card, else 8)",
+    )
+    p.add_argument(
         "--tta",
         nargs="?",
         const="xyz",
@@ -114,6 +146,37 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         print(f"    ... {len(lesions) - max_rows} smaller lesion(s) in the report", file=file)
 
 
+def pet_check_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The PET-check fields given on the command line (the card's stand for the others),
+    each checked: a bad value is an InputError before anything is written."""
+    from dataclasses import replace
+
+    from mefn.errors import InputError
+    from mefn.postprocess import PetCheck
+
+    given: dict[str, Any] = {}
+    if args.min_lesion_suv is not None:
+        given["min_suv"] = args.min_lesion_suv
+    if args.min_lesion_contrast is not None:
+        given["min_contrast"] = args.min_lesion_contrast
+    if args.pet_refine is not None:
+        text = str(args.pet_refine).strip().lower()
+        if text in ("none", "off", "0"):
+            given["refine_fraction"] = None
+        else:
+            try:
+                given["refine_fraction"] = float(text)
+            except ValueError:
+                raise InputError(
+                    f"--pet-refine expects a fraction in (0, 1) such as 0.4, or none, found "
+                    f"{args.pet_refine!r}"
+                ) from None
+    if args.pet_refine_mm is not None:
+        given["refine_mm"] = args.pet_refine_mm
+    replace(PetCheck(), **given)  # raises InputError on a value out of range
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
     from mefn.errors import InputError, MefnError, one_line
     from mefn.inference import parse_tta_axes
@@ -135,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from mefn.postprocess import check_lesion_threshold
 
     check_lesion_threshold(args.lesion_threshold)  # before any output folder is made
+    pet_overrides = pet_check_overrides(args)  # checked here too
 
     from mefn.fileutil import check_writable_dir
     from mefn.io.discovery import find_case_files, find_cases, load_case
@@ -186,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         min_lesion_ml=args.min_lesion_ml,
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
+        pet_check=pet_overrides,
     )
 
     from concurrent.futures import Future, ThreadPoolExecutor
