@@ -91,3 +91,30 @@ def test_tta_letters() -> None:
     for bad in ("xw", "xx", "0"):
         with pytest.raises(InputError, match="axis letters among x, y and z"):
             parse_tta_axes(bad)
+
+
+def test_pet_check_comes_from_the_card_and_can_be_overridden(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from mefn.errors import CheckpointError
+    from mefn.postprocess import PetCheck
+
+    weights = make_tiny_weights(tmp_path)
+    assert Predictor(weights, device="cpu").pet_check == PetCheck()  # no card entry: none
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["pet_check"] = {"min_suv": 1.0, "min_contrast": 2.0, "refine_fraction": 0.4}
+    card_path.write_text(json.dumps(card))
+    from_card = Predictor(weights, device="cpu")
+    assert from_card.pet_check == PetCheck(1.0, 2.0, 0.4, 8.0)
+    assert from_card.settings()["pet_check"]["refine_fraction"] == 0.4
+    # a dict replaces only the fields it names; a PetCheck replaces the card's
+    partial = Predictor(weights, device="cpu", pet_check={"refine_fraction": None})
+    assert partial.pet_check == PetCheck(1.0, 2.0, None, 8.0)
+    assert Predictor(weights, device="cpu", pet_check=PetCheck()).pet_check == PetCheck()
+    card["pet_check"] = {"min_sv": 1.0}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="is not a PET check"):
+        Predictor(weights, device="cpu")

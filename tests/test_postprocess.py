@@ -3,8 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mefn.errors import InputError
 from mefn.io.volume import Geometry
-from mefn.postprocess import lesion_table, mask_from_probabilities, suv_peak
+from mefn.postprocess import (
+    PetCheck,
+    apply_pet_check,
+    lesion_table,
+    mask_from_probabilities,
+    suv_peak,
+)
 
 
 def _geo(shape, spacing=(2.0, 2.0, 2.0), origin=(10.0, -5.0, 3.0), direction=None):
@@ -128,3 +135,75 @@ def test_review_threshold_separates_false_from_true_detections() -> None:
         choose_review_threshold(np.array([0.1, 0.2]), np.array([True, True]))
     with pytest.raises(ValueError, match="2 uncertainty values but 3"):
         choose_review_threshold(np.array([0.1, 0.2]), np.array([True, False, True]))
+
+
+def _blurred_sphere_scene(shape=(48, 48, 40), spacing=(2.0, 2.0, 3.0)):
+    """A PET scene: background SUV 1, a 24 mm sphere of SUV 8 with a cold necrotic core and
+    a hot 'organ' slab 20 mm from its surface, blurred as by a scanner (6 mm FWHM)."""
+    from scipy import ndimage
+
+    grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    centre = [24 * 2.0, 24 * 2.0, 20 * 3.0]
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    lesion = r <= 12.0
+    truth = np.ones(shape, np.float32)
+    truth[lesion] = 8.0
+    truth[r <= 4.0] = 0.5  # necrotic core, cold but part of the lesion
+    organ = grid[0] >= centre[0] + 12.0 + 20.0
+    truth[organ] = 6.0
+    sigma = [6.0 / 2.355 / s for s in spacing]
+    suv = ndimage.gaussian_filter(truth, sigma).astype(np.float32)
+    return suv, lesion, r, organ
+
+
+def test_pet_check_redraws_an_undersized_lesion_on_the_pet() -> None:
+    from mefn.metrics.autopet import autopet_case_metrics
+
+    spacing = (2.0, 2.0, 3.0)
+    suv, lesion, r, organ = _blurred_sphere_scene(spacing=spacing)
+    core = ((r > 4.0) & (r <= 7.0)).astype(np.uint8)  # the network saw a ring of it
+    assert autopet_case_metrics(lesion, core, spacing, 2022).dice < 0.5
+    refined = apply_pet_check(core, suv, spacing, PetCheck(refine_fraction=0.45, refine_mm=12.0))
+    assert autopet_case_metrics(lesion, refined, spacing, 2022).dice > 0.85
+    assert refined[r <= 4.0].all()  # the cold core, enclosed, is filled
+    assert not refined[organ].any()  # the hot organ beyond the growth zone stays out
+    # growth is bounded: with 2 mm the outline cannot reach the lesion's edge
+    short = apply_pet_check(core, suv, spacing, PetCheck(refine_fraction=0.45, refine_mm=2.0))
+    assert short.sum() < refined.sum()
+    assert core.sum() == int(((r > 4.0) & (r <= 7.0)).sum())  # the input is not modified
+
+
+def test_pet_check_drops_lesions_without_uptake_or_contrast() -> None:
+    spacing = (2.0, 2.0, 3.0)
+    suv, lesion, r, organ = _blurred_sphere_scene(spacing=spacing)
+    suv[:6] = 0.02  # air at one end of the grid
+    mask = lesion.astype(np.uint8) * 2  # label 2 (e.g. GTVn) kept as it is
+    mask[1:3, 1:3, 1:3] = 1  # a "lesion" in air
+    deep = organ & (np.indices(suv.shape)[0] >= suv.shape[0] - 4)
+    mask[deep & (np.indices(suv.shape)[1] < 10)] = 1  # inside the uniform hot organ
+    kept = apply_pet_check(mask, suv, spacing, PetCheck(min_suv=1.0))
+    assert not kept[1:3, 1:3, 1:3].any()  # no uptake: gone
+    assert kept[deep & (np.indices(suv.shape)[1] < 10)].all()  # SUV 6: kept by the floor
+    assert (kept[lesion] == 2).all()
+    contrast = apply_pet_check(mask, suv, spacing, PetCheck(min_suv=1.0, min_contrast=2.0))
+    assert not contrast[organ].any()  # no hotter than its surroundings: gone
+    assert (contrast[lesion] == 2).all() and (contrast[~lesion] == 0).all()
+    # a refined lesion keeps its label; no check at all changes nothing
+    refined = apply_pet_check(mask, suv, spacing, PetCheck(1.0, 2.0, 0.4, 8.0))
+    assert (refined[lesion] == 2).mean() > 0.95
+    assert set(np.unique(refined[refined > 0]).tolist()) <= {1, 2}
+    assert (apply_pet_check(mask, suv, spacing, PetCheck()) == mask).all()
+
+
+def test_pet_check_rejects_bad_values() -> None:
+    for kwargs in (
+        {"min_suv": -1.0},
+        {"min_contrast": float("nan")},
+        {"refine_fraction": 0.0},
+        {"refine_fraction": 1.0},
+        {"refine_mm": -2.0},
+    ):
+        with pytest.raises(InputError, match="PET check expects"):
+            PetCheck(**kwargs)
+    with pytest.raises(ValueError, match="one shape"):
+        apply_pet_check(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 3)), (1, 1, 1), PetCheck())

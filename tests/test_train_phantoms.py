@@ -106,6 +106,9 @@ def test_postprocessing_choice_keeps_false_positives_within_the_target(tp: Modul
     assert tp.choose_postprocessing(over) == (0.3, "none", 1.0)
     over[0.1, "none", 0.0]["mean_fpv_ml"] = 7.0  # as many as the argmax's 7.0 mL: allowed
     assert tp.choose_postprocessing(over) == (0.1, "none", 0.0)
+    # a PET check is one more dimension of the same choice
+    scores[0.3, "contrast", 0.0] = {"mean_dice": 0.65, "mean_fpv_ml": 0.5}
+    assert tp.choose_postprocessing(scores) == (0.3, "contrast", 0.0)
 
 
 def test_postprocessing_choice_weighs_the_simple_phantoms_too(tp: ModuleType) -> None:
@@ -124,6 +127,49 @@ def test_postprocessing_choice_weighs_the_simple_phantoms_too(tp: ModuleType) ->
     simple[None, "none", 0.0]["mean_fpv_ml"] = 3.5  # over 3 mL there: the limit is its own
     simple[None, "none", 2.0]["mean_fpv_ml"] = 3.6  # ... which this exceeds
     assert tp.choose_postprocessing(scores, simple) == (None, "none", 0.0)
+
+
+def test_settings_metrics_on_the_box_equal_the_whole_grid(tp: ModuleType) -> None:
+    """The PET checks read SUV around each lesion and may grow it: the scoring box is wide
+    enough that every setting scores as on the whole grid."""
+    from scipy import ndimage
+
+    from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.postprocess import (
+        PetCheck,
+        apply_pet_check,
+        mask_from_probabilities,
+        remove_small_components,
+    )
+
+    shape, spacing = (90, 80, 70), (2.0, 2.0, 3.0)
+    truth = np.ones(shape, np.float32)
+    ref = np.zeros(shape, bool)
+    ref[40:50, 30:40, 30:36] = True  # a lesion of SUV 7
+    truth[ref] = 7.0
+    truth[60:90, :, :] = 4.0  # a hot organ
+    suv = ndimage.gaussian_filter(truth, 1.5).astype(np.float32)
+    lesion_p = np.zeros(shape, np.float32)
+    lesion_p[42:48, 32:38, 31:35] = 0.8  # the network saw its core ...
+    lesion_p[70:73, 10:13, 10:13] = 0.6  # ... and a false positive in the organ
+    lesion_p[5:7, 5:7, 5:7] = 0.45  # ... and a faint one in the background
+    prob = np.stack([1.0 - lesion_p, lesion_p])
+    per_case: dict = {
+        (t, n, v): []
+        for t in tp.LESION_THRESHOLD_CANDIDATES
+        for n in tp.PET_CHECK_CANDIDATES
+        for v in tp.MIN_LESION_CANDIDATES_ML
+    }
+    voxel_ml = 2.0 * 2.0 * 3.0 / 1000
+    tp._settings_metrics(prob, ref, np.zeros(shape), suv, spacing, voxel_ml, per_case, None)
+    for (t, name, floor), got in per_case.items():
+        mask = mask_from_probabilities(prob, 0, t)
+        mask = apply_pet_check(mask, suv, spacing, PetCheck(**tp.PET_CHECK_CANDIDATES[name]))
+        mask = remove_small_components(mask, int(np.ceil(floor / voxel_ml)) if floor else 0)
+        whole = autopet_case_metrics(ref.astype(np.uint8), mask, spacing, 2022)
+        assert got[0].to_dict() == whole.to_dict(), (t, name, floor)
+    refined = per_case[None, "refine40", 0.0][0]
+    assert refined.dice > per_case[None, "none", 0.0][0].dice  # the core grew to the lesion
 
 
 def test_foreground_box_keeps_every_metric(tp: ModuleType) -> None:

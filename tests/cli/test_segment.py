@@ -152,6 +152,18 @@ def test_four_d_nifti(tmp_path, tiny_weights):
     argmax = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "both_mask.nii.gz")))
     lower = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o2" / "both_mask.nii.gz")))
     assert (lower[argmax > 0] > 0).all() and (lower > 0).sum() > (argmax > 0).sum()
+    # the PET check from the command line: no lesion of the tiny model reaches SUVmax 1000
+    assert report["settings"]["pet_check"]["refine_fraction"] is None  # the tiny card: none
+    args3 = (*args, "--tta", "none", "--lesion-threshold", "0.1", "-o", str(tmp_path / "o3"))
+    assert _run(*args3, "--min-lesion-suv", "1000", "--pet-refine", "0.4") == 0
+    checked = _check_outputs(tmp_path / "o3", "both", ct)
+    assert checked["settings"]["pet_check"] == {
+        "min_suv": 1000.0,
+        "min_contrast": 0.0,
+        "refine_fraction": 0.4,
+        "refine_mm": 8.0,
+    }
+    assert checked["n_lesions"] == 0
 
 
 def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):
@@ -389,4 +401,14 @@ def test_usage_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "probability threshold must be between 0 and 1" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+    for flag, value, message in (
+        ("--pet-refine", "1.2", "refine_fraction in (0, 1), found 1.2"),
+        ("--pet-refine", "half", "--pet-refine expects a fraction in (0, 1)"),
+        ("--min-lesion-contrast", "-1", "min_contrast >= 0, found -1.0"),
+        ("--pet-refine-mm", "nan", "refine_mm >= 0, found nan"),
+    ):
+        assert _run("segment", *args, flag, value) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (tmp_path / "o").exists()
     assert _run("segment", "--list-models") == 0
