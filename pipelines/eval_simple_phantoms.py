@@ -249,10 +249,16 @@ def main() -> int:
     parser.add_argument("--tta", default=None, help="mirroring axes (default: the card's)")
     parser.add_argument("--lesion-threshold", type=float, default=None)
     parser.add_argument("--min-lesion-ml", type=float, default=None)
+    # the PET check, as `mefn segment`'s (default: the card's)
+    parser.add_argument("--min-lesion-suv", type=float, default=None)
+    parser.add_argument("--min-lesion-contrast", type=float, default=None)
+    parser.add_argument("--pet-refine", default=None, help="fraction, or none")
+    parser.add_argument("--pet-refine-mm", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("-o", "--out", default=None, help="write simple_phantoms.json here")
     args = parser.parse_args()
 
+    from mefn.cli.segment import pet_check_overrides
     from mefn.inference import Predictor, parse_tta_axes
 
     predictor = Predictor(
@@ -262,6 +268,7 @@ def main() -> int:
         tta_axes=None if args.tta is None else parse_tta_axes(args.tta),
         lesion_threshold=args.lesion_threshold,
         min_lesion_ml=args.min_lesion_ml,
+        pet_check=pet_check_overrides(args),
     )
     rows = []
     for name, kind, scan, paint in PHANTOMS:

@@ -129,12 +129,14 @@ def evaluate(
 
     predictor = Predictor(run_dir, device="cpu", tta_axes=tta_axes)
     rows = []
+    metrics = []
     for i in range(n_test):
         seed = TEST_SEED0 + i
         study, case = fresh_phantom(seed)
         pred = predictor.predict(case)
         ref = (study.label_pet.array > 0).astype(np.uint8)
         m = autopet_case_metrics(ref, pred.mask, study.pet.geometry.spacing_mm, year=2022)
+        metrics.append(m)
         u, fp, _ = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
         flags = u >= predictor.review_threshold
         rows.append(
@@ -154,16 +156,14 @@ def evaluate(
         print(f"[test] {seed}: {m}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "test_phantoms.json").write_text(json.dumps(rows, indent=1, default=float))
-    with_lesions = [r for r in rows if r["lesions"] > 0]
+    with_lesions = [r for r, m in zip(rows, metrics) if m.has_lesions]
     n_fp = sum(int(r["false_positive_lesions"]) for r in rows)
     n_tp = sum(int(r["predicted_lesions"]) - int(r["false_positive_lesions"]) for r in rows)
     summary = {
         "n_cases": len(rows),
         "n_with_lesions": len(with_lesions),
         "seeds": [TEST_SEED0, TEST_SEED0 + n_test - 1],
-        "mean_dice": float(np.nanmean([r["dice"] for r in with_lesions])),
-        "mean_fpv_ml": float(np.mean([r["fpv_ml"] for r in rows])),
-        "mean_fnv_ml": float(np.mean([r["fnv_ml"] for r in with_lesions])),
+        **_mean_scores(metrics),  # mean_dice, mean_fpv_ml, mean_fnv_ml (AutoPET 2022)
         "grid_ceiling_mean_dice": float(np.nanmean([r["grid_ceiling_dice"] for r in with_lesions])),
         "definitions": "AutoPET 2022: Dice and FNV over cases with lesions, FPV over all cases",
         "review_threshold": predictor.review_threshold,
