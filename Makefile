@@ -17,6 +17,9 @@ endif
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# a new .venv with torch needs about 2.5 GB: say so plainly rather than fail inside pip
+	@test -x $(PY) || $(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free; \
+	sys.exit(0 if free > 3e9 else f'make: setting up .venv needs about 3 GB free on this disk, found {free / 1e6:.0f} MB; free some space and run make again')"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
 	@# torch first, from the CPU wheel: an open `torch` requirement would pull a multi-GB CUDA build.
