@@ -11,7 +11,8 @@ A case is resampled into model space (:mod:`mefn.data.preprocess`), segmented wi
 sliding-window inference (Gaussian blending, bounded memory: tiles run on the chosen device,
 the full-size outputs stay on the CPU), and the class probabilities and uncertainty maps are
 resampled back onto the case's output grid, where the mask is their argmax (or, with a
-lesion threshold, where the probability of not being background reaches it).
+lesion threshold, where the probability of not being background reaches it), then checked
+against the PET (:class:`mefn.postprocess.PetCheck`) and cleared of lesions under the floor.
 """
 
 from __future__ import annotations
