@@ -191,12 +191,13 @@ def apply_pet_check(
         lesion = components[box] == index
         values = suv[box]
         peak = float(values[lesion].max())
-        distance = ndimage.distance_transform_edt(~lesion, sampling=spacing)
-        shell = (distance > gap) & (distance <= gap + BACKGROUND_SHELL_MM)
-        background = float(np.median(values[shell])) if shell.any() else 0.0
-        if peak < check.min_suv or (
-            check.min_contrast and peak < check.min_contrast * max(background, 0.0)
-        ):
+        keep = peak >= check.min_suv
+        if keep and (check.min_contrast or check.refine_fraction is not None):
+            distance = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+            shell = (distance > gap) & (distance <= gap + BACKGROUND_SHELL_MM)
+            background = float(np.median(values[shell])) if shell.any() else 0.0
+            keep = peak >= check.min_contrast * max(background, 0.0)
+        if not keep:
             if check.refine_fraction is None:
                 out[box][lesion] = 0
             continue

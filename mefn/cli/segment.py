@@ -86,7 +86,8 @@ def add_parser(sub: Any) -> None:
         default=None,
         metavar="C",
         help="drop predicted lesions whose SUVmax is below C times the median SUV 4-12 mm "
-        "around them (0: no check; default: the weights' card)",
+        "around them (beyond the growth zone with --pet-refine; 0: no check; default: the "
+        "weights' card)",
     )
     p.add_argument(
         "--pet-refine",
