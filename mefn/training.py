@@ -86,6 +86,9 @@ class TrainConfig:
     pos_fraction: float = 0.6
     hot_negative_fraction: float = 0.0
     hot_negative_suv: float = 3.0
+    #: voxel: hard negatives drawn over every hot voxel alike (large organs dominate);
+    #: structure: over hot structures alike, then a voxel in it (a gland counts as the brain)
+    hot_negative_balance: Literal["voxel", "structure"] = "voxel"
     epochs: int = 100
     steps_per_epoch: int = 50
     lr: float = 2e-3
@@ -580,6 +583,7 @@ def train(
         np.random.default_rng(cfg.seed),
         hot_negative_fraction=cfg.hot_negative_fraction,
         hot_suv=cfg.hot_negative_suv,
+        hot_balance=cfg.hot_negative_balance,
     )
 
     net: Any = model

@@ -231,3 +231,48 @@ def test_lr_schedule_warms_up_then_follows_a_cosine_to_one_percent():
     assert lr_factor(55, total=100, warmup=10) == pytest.approx(0.505)  # half way: the mid-point
     assert lr_factor(100, total=100, warmup=10) == pytest.approx(0.01)
     assert lr_factor(500, total=100, warmup=10) == pytest.approx(0.01)  # held past the end
+
+
+def test_hot_negatives_balanced_over_structures(tmp_path):
+    """hot_balance="structure": a small hot gland gets as many hard negatives as a large hot
+    organ; "voxel": in proportion to its voxels. Specks under 8 voxels are not structures."""
+    import numpy as np
+
+    from mefn.data.augment import PatchSampler
+    from mefn.data.cache import cache_case
+    from mefn.data.preprocess import PreprocessConfig
+    from mefn.io.case import Case
+    from mefn.io.volume import Volume
+
+    shape = (60, 60, 60)
+    suv = np.full(shape, 0.5, np.float32)
+    suv[5:25, 5:25, 5:25] = 6.0  # "brain": 8000 voxels
+    suv[40:43, 40:43, 40:43] = 4.0  # "gland": 27 voxels
+    suv[50, 10, 50] = 5.0  # a noise speck
+    spacing = (4.0, 4.0, 4.0)
+    case = Case(
+        case_id="c",
+        ct=Volume.from_array(np.zeros(shape, np.float32), spacing),
+        pet=Volume.from_array(suv, spacing),
+        label=Volume.from_array(np.zeros(shape, np.uint8), spacing),
+    )
+    cfg = PreprocessConfig(spacing_mm=spacing)
+    cached = cache_case(case, cfg, tmp_path)
+
+    def gland_share(balance: str) -> float:
+        from mefn.data.augment import AugmentConfig
+
+        sampler = PatchSampler(
+            [cached], (4, 4, 4), cfg, AugmentConfig(), 0.0, np.random.default_rng(1),
+            hot_negative_fraction=1.0, hot_suv=3.0, hot_balance=balance,
+        )  # fmt: skip
+        centres = [sampler._centre(cached, sampler.hot_indices[0],
+                                   sampler.hot_starts[0] if sampler.hot_starts else None)
+                   for _ in range(2000)]  # fmt: skip
+        assert not any((c == (50, 10, 50)).all() for c in centres) or balance == "voxel"
+        return float(np.mean([c[0] >= 40 for c in centres]))
+
+    assert gland_share("voxel") < 0.02  # 27 of 8028 voxels
+    assert 0.4 < gland_share("structure") < 0.6  # one of two structures
+    with pytest.raises(ValueError, match="hot_balance must be voxel or structure"):
+        gland_share("organ")

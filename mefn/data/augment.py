@@ -56,6 +56,31 @@ def crop_patch(
     return out
 
 
+#: A hot structure smaller than this (voxels of the model grid) is noise, not a structure.
+HOT_MIN_STRUCTURE_VOXELS = 8
+
+
+def _by_structure(
+    case: CachedCase, hot: np.ndarray, hot_suv: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``hot`` (flat indices) grouped by the connected structure of unlabelled voxels above
+    ``hot_suv`` that holds them, structures under HOT_MIN_STRUCTURE_VOXELS left out: the
+    regrouped indices and where each structure's run starts. Empty when no structure is left.
+    """
+    import cc3d
+
+    uptake = (np.asarray(case.suv, dtype=np.float32) > hot_suv) & (np.asarray(case.label) == 0)
+    structures = cc3d.connected_components(uptake, connectivity=26)
+    sizes = np.bincount(structures.ravel())
+    which = structures.ravel()[hot]
+    keep = (which > 0) & (sizes[which] >= HOT_MIN_STRUCTURE_VOXELS)
+    hot, which = hot[keep], which[keep]
+    order = np.argsort(which, kind="stable")
+    hot, which = hot[order], which[order]
+    starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]]) if which.size else which
+    return hot, starts.astype(np.int64)
+
+
 class PatchSampler:
     """Draws augmented ``(image (2, *patch), label (1, *patch))`` patches from cached cases."""
 
@@ -69,6 +94,7 @@ class PatchSampler:
         rng: np.random.Generator,
         hot_negative_fraction: float = 0.0,
         hot_suv: float = 3.0,
+        hot_balance: str = "voxel",
     ) -> None:
         if not cases:
             raise ValueError("no training cases to sample from")
@@ -82,17 +108,37 @@ class PatchSampler:
         # Hard negatives: voxels with physiological uptake (brain, heart, kidneys, bladder ...)
         # above ``hot_suv`` outside any label, where a PET-only reading would see a lesion
         # (candidates found once, when the case was cached).
+        # ``hot_balance`` "voxel": every candidate voxel alike, so the largest structures
+        # (brain, liver, bladder) take most hard negatives; "structure": first a connected hot
+        # structure of at least HOT_MIN_STRUCTURE_VOXELS, all alike, then a voxel in it, so a
+        # small gland weighs as much as the brain.
+        if hot_balance not in ("voxel", "structure"):
+            raise ValueError(f"hot_balance must be voxel or structure, found {hot_balance!r}")
         self.hot_indices: list[np.ndarray] = []
+        self.hot_starts: list[np.ndarray] = []  # "structure": where each structure's run starts
         if hot_negative_fraction > 0:
             self.hot_indices = [c.hot_indices[c.hot_suv > hot_suv] for c in cases]
+            if hot_balance == "structure":
+                grouped = [
+                    _by_structure(c, idx, hot_suv) for c, idx in zip(cases, self.hot_indices)
+                ]
+                self.hot_indices = [g[0] for g in grouped]
+                self.hot_starts = [g[1] for g in grouped]
 
     # --- sampling --------------------------------------------------------------------------
-    def _centre(self, case: CachedCase, hot: np.ndarray | None = None) -> np.ndarray:
+    def _centre(
+        self, case: CachedCase, hot: np.ndarray | None = None, starts: np.ndarray | None = None
+    ) -> np.ndarray:
         rng = self.rng
         classes = [c for c, idx in case.fg_indices.items() if idx.size]
         draw = rng.random()
         if hot is not None and hot.size and draw >= 1.0 - self.hot_negative_fraction:
-            flat = hot[int(rng.integers(hot.size))]
+            if starts is None:
+                flat = hot[int(rng.integers(hot.size))]
+            else:  # a structure first, then a voxel of it
+                k = int(rng.integers(starts.size))
+                stop = int(starts[k + 1]) if k + 1 < starts.size else hot.size
+                flat = hot[int(rng.integers(int(starts[k]), stop))]
             return np.asarray(np.unravel_index(int(flat), case.shape))
         if classes and draw < self.pos_fraction:
             cls = classes[int(rng.integers(len(classes)))]
@@ -108,7 +154,8 @@ class PatchSampler:
         which = int(self.rng.integers(len(self.cases)))
         case = self.cases[which]
         hot = self.hot_indices[which] if self.hot_indices else None
-        start = self._centre(case, hot) - np.asarray(self.patch) // 2
+        starts = self.hot_starts[which] if self.hot_starts else None
+        start = self._centre(case, hot, starts) - np.asarray(self.patch) // 2
         ct = crop_patch(case.ct_hu, start, self.patch, -1000.0)  # type: ignore[arg-type]
         pet = crop_patch(case.suv, start, self.patch, 0.0)  # type: ignore[arg-type]
         lab = crop_patch(case.label, start, self.patch, 0.0).astype(np.uint8)  # type: ignore[arg-type]
