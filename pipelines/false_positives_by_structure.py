@@ -5,7 +5,7 @@
 
 Segments the validation phantoms of the training config with the weights' own post-processing
 (the card's; ``--tta`` overrides its mirroring, ``--no-pet-check`` turns its PET check off),
-regenerates each phantom's analytic scene from its seed (the data root's ``phantoms.json``)
+rebuilds each phantom's anatomy from its seed (the data root's ``phantoms.json``)
 and names the structure at each false lesion's hottest voxel: the last PET layer painted
 there ("no uptake" below SUV 0.5, "body" when no layer holds it). Prints the false-positive
 volume and count per structure, largest first, and writes ``<out>/false_positives.json``:
@@ -84,7 +84,7 @@ def main() -> int:
 
     from train_phantoms import validation_entries
 
-    from mefn.data.phantoms import generate_study
+    from mefn.data.phantoms import study_layers
     from mefn.inference import Predictor, parse_tta_axes
     from mefn.io.discovery import load_case
     from mefn.io.geometry import resample_to
@@ -114,9 +114,7 @@ def main() -> int:
         assert case.label is not None
         pred = predictor.predict(case)
         ref = resample_to(case.label, pred.geometry, interpolation="nearest").array
-        study = generate_study(studies[entry.case_id], index["kind"], **index["options"])
-        assert study.scene is not None
-        layers = list(study.scene.layers)
+        layers = list(study_layers(studies[entry.case_id], **index["options"]))
         voxel_ml = pred.geometry.voxel_volume_ml
         for voxel, n in false_lesions(ref, pred.mask, pred.suv):
             if pred.suv[voxel] < NO_UPTAKE_SUV:

@@ -308,7 +308,8 @@ def _settings_metrics(
     )
 
     checks = {name: PetCheck(**fields) for name, fields in PET_CHECK_CANDIDATES.items()}
-    reach = max([BACKGROUND_GAP_MM] + [c.refine_mm for c in checks.values()])
+    grown = [c.refine_mm for c in checks.values() if c.refine_fraction is not None]
+    reach = max([BACKGROUND_GAP_MM, *grown])
     margin = int(np.ceil((reach + BACKGROUND_SHELL_MM) / min(spacing))) + 2
     lowest = min(t for t in LESION_THRESHOLD_CANDIDATES if t is not None)
     box = _foreground_box(ref, mask_from_probabilities(prob, 0, lowest), margin=margin)
@@ -439,7 +440,7 @@ def calibrate_postprocessing(
         "cases": len(val),
         "tta_axes": list(tta_axes),
         "lesion_threshold": best[0],
-        "pet_check": PET_CHECK_CANDIDATES[best[1]],
+        "pet_check": PetCheck(**PET_CHECK_CANDIDATES[best[1]]).to_json(),
         "min_lesion_ml": best[2],
         "scores": [
             {

@@ -180,6 +180,19 @@ def make_tiny_weights(folder: Path, model: dict[str, Any] | None = None) -> Path
     return folder / "tiny.safetensors"
 
 
+def tiny_phantom_config(folder: Path) -> Path:
+    """Four small nnU-Net-layout phantoms (one lesion each) under ``folder / "data"`` and a
+    training config over them with half for validation: the validation split the pipeline
+    scripts score."""
+    from mefn.data.phantom_layouts import write_phantoms
+
+    data = folder / "data"
+    write_phantoms(data, n=4, layout="nnunet", seed=5, small=True, n_lesions=1)
+    config = folder / "train.yaml"
+    config.write_text(f"data:\n  root: {data}\n  layout: nnunet\n  val_fraction: 0.5\n")
+    return config
+
+
 def load_pipeline(script: Path) -> ModuleType:
     """A ``pipelines/`` script imported as a module (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(f"mefn_pipeline_{script.stem}", script)

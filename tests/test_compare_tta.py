@@ -7,18 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import load_pipeline, make_tiny_weights
-
-from mefn.data.phantom_layouts import write_phantoms
+from support import load_pipeline, make_tiny_weights, tiny_phantom_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "compare_tta.py"
 
 
 def test_scores_each_mirroring_on_the_validation_split(tmp_path, monkeypatch) -> None:
-    data = tmp_path / "data"
-    write_phantoms(data, n=4, layout="nnunet", seed=5, small=True, n_lesions=1)
-    config = tmp_path / "train.yaml"
-    config.write_text(f"data:\n  root: {data}\n  layout: nnunet\n  val_fraction: 0.5\n")
+    config = tiny_phantom_config(tmp_path)
     weights = make_tiny_weights(tmp_path)
     out = tmp_path / "out"
     argv = ["compare_tta.py", "--model", str(weights), "--config", str(config)]

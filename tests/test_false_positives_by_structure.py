@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import load_pipeline, make_tiny_weights
+from support import load_pipeline, make_tiny_weights, tiny_phantom_config
 
-from mefn.data.phantom_layouts import write_phantoms
 from mefn.data.phantom_shapes import Ellipsoid, Layer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "false_positives_by_structure.py"
@@ -46,10 +45,7 @@ def test_false_lesions_are_those_touching_no_reference(fp) -> None:
 
 
 def test_names_every_false_positive_of_a_real_run(fp, tmp_path, monkeypatch) -> None:
-    data = tmp_path / "data"
-    write_phantoms(data, n=4, layout="nnunet", seed=5, small=True, n_lesions=1)
-    config = tmp_path / "train.yaml"
-    config.write_text(f"data:\n  root: {data}\n  layout: nnunet\n  val_fraction: 0.5\n")
+    config = tiny_phantom_config(tmp_path)
     weights = make_tiny_weights(tmp_path)
     out = tmp_path / "out"
     argv = ["x", "--model", str(weights), "--config", str(config), "--tta", "none"]

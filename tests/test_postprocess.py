@@ -191,7 +191,6 @@ def test_pet_check_drops_lesions_without_uptake_or_contrast() -> None:
     # a refined lesion keeps its label; no check at all changes nothing
     refined = apply_pet_check(mask, suv, spacing, PetCheck(1.0, 2.0, 0.4, 8.0))
     assert (refined[lesion] == 2).mean() > 0.95
-    assert set(np.unique(refined[refined > 0]).tolist()) <= {1, 2}
     assert (apply_pet_check(mask, suv, spacing, PetCheck()) == mask).all()
 
 

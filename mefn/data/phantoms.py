@@ -60,6 +60,7 @@ __all__ = [
     "PhantomStudy",
     "generate_study",
     "render_ct",
+    "study_layers",
     "render_labels",
 ]
 
@@ -466,6 +467,17 @@ def _lesion_table(
     return table
 
 
+def study_layers(seed: int, **options: Any) -> tuple[Layer, ...]:
+    """The anatomy's layers of ``generate_study(seed, kind, **options)`` (any kind), in
+    painting order, without rendering anything: what lies where in that study."""
+    opts = from_dict(PhantomOptions, options, where="phantom options")
+    return tuple(_anatomy(int(seed), opts.contrast).layers)
+
+
+def _anatomy(seed: int, contrast: bool | None) -> Any:
+    return build_anatomy(np.random.default_rng([seed, _ANATOMY]), contrast)
+
+
 def generate_study(
     seed: int, kind: Literal["wholebody", "headneck"] = "wholebody", **options: Any
 ) -> PhantomStudy:
@@ -482,7 +494,7 @@ def generate_study(
     seed = int(seed)
     opts = from_dict(PhantomOptions, options, where="phantom options")
 
-    anatomy = build_anatomy(np.random.default_rng([seed, _ANATOMY]), opts.contrast)
+    anatomy = _anatomy(seed, opts.contrast)
     rng_grid = np.random.default_rng([seed, _GRIDS])
     z_range = _scan_range(rng_grid, anatomy, kind)
     fov = opts.fov

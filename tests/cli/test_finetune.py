@@ -151,15 +151,22 @@ def test_finetune_to_head_and_neck_labels_gives_three_classes(tmp_path, adapter,
 
     # post-processing calibrated for the base's own (binary) heads
     base_card = weights.with_suffix(".json")
-    calibrated = {"tta_axes": [0], "lesion_threshold": 0.2, "min_lesion_ml": 1.0}
+    calibrated = {
+        "tta_axes": [0],
+        "lesion_threshold": 0.2,
+        "min_lesion_ml": 1.0,
+        "pet_check": {"min_suv": 1.0, "min_contrast": 2.0},
+    }
     base_card.write_text(json.dumps({**json.loads(base_card.read_text()), **calibrated}))
     predictor = Predictor(weights, adapter=out, device="cpu")
     assert predictor.num_classes == 3 and predictor.labels == HN_LABELS
     # ... does not carry over to new heads: the plain defaults
     assert predictor.tta_axes == () and predictor.lesion_threshold is None
     assert predictor.min_lesion_ml == 0.0 and predictor.review_threshold == 0.3
+    assert not predictor.pet_check.active
     base = Predictor(weights, device="cpu")
     assert base.tta_axes == (0,) and base.lesion_threshold == 0.2 and base.min_lesion_ml == 1.0
+    assert base.pet_check.min_suv == 1.0 and base.pet_check.min_contrast == 2.0
     case = load_case(next((data / "imagesTr").glob("*__CT.nii.gz")))
     pred = predictor.predict(case, keep_extra=True)
     assert pred.probabilities is not None and pred.probabilities.shape[0] == 3

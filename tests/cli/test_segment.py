@@ -164,6 +164,9 @@ def test_four_d_nifti(tmp_path, tiny_weights):
         "refine_mm": 8.0,
     }
     assert checked["n_lesions"] == 0
+    # ... while the same run without the SUV floor keeps lesions: the floor removed them
+    assert _run(*args3[:-1], str(tmp_path / "o4"), "--pet-refine", "0.4") == 0
+    assert _check_outputs(tmp_path / "o4", "both", ct)["n_lesions"] > 0
 
 
 def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):

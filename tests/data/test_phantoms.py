@@ -14,7 +14,7 @@ from mefn.data.phantom_anatomy import CONTRAST_HU, TISSUE_RANGES, WIDEN, build_a
 from mefn.data.phantom_layouts import case_name, write_phantoms, write_study
 from mefn.data.phantom_lesions import Lesion, LesionShape, recovery_coefficient, sample_lesions
 from mefn.data.phantom_shapes import Capsule, Ellipsoid, Layer, SmoothField, paint_layers
-from mefn.data.phantoms import PhantomStudy, generate_study, render_labels
+from mefn.data.phantoms import PhantomStudy, generate_study, render_labels, study_layers
 from mefn.errors import ConfigError, OutputError
 from mefn.io.sitk_bridge import from_sitk
 from mefn.io.volume import Geometry, Volume
@@ -105,6 +105,20 @@ def test_same_seed_same_study_other_seed_other_study() -> None:
     assert a.ct.array.dtype == np.float32 and a.pet.array.dtype == np.float32
     assert a.label_ct.array.dtype == np.uint8 and a.label_pet.array.dtype == np.uint8
     assert a.ct.units == "HU" and a.pet.units == "SUVbw"
+
+
+def test_study_layers_are_those_the_study_paints() -> None:
+    """study_layers gives a study's anatomy without rendering it: the same layers, same
+    shapes, as generate_study's scene, for any kind and options; another seed, another one."""
+    for seed, kind, options in ((11, "wholebody", {"small": True}), (5, "headneck", {})):
+        study = generate_study(seed, kind, **options)  # type: ignore[arg-type]
+        assert study.scene is not None
+        layers = study_layers(seed, **options)
+        assert [lay.name for lay in layers] == [lay.name for lay in study.scene.layers]
+        assert [lay.shape for lay in layers] == [lay.shape for lay in study.scene.layers]
+    assert [lay.shape for lay in study_layers(12)] != [lay.shape for lay in study_layers(11)]
+    with pytest.raises(ConfigError):
+        study_layers(11, smal=True)
 
 
 @pytest.fixture(scope="module")
