@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -492,18 +492,36 @@ def resolve_pet_check(
     card_value: Any, override: PetCheck | dict[str, Any] | None = None
 ) -> PetCheck:
     """The PET check of a card's ``pet_check`` (absent: none), with ``override``: a
-    :class:`PetCheck` replaces it, a dict replaces the fields it names."""
+    :class:`PetCheck` replaces it, a dict replaces the fields it names.
+
+    A malformed card entry (not a mapping, an unknown field, a value out of range) is a
+    :class:`CheckpointError`; a malformed override is the caller's :class:`InputError`.
+    """
     if isinstance(override, PetCheck):
         return override
-    fields = dict(card_value) if isinstance(card_value, dict) else {}
-    fields.update(override or {})
-    try:
-        return PetCheck(**fields)
-    except TypeError as exc:
+    if card_value is not None and not isinstance(card_value, dict):
         raise CheckpointError(
-            f"pet_check {fields} is not a PET check ({exc}); expected the fields min_suv, "
-            "min_contrast, refine_fraction and refine_mm"
+            f"pet_check {card_value!r} is not a PET check; expected a mapping with the fields "
+            "min_suv, min_contrast, refine_fraction and refine_mm"
+        )
+    fields = dict(card_value or {})
+    try:
+        card = PetCheck(**fields)
+    except (TypeError, InputError) as exc:
+        raise CheckpointError(
+            f"the model card's pet_check {fields} is not a valid PET check ({exc}); expected "
+            "the fields min_suv, min_contrast, refine_fraction and refine_mm; fix or retrain "
+            "the card"
         ) from None
+    if not override:
+        return card
+    unknown = sorted(set(override) - set(asdict(card)))
+    if unknown:
+        raise InputError(
+            f"PET check override names unknown fields {unknown}; expected some of min_suv, "
+            "min_contrast, refine_fraction and refine_mm"
+        )
+    return replace(card, **override)
 
 
 def _default_labels(num_classes: int) -> dict[str, str]:

@@ -98,7 +98,7 @@ def test_pet_check_comes_from_the_card_and_can_be_overridden(tmp_path) -> None:
 
     import pytest
 
-    from mefn.errors import CheckpointError
+    from mefn.errors import CheckpointError, InputError
     from mefn.postprocess import PetCheck
 
     weights = make_tiny_weights(tmp_path)
@@ -114,7 +114,14 @@ def test_pet_check_comes_from_the_card_and_can_be_overridden(tmp_path) -> None:
     partial = Predictor(weights, device="cpu", pet_check={"refine_fraction": None})
     assert partial.pet_check == PetCheck(1.0, 2.0, None, 8.0)
     assert Predictor(weights, device="cpu", pet_check=PetCheck()).pet_check == PetCheck()
-    card["pet_check"] = {"min_sv": 1.0}
-    card_path.write_text(json.dumps(card))
-    with pytest.raises(CheckpointError, match="is not a PET check"):
-        Predictor(weights, device="cpu")
+    # a user's bad override is an input error; a bad card (unknown field, value out of
+    # range, not a mapping) is the card's fault
+    with pytest.raises(InputError, match="unknown fields"):
+        Predictor(weights, device="cpu", pet_check={"min_sv": 1.0})
+    with pytest.raises(InputError, match="min_contrast >= 0"):
+        Predictor(weights, device="cpu", pet_check={"min_contrast": -1.0})
+    for bad in ({"min_sv": 1.0}, {"min_suv": -1.0}, [1.0, 2.0]):
+        card["pet_check"] = bad
+        card_path.write_text(json.dumps(card))
+        with pytest.raises(CheckpointError, match="pet_check .* not a (valid )?PET check"):
+            Predictor(weights, device="cpu")
