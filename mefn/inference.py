@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -499,27 +499,26 @@ def resolve_pet_check(
     """
     if isinstance(override, PetCheck):
         return override
+    names = [f.name for f in fields(PetCheck)]
+    expected = f"the fields {', '.join(names)}"
     if card_value is not None and not isinstance(card_value, dict):
         raise CheckpointError(
-            f"pet_check {card_value!r} is not a PET check; expected a mapping with the fields "
-            "min_suv, min_contrast, refine_fraction and refine_mm"
+            f"the model card's pet_check {card_value!r} is not a PET check; expected a mapping "
+            f"with {expected}; fix or retrain the card"
         )
-    fields = dict(card_value or {})
     try:
-        card = PetCheck(**fields)
+        card = PetCheck(**(card_value or {}))
     except (TypeError, InputError) as exc:
         raise CheckpointError(
-            f"the model card's pet_check {fields} is not a valid PET check ({exc}); expected "
-            "the fields min_suv, min_contrast, refine_fraction and refine_mm; fix or retrain "
-            "the card"
+            f"the model card's pet_check {card_value} is not a valid PET check ({exc}); "
+            f"expected {expected}; fix or retrain the card"
         ) from None
     if not override:
         return card
-    unknown = sorted(set(override) - set(asdict(card)))
+    unknown = sorted(set(override) - set(names))
     if unknown:
         raise InputError(
-            f"PET check override names unknown fields {unknown}; expected some of min_suv, "
-            "min_contrast, refine_fraction and refine_mm"
+            f"PET check override names unknown fields {unknown}; expected some of {expected}"
         )
     return replace(card, **override)
 

@@ -123,5 +123,7 @@ def test_pet_check_comes_from_the_card_and_can_be_overridden(tmp_path) -> None:
     for bad in ({"min_sv": 1.0}, {"min_suv": -1.0}, [1.0, 2.0]):
         card["pet_check"] = bad
         card_path.write_text(json.dumps(card))
-        with pytest.raises(CheckpointError, match="pet_check .* not a (valid )?PET check"):
+        with pytest.raises(
+            CheckpointError, match="model card's pet_check .* not a (valid )?PET check"
+        ):
             Predictor(weights, device="cpu")
