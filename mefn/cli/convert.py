@@ -29,9 +29,26 @@ def add_parser(sub: Any) -> None:
         type=str.upper,
         help="which series to convert when the folder holds several",
     )
-    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to convert")
+    p.add_argument(
+        "--series",
+        metavar="UID|DESCRIPTION",
+        help="the series to convert: its SeriesInstanceUID, or a SeriesDescription only one "
+        "series (of --modality) has; default: the one series of --modality, for PET the "
+        "attenuation-corrected one (CorrectedImage lists ATTN), then the largest",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run)
+
+
+def _series_uid(src: Any, modality: str | None, args: argparse.Namespace) -> str | None:
+    """The UID of the series to convert (None when the folder holds no DICOM series: the
+    reader says so); an ambiguity error names --series."""
+    from mefn.io.dicom import find_dicom_series, select_series
+
+    found = find_dicom_series(src)
+    if not found:
+        return None
+    return select_series(found, modality, src, choice=args.series, option="--series").uid
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise OutputError(f"output folder {out.parent} does not exist; create it first")
     modality = "PT" if args.modality == "PET" else args.modality
-    volume = read_dicom_series(src, modality=modality, series_uid=args.series)
+    volume = read_dicom_series(src, modality=modality, series_uid=_series_uid(src, modality, args))
     write_volume(volume, out, dtype=np.float32, overwrite=True)
     sidecar = {
         "source": str(src),

@@ -25,7 +25,7 @@ from mefn.io.suv import (
     PHILIPS_ACTIVITY_FACTOR,
     PHILIPS_SUV_FACTOR,
     SuvConversion,
-    parse_dicom_datetime,
+    slice_factors,
     suv_parameters,
 )
 from mefn.io.volume import Geometry, Volume
@@ -81,17 +81,35 @@ _PRIVATE = {
 
 @dataclass(frozen=True)
 class DicomSeries:
-    """One series found in a folder: its UID, modality and files (unsorted)."""
+    """One series found in a folder: its UID, modality and files (unsorted).
+
+    ``corrected_image``: the values of CorrectedImage (0028,0051) of its first file, upper
+    case (``("DECY", "ATTN", "SCAT")`` for a usual PET); ``None`` when the tag is absent.
+    """
 
     uid: str
     modality: str
     files: tuple[Path, ...]
     description: str = ""
     patient_id: str = ""
+    corrected_image: tuple[str, ...] | None = None
 
     @property
     def n_files(self) -> int:
         return len(self.files)
+
+    @property
+    def attenuation_corrected(self) -> bool | None:
+        """True when CorrectedImage lists ATTN, False when it is there without ATTN (a
+        non-attenuation-corrected image), None when the series does not say."""
+        if self.corrected_image is None:
+            return None
+        return "ATTN" in self.corrected_image
+
+    def describe(self) -> str:
+        """``'description' UID (N files[, AC|NAC])``, for messages and logs."""
+        ac = {True: ", AC", False: ", NAC", None: ""}[self.attenuation_corrected]
+        return f"{self.description!r} {self.uid} ({self.n_files} files{ac})"
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -130,7 +148,7 @@ def find_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
 
     folder = Path(folder)
     groups: dict[str, list[Path]] = {}
-    info: dict[str, tuple[str, str, str]] = {}
+    info: dict[str, tuple[str, str, str, tuple[str, ...] | None]] = {}
     for path in _candidate_files(folder):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -142,10 +160,13 @@ def find_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
         if not uid or "Rows" not in ds or modality in ("RTSTRUCT", "SEG", "SR", "RTPLAN"):
             continue
         groups.setdefault(uid, []).append(path)
-        info.setdefault(
-            uid,
-            (modality, str(ds.get("SeriesDescription", "")), str(ds.get("PatientID", ""))),
-        )
+        if uid not in info:
+            info[uid] = (
+                modality,
+                str(ds.get("SeriesDescription", "")),
+                str(ds.get("PatientID", "")),
+                _corrected_image(ds),
+            )
     series = [
         DicomSeries(
             uid=uid,
@@ -153,10 +174,20 @@ def find_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
             files=tuple(files),
             description=info[uid][1],
             patient_id=info[uid][2],
+            corrected_image=info[uid][3],
         )
         for uid, files in groups.items()
     ]
     return sorted(series, key=lambda s: (s.modality, s.uid))
+
+
+def _corrected_image(ds: Any) -> tuple[str, ...] | None:
+    """CorrectedImage (0028,0051), a multi-valued CS, as upper-case values; None if absent."""
+    if "CorrectedImage" not in ds:
+        return None
+    value = ds.CorrectedImage
+    items = [value] if isinstance(value, str) or value is None else list(value)
+    return tuple(t for v in items if v is not None and (t := str(v).strip().upper()))
 
 
 def _norm_modality(modality: str | None) -> str | None:
@@ -166,13 +197,36 @@ def _norm_modality(modality: str | None) -> str | None:
     return "PT" if m in ("PET", "PT") else m
 
 
+# PET standing: attenuation-corrected series first, then those that do not say, then NAC.
+_STANDING = {True: 2, None: 1, False: 0}
+_STANDING_WORDS = {
+    True: "attenuation-corrected (CorrectedImage lists ATTN)",
+    None: "without CorrectedImage",
+    False: "not attenuation-corrected",
+}
+
+
 def select_series(
-    series: Sequence[DicomSeries], modality: str | None, where: Path, uid: str | None = None
+    series: Sequence[DicomSeries],
+    modality: str | None,
+    where: Path,
+    uid: str | None = None,
+    *,
+    choice: str | None = None,
+    option: str | None = None,
 ) -> DicomSeries:
     """The one series of ``modality`` (or with ``uid``); InputError when none or ambiguous.
 
-    Several series of one modality: the one with most files is taken (the whole-body
-    image, not a localiser), with a warning; equal counts are ambiguous.
+    ``uid`` is an exact SeriesInstanceUID, of any modality. ``choice`` picks among the
+    series of ``modality``: its SeriesInstanceUID or, failing that, a SeriesDescription
+    that exactly one of them has (case and surrounding spaces ignored).
+
+    Otherwise, among several series of one modality: for PET, the attenuation-corrected
+    ones (CorrectedImage lists ATTN) win over those without the tag, which win over
+    non-corrected ones (a NAC image is not quantitative: its SUV would be wrong); then the
+    one with most files (the whole-body image, not a localiser), with a warning. Several
+    left of equal standing and size: InputError listing them and naming ``option``, the
+    flag that picks one (default ``--pet-series`` for PET).
     """
     if uid is not None:
         for s in series:
@@ -180,28 +234,76 @@ def select_series(
                 return s
         raise InputError(f"no DICOM series with SeriesInstanceUID {uid} under {where}")
     want = _norm_modality(modality)
+    what = "PET" if want == "PT" else (want or "image")
     pool = [s for s in series if want is None or s.modality == want]
     if not pool:
         found = ", ".join(f"{s.modality} ({s.n_files} files)" for s in series) or "none"
         raise InputError(f"no {want or 'image'} DICOM series under {where}; found series: {found}")
+    if choice is not None:
+        return _chosen_series(pool, choice, what, where)
     if len(pool) == 1:
         return pool[0]
+    if option is None and want == "PT":
+        option = "--pet-series"
+    preferred = ""  # why some series were set aside before the size rule
+    if want == "PT":
+        best = max(_STANDING[s.attenuation_corrected] for s in pool)
+        top = [s for s in pool if _STANDING[s.attenuation_corrected] == best]
+        if len(top) < len(pool):
+            others = "; ".join(s.describe() for s in pool if s not in top)
+            preferred = f"; {_STANDING_WORDS[top[0].attenuation_corrected]}, preferred to {others}"
+            pool = top
     pool = sorted(pool, key=lambda s: -s.n_files)
-    if pool[0].n_files == pool[1].n_files:
-        listing = "; ".join(f"{s.uid} {s.description!r} ({s.n_files} files)" for s in pool)
-        raise InputError(
-            f"{where} holds {len(pool)} {want or ''} series of equal size ({listing}); "
-            "put each series in its own folder"
+    if len(pool) > 1 and pool[0].n_files == pool[1].n_files:
+        tied = sorted(
+            (s for s in pool if s.n_files == pool[0].n_files), key=lambda s: (s.description, s.uid)
         )
-    logger.warning(
-        "%s holds %d %s series; using the largest, %s (%d files)",
-        where,
-        len(pool),
-        want,
-        pool[0].description or pool[0].uid,
-        pool[0].n_files,
-    )
+        alike = "size and attenuation correction" if want == "PT" else "size"
+        fix = (
+            f"choose one with {option} followed by its SeriesInstanceUID or SeriesDescription"
+            if option is not None
+            else "put each series in its own folder"
+        )
+        raise InputError(
+            f"{where} holds {len(tied)} {what} series of equal {alike} "
+            f"({'; '.join(s.describe() for s in tied)}); {fix}"
+        )
+    if len(pool) > 1:
+        logger.warning(
+            "%s holds %d %s series; using the largest, %s, over %s%s",
+            where,
+            len(pool),
+            what,
+            pool[0].describe(),
+            "; ".join(s.describe() for s in pool[1:]),
+            preferred,
+        )
+    elif preferred:
+        logger.info("%s: using %s series %s%s", where, what, pool[0].describe(), preferred)
     return pool[0]
+
+
+def _chosen_series(pool: Sequence[DicomSeries], choice: str, what: str, where: Path) -> DicomSeries:
+    """The series of ``pool`` whose UID is ``choice``, else the one described so."""
+    for s in pool:
+        if s.uid == choice.strip():
+            logger.info("%s: using %s %s, chosen by its UID", where, what, s.describe())
+            return s
+    key = choice.strip().casefold()
+    named = [s for s in pool if s.description.strip().casefold() == key]
+    if len(named) == 1:
+        logger.info("%s: using %s %s, chosen by its description", where, what, named[0].describe())
+        return named[0]
+    listing = "; ".join(s.describe() for s in (named or pool))
+    if named:
+        raise InputError(
+            f"{len(named)} {what} series under {where} are described {choice!r} ({listing}); "
+            "choose one by its SeriesInstanceUID instead"
+        )
+    raise InputError(
+        f"no {what} series under {where} has SeriesInstanceUID or SeriesDescription "
+        f"{choice!r}; its {what} series are: {listing}"
+    )
 
 
 def _private_value(ds: Any, tag: tuple[int, int]) -> Any:
@@ -396,6 +498,8 @@ def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
         array *= factors[None, None, :].astype(np.float32)
         units = "SUVbw"
         meta["suv"] = conversion.to_json()
+        if conversion.decay_correction == "NONE":  # one factor per slice
+            meta["suv"]["slice_factor_range"] = [float(factors.min()), float(factors.max())]
         logger.info(
             "PET %s: %s -> SUVbw, factor %.6g (%s)",
             folder,
@@ -411,14 +515,5 @@ def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
 def _slice_factors(
     conversion: SuvConversion, per_slice: Sequence[Mapping[str, Any]], tags: Mapping[str, Any]
 ) -> np.ndarray:
-    if conversion.decay_correction != "NONE":
-        return np.full(len(per_slice), conversion.factor)
-    out = []
-    for s in per_slice:
-        acq = parse_dicom_datetime(
-            s.get("AcquisitionDate") or tags.get("SeriesDate"),
-            s.get("AcquisitionTime"),
-            s.get("AcquisitionDateTime"),
-        )
-        out.append(conversion.factor_at(acq))
-    return np.asarray(out, dtype=np.float64)
+    """The SUV factor of each slice (sorted): per slice only for DecayCorrection NONE."""
+    return np.asarray(slice_factors(conversion, per_slice, tags), dtype=np.float64)

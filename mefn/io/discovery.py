@@ -149,7 +149,12 @@ def _autopet_study(folder: Path) -> CaseFiles | None:
     )
 
 
-def _dicom_case(folder: Path) -> CaseFiles | None:
+def _dicom_case(folder: Path, pet_series: str | None = None) -> CaseFiles | None:
+    """The CT and PT series of a DICOM study folder (None when it holds no DICOM image).
+
+    ``pet_series`` (a SeriesInstanceUID or a SeriesDescription) picks the PET series;
+    otherwise :func:`mefn.io.dicom.select_series` prefers the attenuation-corrected one.
+    """
     from mefn.io.dicom import find_dicom_series, select_series
 
     series = find_dicom_series(folder)
@@ -163,7 +168,7 @@ def _dicom_case(folder: Path) -> CaseFiles | None:
             "add the missing series or pass --ct and --pet"
         )
     ct = select_series(series, "CT", folder)
-    pet = select_series(series, "PT", folder)
+    pet = select_series(series, "PT", folder, choice=pet_series)
     return CaseFiles(
         case_id=folder.name,
         ct=folder,
@@ -246,12 +251,12 @@ def _from_stem(path: Path) -> CaseFiles:
     )
 
 
-def _from_folder(folder: Path) -> CaseFiles:
+def _from_folder(folder: Path, pet_series: str | None = None) -> CaseFiles:
     study = _autopet_study(folder)
     if study is not None:
         return study
     if _has_dicom(folder):
-        found = _dicom_case(folder)
+        found = _dicom_case(folder, pet_series)
         if found is not None:
             return found
     cases = _cases_in_flat_folder(folder)
@@ -274,11 +279,15 @@ def find_case_files(
     pet: str | os.PathLike[str] | None = None,
     label: str | os.PathLike[str] | None = None,
     case_id: str | None = None,
+    pet_series: str | None = None,
 ) -> CaseFiles:
     """Locate the CT, PET and label of one study from any accepted input form.
 
     Give ``path`` (a file of the pair, a case stem, a 4D NIfTI, an AutoPET study folder or
     a DICOM folder), or ``ct`` and ``pet``. ``label`` and ``case_id`` override what is found.
+    ``pet_series`` picks the PET among several DICOM series (``--pet-series``): a
+    SeriesInstanceUID, or a SeriesDescription that only one PET series has; without it the
+    attenuation-corrected series is preferred (:func:`mefn.io.dicom.select_series`).
     """
     if path is not None and (ct is not None or pet is not None):
         raise InputError("give an input path or ct= and pet=, not both")
@@ -295,18 +304,22 @@ def find_case_files(
             if not p.exists():
                 raise InputError(f"{what} {p} does not exist; check the path")
         files = CaseFiles(
-            case_id=_case_id_from_file(ct_path), ct=ct_path, pet=pet_path, layout="explicit"
+            case_id=_case_id_from_file(ct_path),
+            ct=ct_path,
+            pet=pet_path,
+            layout="explicit",
+            pet_series=_explicit_pet_series(pet_path, pet_series),
         )
     else:
         p = Path(path)
         if p.is_dir():
-            files = _from_folder(p)
+            files = _from_folder(p, pet_series)
         elif p.is_file():
             if image_suffix(p) is None:
                 from mefn.io.dicom import is_dicom_file
 
                 if is_dicom_file(p):
-                    files = _from_folder(p.parent)
+                    files = _from_folder(p.parent, pet_series)
                 else:
                     raise InputError(
                         f"{p} is not an image file; expected one of {', '.join(IMAGE_SUFFIXES)}, "
@@ -316,6 +329,11 @@ def find_case_files(
                 files = _from_file(p)
         else:
             files = _from_stem(p)
+        if pet_series is not None and files.layout != "dicom":
+            raise InputError(
+                f"a PET series ({pet_series!r}) was chosen, but {p} is a {files.layout} case, "
+                "not DICOM series; drop --pet-series or give the DICOM study folder"
+            )
     changes: dict[str, Any] = {}
     if label is not None:
         if not Path(label).exists():
@@ -328,6 +346,22 @@ def find_case_files(
 
         files = replace(files, **changes)
     return files
+
+
+def _explicit_pet_series(pet: Path, pet_series: str | None) -> str | None:
+    """The UID of the series ``pet_series`` picks in the DICOM folder ``pet`` (None: none
+    asked for; the PET is then read as it is, its series chosen by the usual rule)."""
+    if pet_series is None:
+        return None
+    from mefn.io.dicom import find_dicom_series, select_series
+
+    series = find_dicom_series(pet) if pet.is_dir() else []
+    if not series:
+        raise InputError(
+            f"a PET series ({pet_series!r}) was chosen, but the PET {pet} is not a folder of "
+            "DICOM series; give the folder, or drop --pet-series"
+        )
+    return select_series(series, "PT", pet, choice=pet_series).uid
 
 
 # --- many cases -----------------------------------------------------------------------------
@@ -355,10 +389,15 @@ def _cases_in_flat_folder(folder: Path) -> list[CaseFiles]:
     return out
 
 
-def find_cases(folder: str | os.PathLike[str]) -> list[CaseFiles]:
+def find_cases(folder: str | os.PathLike[str], pet_series: str | None = None) -> list[CaseFiles]:
     """Every case in a folder holding many: nnU-Net ``imagesTr``-style, HECKTOR, an AutoPET
     root (``PETCT_*/<study>``) or several study / DICOM folders. Sorted by case id; empty
     when none is found. A CT without its PET raises :class:`InputError`.
+
+    ``pet_series`` picks the PET series of every DICOM study (as in
+    :func:`find_case_files`; over several studies a SeriesDescription is the useful form).
+    A folder whose subfolders each hold one series of a single study (``study/ct``,
+    ``study/pet``) is that one study.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -377,11 +416,26 @@ def find_cases(folder: str | os.PathLike[str]) -> list[CaseFiles]:
                     for g in sorted(c for c in child.iterdir() if c.is_dir())
                     if _autopet_study(g) is not None
                 )
+        if study_dirs and not any(_autopet_study(d) or _holds_ct_and_pet(d) for d in study_dirs):
+            # one study's series in subfolders of their own: the folder is the study
+            found = _dicom_case(root, pet_series)
+            return [found] if found is not None else []
         for d in study_dirs:
-            found = _autopet_study(d) or _dicom_case(d)
+            found = _autopet_study(d) or _dicom_case(d, pet_series)
             if found is not None:
                 cases.append(found)
+    if pet_series is not None and cases and all(c.layout != "dicom" for c in cases):
+        raise InputError(
+            f"a PET series ({pet_series!r}) was chosen, but the cases in {root} are not DICOM "
+            "series; drop --pet-series"
+        )
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def _holds_ct_and_pet(folder: Path) -> bool:
+    from mefn.io.dicom import find_dicom_series
+
+    return {"CT", "PT"} <= {s.modality for s in find_dicom_series(folder)}
 
 
 def _has_image_dicom(folder: Path) -> bool:
@@ -452,7 +506,10 @@ def load_case(
         pet_vol = pet_vol.with_array(pet_vol.array, modality="PT", units="SUVbw")
     label_vol = None
     if files.label is not None:
-        label_vol = read_volume(files.label, modality="SEG")
+        from mefn.io.dicom_refs import read_reference
+
+        # an image file is read as it is; a DICOM SEG or RTSTRUCT lands on the CT grid
+        label_vol = read_reference(files.label, reference=ct_vol.geometry)
     output_geometry = pet_vol.geometry if files.output_on_pet else None
     provenance: dict[str, Any] = {
         "layout": files.layout,

@@ -20,6 +20,7 @@ __all__ = [
     "PairCheck",
     "check_ct_units",
     "check_pair",
+    "check_pet_uptake",
     "check_pet_units",
     "overlap_box_mm",
     "reference_grid",
@@ -35,6 +36,8 @@ PET_MAX_SUV = 1000.0
 CT_LOW_HU = -100.0
 # PET (SUV) may dip a little below 0 where reconstruction rings; air-like values are CT.
 PET_MIN_SUV = -50.0
+# CT above this is inside the body (soft tissue, bone, fat, tumour); lung and air are below.
+BODY_MIN_HU = -500.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ def check_ct_units(ct: Volume, name: str = "CT") -> None:
 
 
 def check_pet_units(pet: Volume, name: str = "PET") -> None:
-    """InputError when the PET looks like Bq/mL or counts, or like a CT, rather than SUV."""
+    """InputError when the PET looks like Bq/mL or counts, or like a CT, rather than SUV,
+    or holds no uptake at all (nothing above 0: an empty or failed reconstruction)."""
     if pet.array.size == 0:
         raise InputError(f"{name} is empty")
     lo, hi = float(np.min(pet.array)), float(np.max(pet.array))
@@ -114,8 +118,62 @@ def check_pet_units(pet: Volume, name: str = "PET") -> None:
             f"below {PET_MAX_SUV:g}); give the PET DICOM series (converted to SUVbw from its "
             "tags) or a PET already in SUV (AutoPET: SUV.nii.gz, not PET.nii.gz)"
         )
-    if hi <= 0.0:
-        logger.warning("%s is all <= 0 (max %g): no uptake at all?", name, hi)
+    if not np.any(pet.array > 0.0):
+        raise InputError(
+            f"{name} has no voxel above 0 (values {lo:g} to {hi:g}): an image without any "
+            "uptake cannot be a PET; check the PET file (an empty or failed reconstruction?)"
+        )
+
+
+def _positive_pet_in_body(ct: Volume, pet: Volume, body_min_hu: float) -> bool:
+    """True when a PET voxel above 0 has its centre in a CT voxel above ``body_min_hu``.
+
+    Only the PET block around the CT's box is looked at; the CT is sampled (nearest voxel)
+    at the centres of its positive voxels, one PET slice at a time from the middle out,
+    stopping at the first hit: no resampled copy of either image.
+    """
+    corners = pet.geometry.world_to_index(ct.geometry.corners_world())
+    lo = np.maximum(np.floor(corners.min(axis=0)), 0).astype(int)
+    hi = np.minimum(np.ceil(corners.max(axis=0)), np.asarray(pet.shape) - 1).astype(int)
+    if np.any(hi < lo):
+        return False
+    pet_to_ct = np.linalg.inv(ct.geometry.affine_lps) @ pet.geometry.affine_lps
+    rot, shift = pet_to_ct[:3, :3], pet_to_ct[:3, 3]
+    ct_shape = np.asarray(ct.shape)
+    block = pet.array[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1]
+    middle = (lo[2] + hi[2]) / 2.0
+    for k in sorted(range(lo[2], hi[2] + 1), key=lambda k: abs(k - middle)):
+        i, j = np.nonzero(block[:, :, k] > 0)
+        if i.size == 0:
+            continue
+        index = np.stack([i + lo[0], j + lo[1], np.full_like(i, k)], axis=1).astype(np.float64)
+        at = np.rint(index @ rot.T + shift).astype(np.int64)
+        at = at[np.all((at >= 0) & (at < ct_shape), axis=1)]
+        if at.size and bool(np.any(ct.array[at[:, 0], at[:, 1], at[:, 2]] > body_min_hu)):
+            return True
+    return False
+
+
+def _finite_max(array: np.ndarray) -> float:
+    return float(np.max(array, initial=-np.inf, where=np.isfinite(array)))
+
+
+def check_pet_uptake(
+    ct: Volume, pet: Volume, body_min_hu: float = BODY_MIN_HU, name: str = "PET"
+) -> None:
+    """InputError when no PET voxel above 0 lies inside the body the CT shows.
+
+    The body is the CT above ``body_min_hu`` (HU), sampled where PET and CT overlap: a PET
+    whose uptake lies only in the air around the patient (or outside the CT) is not this
+    CT's PET, or not a PET at all.
+    """
+    if not _positive_pet_in_body(ct, pet, body_min_hu):
+        raise InputError(
+            f"{name} has no voxel above 0 inside the body seen on the CT (CT above "
+            f"{body_min_hu:g} HU, where the two overlap; PET max {_finite_max(pet.array):g}): "
+            "its uptake lies only outside the patient; check that CT and PET are the same "
+            "study and that the PET is a real PET image"
+        )
 
 
 def check_pair(ct: Volume, pet: Volume, check_units: bool = True) -> PairCheck:
@@ -123,7 +181,8 @@ def check_pair(ct: Volume, pet: Volume, check_units: bool = True) -> PairCheck:
 
     Raises :class:`GeometryError` when they do not overlap in physical space (both
     extents in the message) and, with ``check_units``, :class:`InputError` when the CT is
-    not in HU or the PET not in SUV.
+    not in HU, the PET not in SUV, or the PET has no voxel above 0 inside the CT's body
+    (:func:`check_pet_units`, :func:`check_pet_uptake`).
     """
     lo, hi = overlap_box_mm(ct, pet)
     if np.any(hi <= lo):
@@ -147,6 +206,7 @@ def check_pair(ct: Volume, pet: Volume, check_units: bool = True) -> PairCheck:
     if check_units:
         check_ct_units(ct)
         check_pet_units(pet)
+        check_pet_uptake(ct, pet)
     return PairCheck(
         overlap_lo_mm=tuple(float(v) for v in lo),  # type: ignore[arg-type]
         overlap_hi_mm=tuple(float(v) for v in hi),  # type: ignore[arg-type]

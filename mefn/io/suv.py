@@ -14,14 +14,22 @@ slice by the caller (:mod:`mefn.io.dicom`) and ``factor`` from :func:`suv_parame
     moved back from the frame's reference time to its start (QIBA:
     ``acquisition - FrameReferenceTime + mean count-rate time within the frame``).
   * ``ADMIN``: the image is already decay corrected to the injection: no decay.
-  * ``NONE``: each slice holds activity at its own acquisition time: the dose is decayed per
-    slice (:meth:`SuvConversion.factor_at`).
+  * ``NONE``: each slice holds the mean activity over its own frame, not decay corrected:
+    each slice is scaled to its own AcquisitionTime t with the mean count-rate term of its
+    frame of T seconds (ActualFrameDuration), :meth:`SuvConversion.factor_at`:
+    factor = weight_g / dose_Bq x lambda T / (1 - exp(-lambda T)) x exp(lambda (t - t_inj)).
 
 - ``CNTS`` (Philips): the private SUV scale factor (7053,1000) gives SUVbw directly; else the
   activity concentration scale factor (7053,1009) gives Bq/mL, then as ``BQML``.
 - ``GML``: already SUV (g/mL) of the kind named by SUVType (BW when absent); another kind is
-  converted back to SUVbw: SUVbw = SUVx x weight / x (LBM, LBMJAM, IBW in kg).
+  converted back to SUVbw: SUVbw = SUVx x weight / N, with the normalising mass N in kg
+  (:func:`normalising_mass_kg`): LBM (Morgan, male 120), LBMJAMES128 (male 128), LBMJANMA
+  (Janmahasatian; the misspelling LBMJAM is accepted), IBW (48.0 / 45.5 kg + 1.06 / 0.91 kg
+  per cm over 152 cm). PatientSex O (other) takes the mean of the male and female masses.
 - ``CM2ML``: SUVbsa (cm2/mL): SUVbw = SUVbsa x weight_g / BSA_cm2 (Du Bois BSA).
+
+The rules for GML, CM2ML, PatientSex O and DecayCorrection NONE follow the manual of
+oncoray/suv_computation ("Standardizing SUV Computation", docs/suv.docx, CC BY 4.0).
 
 Tag values are read from a mapping of DICOM keywords (a ``pydicom.Dataset`` flattened by
 :func:`mefn.io.dicom.suv_tags`); the private tags use the keys :data:`GE_SCAN_DATETIME`,
@@ -48,8 +56,10 @@ __all__ = [
     "decay_factor",
     "ideal_body_weight_kg",
     "lean_body_mass_kg",
+    "normalising_mass_kg",
     "parse_dicom_datetime",
     "scan_start_datetime",
+    "slice_factors",
     "suv_parameters",
     "suv_scale_factor",
 ]
@@ -139,36 +149,111 @@ def body_surface_area_m2(weight_kg: float, height_m: float) -> float:
 
 def _sex(sex: str | None, what: str) -> str:
     s = (sex or "").strip().upper()
-    if s not in ("M", "F"):
+    if s not in ("M", "F", "O"):
         raise InputError(
-            f"{what} needs PatientSex M or F, found {sex!r}; cannot back-compute SUVbw"
+            f"{what} needs PatientSex M, F or O, found {sex!r}; cannot back-compute SUVbw: "
+            "fix the DICOM header"
         )
     return s
 
 
+def _by_sex(sex: str, male: float, female: float) -> float:
+    """The male or the female value; for O (other) their mean, as the manual prescribes."""
+    if sex == "M":
+        return male
+    if sex == "F":
+        return female
+    return 0.5 * (male + female)
+
+
+_LBM_FORMULAS = ("morgan", "james128", "janmahasatian")
+
+
 def lean_body_mass_kg(
-    weight_kg: float, height_m: float, sex: str | None, formula: str = "james"
+    weight_kg: float, height_m: float, sex: str | None, formula: str = "james128"
 ) -> float:
-    """Lean body mass: James (1976) or Janmahasatian (2005), in kg."""
+    """Lean body mass in kg, W the weight in kg and H the height in cm.
+
+    ``morgan`` (SUVType LBM): male 1.10 W - 120 (W/H)^2, female 1.07 W - 148 (W/H)^2;
+    ``james128`` (LBMJAMES128): male 1.10 W - 128 (W/H)^2, female as Morgan;
+    ``janmahasatian`` (LBMJANMA): male 9270 W / (6680 + 216 BMI), female
+    9270 W / (8780 + 244 BMI). PatientSex O: the mean of the male and female masses.
+    """
     s = _sex(sex, "lean body mass")
     h_cm = 100.0 * height_m
-    if formula == "james":
-        if s == "M":
-            return 1.10 * weight_kg - 128.0 * (weight_kg / h_cm) ** 2
-        return 1.07 * weight_kg - 148.0 * (weight_kg / h_cm) ** 2
+    if formula in ("morgan", "james128"):
+        ratio2 = (weight_kg / h_cm) ** 2
+        male_k = 120.0 if formula == "morgan" else 128.0
+        return _by_sex(s, 1.10 * weight_kg - male_k * ratio2, 1.07 * weight_kg - 148.0 * ratio2)
     if formula == "janmahasatian":
         bmi = weight_kg / height_m**2
-        if s == "M":
-            return 9270.0 * weight_kg / (6680.0 + 216.0 * bmi)
-        return 9270.0 * weight_kg / (8780.0 + 244.0 * bmi)
-    raise ValueError(f"formula must be 'james' or 'janmahasatian', found {formula!r}")
+        return _by_sex(
+            s,
+            9270.0 * weight_kg / (6680.0 + 216.0 * bmi),
+            9270.0 * weight_kg / (8780.0 + 244.0 * bmi),
+        )
+    raise ValueError(f"formula must be one of {_LBM_FORMULAS}, found {formula!r}")
 
 
 def ideal_body_weight_kg(height_m: float, sex: str | None) -> float:
-    """Ideal body weight (Devine 1974): 50 (M) or 45.5 (F) kg + 2.3 kg per inch over 5 ft."""
+    """Ideal body weight in kg: male 48.0 + 1.06 (H - 152), female 45.5 + 0.91 (H - 152).
+
+    H is the height in cm; PatientSex O takes the mean of the two.
+    """
     s = _sex(sex, "ideal body weight")
-    inches_over_5ft = 100.0 * height_m / 2.54 - 60.0
-    return (50.0 if s == "M" else 45.5) + 2.3 * inches_over_5ft
+    over_152_cm = 100.0 * height_m - 152.0
+    return _by_sex(s, 48.0 + 1.06 * over_152_cm, 45.5 + 0.91 * over_152_cm)
+
+
+# SUVType (0054,1006) -> the lean-body-mass formula; LBMJAM is a misspelling of LBMJANMA.
+_LBM_SUV_TYPES = {
+    "LBM": "morgan",
+    "LBMJAMES128": "james128",
+    "LBMJANMA": "janmahasatian",
+    "LBMJAM": "janmahasatian",
+}
+_SUV_TYPES = ("BW", "BSA", "IBW", *_LBM_SUV_TYPES)
+
+
+def normalising_mass_kg(suv_type: str, weight_kg: float, height_m: float, sex: str | None) -> float:
+    """The mass N (kg) that an SUV of ``suv_type`` was normalised by: SUVbw = SUVx x W / N.
+
+    BSA gives the body surface area in cm2 over 1000 (SUVbsa in cm2/mL counts as g/mL).
+    """
+    t = suv_type.strip().upper()
+    if t == "BW":
+        return weight_kg
+    if t == "BSA":
+        return 1.0e4 * body_surface_area_m2(weight_kg, height_m) / 1000.0
+    if t == "IBW":
+        return ideal_body_weight_kg(height_m, sex)
+    if t in _LBM_SUV_TYPES:
+        return lean_body_mass_kg(weight_kg, height_m, sex, _LBM_SUV_TYPES[t])
+    raise _unknown_suv_type(suv_type)
+
+
+def _unknown_suv_type(suv_type: str) -> InputError:
+    return InputError(
+        f"PET SUVType must be one of {', '.join(_SUV_TYPES)}, found {suv_type!r}; "
+        "cannot back-compute SUVbw"
+    )
+
+
+def _mean_count_rate_time_s(duration_s: float, half_life_s: float) -> float:
+    """When, within a frame of ``duration_s``, the count rate equals its frame mean."""
+    lam = math.log(2.0) / half_life_s
+    decay_in_frame = lam * duration_s
+    if decay_in_frame <= 0:
+        return 0.0
+    return math.log(decay_in_frame / (1.0 - math.exp(-decay_in_frame))) / lam
+
+
+def _frame_decay_term(duration_s: float, half_life_s: float) -> float:
+    """lambda T / (1 - exp(-lambda T)): the frame's mean activity back to its start (1 at T=0)."""
+    decay_in_frame = math.log(2.0) / half_life_s * duration_s
+    if decay_in_frame <= 0:
+        return 1.0
+    return decay_in_frame / -math.expm1(-decay_in_frame)
 
 
 def _frame_start(
@@ -181,12 +266,7 @@ def _frame_start(
     """
     if _empty(frame_reference_ms) or _empty(frame_duration_ms):
         return acquisition
-    duration_s = float(frame_duration_ms) / 1000.0
-    lam = math.log(2.0) / half_life_s
-    decay_in_frame = lam * duration_s
-    if decay_in_frame <= 0:
-        return acquisition
-    mean_time_s = math.log(decay_in_frame / (1.0 - math.exp(-decay_in_frame))) / lam
+    mean_time_s = _mean_count_rate_time_s(float(frame_duration_ms) / 1000.0, half_life_s)
     return acquisition - timedelta(seconds=float(frame_reference_ms) / 1000.0 - mean_time_s)
 
 
@@ -266,8 +346,11 @@ def _injection_datetime(tags: Mapping[str, Any], scan: datetime) -> tuple[dateti
 class SuvConversion:
     """How stored PET values become SUVbw: ``suv = (stored x slope + intercept) x factor``.
 
-    For decay correction ``NONE`` the factor depends on each slice's acquisition time:
-    use :meth:`factor_at`. Everything else is recorded for reports (``to_json``).
+    For decay correction ``NONE`` the factor depends on each slice's acquisition time and
+    frame duration: use :meth:`factor_at` (``factor`` is then the value at the scan start for
+    an instantaneous frame, for reports only). ``activity_scale`` turns stored units into
+    Bq/mL (the Philips activity concentration factor for CNTS, else 1). Everything else is
+    recorded for reports (``to_json``).
     """
 
     units: str
@@ -282,13 +365,17 @@ class SuvConversion:
     reference_source: str | None = None
     decay: float = 1.0
     suv_type: str | None = None
+    activity_scale: float = 1.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def factor_at(self, acquisition: datetime | None) -> float:
-        """The factor for a slice acquired at ``acquisition`` (only differs for DC NONE)."""
+    def factor_at(self, acquisition: datetime, frame_duration_s: float) -> float:
+        """The factor of a slice acquired at ``acquisition`` over ``frame_duration_s``.
+
+        Only decay correction ``NONE`` depends on them: activity_scale x weight_g / dose_Bq
+        x lambda T / (1 - exp(-lambda T)) x exp(lambda (t_acq - t_inj)); otherwise ``factor``.
+        """
         if (
             self.decay_correction != "NONE"
-            or acquisition is None
             or self.injection_time is None
             or self.half_life_s is None
             or self.weight_kg is None
@@ -296,8 +383,19 @@ class SuvConversion:
         ):
             return self.factor
         elapsed = (acquisition - self.injection_time).total_seconds()
+        if elapsed < 0:
+            raise InputError(
+                f"PET slice acquired at {acquisition.isoformat()} is before the injection "
+                f"{self.injection_time.isoformat()}; check AcquisitionTime and "
+                "RadiopharmaceuticalStartDateTime"
+            )
+        if frame_duration_s < 0:
+            raise InputError(
+                f"PET ActualFrameDuration must not be negative, found {frame_duration_s} s"
+            )
         decayed = self.injected_dose_bq * decay_factor(elapsed, self.half_life_s)
-        return 1000.0 * self.weight_kg / decayed
+        frame = _frame_decay_term(frame_duration_s, self.half_life_s)
+        return self.activity_scale * 1000.0 * self.weight_kg * frame / decayed
 
     def to_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -316,6 +414,7 @@ class SuvConversion:
             "reference_source": self.reference_source,
             "decay": self.decay,
             "suv_type": self.suv_type,
+            "activity_scale": self.activity_scale,
             "notes": list(self.notes),
         }
 
@@ -416,7 +515,12 @@ def suv_parameters(
             notes.append("Philips activity concentration scale factor (7053,1009)")
             base = _bqml_factor(tags, slices, units, notes)
             conv = SuvConversion(
-                **{**base.__dict__, "factor": base.factor * float(activity), "notes": ()}
+                **{
+                    **base.__dict__,
+                    "factor": base.factor * float(activity),
+                    "activity_scale": float(activity),
+                    "notes": (),
+                }
             )
         else:
             raise InputError(
@@ -429,30 +533,26 @@ def suv_parameters(
         if suv_type == "BW":
             conv = SuvConversion(units=units, factor=1.0, suv_type=suv_type)
         else:
+            if suv_type not in _SUV_TYPES:
+                raise _unknown_suv_type(suv_type)
             weight = _weight_kg(tags, notes)
             why = f"to back-compute SUVbw from SUVType {suv_type}"
-            if suv_type == "BSA":
-                bsa_cm2 = 1.0e4 * body_surface_area_m2(weight, _height_m(tags, why, notes))
-                normaliser = bsa_cm2 / 1000.0  # SUVbsa in g/mL is unusual; treat as cm2
-            elif suv_type == "LBM":
-                normaliser = lean_body_mass_kg(
-                    weight, _height_m(tags, why, notes), _get(tags, "PatientSex"), "james"
-                )
-            elif suv_type == "LBMJAM":
-                normaliser = lean_body_mass_kg(
-                    weight, _height_m(tags, why, notes), _get(tags, "PatientSex"), "janmahasatian"
-                )
-            elif suv_type == "IBW":
-                normaliser = ideal_body_weight_kg(
-                    _height_m(tags, why, notes), _get(tags, "PatientSex")
-                )
-            else:
+            height = _height_m(tags, why, notes)
+            normaliser = normalising_mass_kg(suv_type, weight, height, _get(tags, "PatientSex"))
+            if normaliser <= 0:
                 raise InputError(
-                    f"PET SUVType must be BW, BSA, LBM, LBMJAM or IBW, found {suv_type!r}; "
-                    "cannot back-compute SUVbw"
+                    f"the {suv_type} normalising mass of a {weight} kg, {height} m patient is "
+                    f"{normaliser:.3f} kg, not positive; cannot back-compute SUVbw: check "
+                    "PatientWeight and PatientSize"
                 )
+            if str(_get(tags, "PatientSex") or "").strip().upper() == "O":
+                notes.append(f"PatientSex O: mean of the male and female {suv_type} masses")
             conv = SuvConversion(
-                units=units, factor=weight / normaliser, weight_kg=weight, suv_type=suv_type
+                units=units,
+                factor=weight / normaliser,
+                weight_kg=weight,
+                height_m=height,
+                suv_type=suv_type,
             )
     elif units == "CM2ML":
         weight = _weight_kg(tags, notes)
@@ -471,6 +571,37 @@ def suv_parameters(
             "supply a PET already in SUV"
         )
     return SuvConversion(**{**conv.__dict__, "notes": tuple(notes) + conv.notes})
+
+
+def slice_factors(
+    conversion: SuvConversion,
+    slices: Sequence[Mapping[str, Any]],
+    tags: Mapping[str, Any],
+) -> list[float]:
+    """The factor of every slice, in the order of ``slices``.
+
+    One value for the series, except for DecayCorrection NONE: each slice is scaled to its
+    own AcquisitionDate/Time (the series date when the slice has none) over its own
+    ActualFrameDuration (:meth:`SuvConversion.factor_at`); a slice lacking either is refused.
+    """
+    if conversion.decay_correction != "NONE":
+        return [conversion.factor] * len(slices)
+    out = []
+    for k, s in enumerate(slices):
+        where = f"slice {k + 1} of {len(slices)} (sorted along the slice normal)"
+        acq = parse_dicom_datetime(
+            _get(s, "AcquisitionDate") or _get(tags, "SeriesDate"),
+            _get(s, "AcquisitionTime"),
+            _get(s, "AcquisitionDateTime"),
+        )
+        if acq is None:
+            raise InputError(
+                f"PET DecayCorrection NONE needs each slice's AcquisitionTime; {where} has "
+                "none: fix the DICOM header"
+            )
+        duration_ms = _float(s, "ActualFrameDuration", f"for DecayCorrection NONE ({where})")
+        out.append(conversion.factor_at(acq, duration_ms / 1000.0))
+    return out
 
 
 def suv_scale_factor(tags: Mapping[str, Any], slices: Sequence[Mapping[str, Any]] = ()) -> float:

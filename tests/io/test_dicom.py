@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from mefn.errors import InputError
-from mefn.io.dicom import find_dicom_series, read_dicom_series
+from mefn.io.dicom import DicomSeries, find_dicom_series, read_dicom_series, select_series
 from mefn.io.readers import read_volume
 
 Writer = Callable[..., Path]
@@ -171,3 +172,108 @@ def test_sts_pet_dicom_matches_the_published_suv_image(shared_data: Path) -> Non
     on_grid = resample_to(vol, reference.geometry, interpolation="linear")
     assert float(np.abs(on_grid.array - reference.array).max()) < 1e-3
     assert float(reference.array.max()) > 20.0  # the tumour is in the crop
+
+
+# --- choosing the PET series (AC over NAC, --pet-series) ---------------------------------------
+
+
+def _series(
+    uid: str, n: int, corrected: tuple[str, ...] | None, description: str = "", modality: str = "PT"
+) -> DicomSeries:
+    files = tuple(Path(f"/study/{uid}/{k}.dcm") for k in range(n))
+    return DicomSeries(uid, modality, files, description=description, corrected_image=corrected)
+
+
+AC = ("DECY", "ATTN", "SCAT")
+NAC = ("DECY", "SCAT")
+
+
+def test_corrected_image_is_read_with_the_series(
+    tmp_path: Path, dicom_writer: Writer, kit: SimpleNamespace
+) -> None:
+    stored = np.ones((3, 4, 2), np.int16)
+    for name, corrected in (("ac", ["DECY", "ATTN"]), ("nac", "DECY"), ("plain", None)):
+        tags = dict(kit.PET_TAGS, SeriesDescription=f"PET {name}")
+        if corrected is not None:
+            tags["CorrectedImage"] = corrected
+        dicom_writer(tmp_path / name, stored, "PT", tags=tags)
+    found = {s.description: s for s in find_dicom_series(tmp_path)}
+    assert found["PET ac"].corrected_image == ("DECY", "ATTN")
+    assert found["PET nac"].corrected_image == ("DECY",)
+    assert found["PET plain"].corrected_image is None
+    assert [found[f"PET {n}"].attenuation_corrected for n in ("ac", "nac", "plain")] == [
+        True,
+        False,
+        None,
+    ]
+
+
+def test_attenuation_corrected_pet_wins_before_the_size_rule(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    where = Path("/study")
+    ac, nac = _series("1.1", 5, AC, "PET AC"), _series("1.2", 5, NAC, "PET NAC")
+    with caplog.at_level(logging.INFO, logger="mefn"):
+        assert select_series([nac, ac], "PT", where) is ac
+    assert "using PET series 'PET AC' 1.1 (5 files, AC)" in caplog.text
+    assert "preferred to 'PET NAC' 1.2 (5 files, NAC)" in caplog.text
+    # AC wins even when the NAC series is larger
+    big_nac = _series("1.3", 9, NAC)
+    assert select_series([big_nac, ac], "PT", where) is ac
+    # a series that does not say stands between AC and NAC
+    unknown = _series("1.4", 5, None)
+    assert select_series([nac, unknown], "PT", where) is unknown
+    assert select_series([unknown, ac], "PT", where) is ac
+    # among AC series the size rule still holds
+    small_ac = _series("1.5", 3, AC)
+    assert select_series([small_ac, big_nac, ac], "PT", where) is ac
+    # CT series have no such standing: most files, as before
+    ct_small, ct_big = _series("2.1", 2, None, modality="CT"), _series("2.2", 7, NAC, modality="CT")
+    assert select_series([ct_small, ct_big], "CT", where) is ct_big
+
+
+def test_ambiguous_pet_series_are_listed_with_the_flag_that_picks_one() -> None:
+    where = Path("/study")
+    one, two = _series("1.1", 5, AC, "PET WB"), _series("1.2", 5, AC, "PET WB 2")
+    nac = _series("1.3", 5, NAC, "PET NAC")
+    with pytest.raises(InputError) as info:
+        select_series([one, two, nac], "PT", where)
+    message = str(info.value)
+    assert message == (
+        "/study holds 2 PET series of equal size and attenuation correction ("
+        "'PET WB' 1.1 (5 files, AC); 'PET WB 2' 1.2 (5 files, AC)); choose one with "
+        "--pet-series followed by its SeriesInstanceUID or SeriesDescription"
+    )
+    with pytest.raises(InputError, match=r"\(5 files\)\); choose one with --series followed"):
+        select_series(
+            [_series("1.4", 5, None), _series("1.5", 5, None)], "PT", where, option="--series"
+        )
+    cts = [_series("2.1", 4, None, "CT", "CT"), _series("2.2", 4, None, "CT 2", "CT")]
+    with pytest.raises(InputError, match="2 CT series of equal size .*put each series in its own"):
+        select_series(cts, "CT", where)
+
+
+def test_a_pet_series_chosen_by_uid_or_description() -> None:
+    where = Path("/study")
+    ac, nac = _series("1.1", 5, AC, "PET AC"), _series("1.2", 5, NAC, "PET NAC")
+    ct = _series("2.1", 5, None, "CT", "CT")
+    pool = [ct, ac, nac]
+    assert select_series(pool, "PT", where, choice="1.2") is nac  # the user's word over AC
+    assert select_series(pool, "PT", where, choice=" pet nac ") is nac
+    assert select_series(pool, "PT", where, choice="PET AC") is ac
+    with pytest.raises(
+        InputError,
+        match=r"no PET series under /study has SeriesInstanceUID or SeriesDescription 'CT'; "
+        r"its PET series are: 'PET AC' 1.1 \(5 files, AC\); 'PET NAC' 1.2",
+    ):
+        select_series(pool, "PT", where, choice="CT")
+    twin = _series("1.3", 4, AC, "pet ac")
+    with pytest.raises(
+        InputError,
+        match=r"2 PET series under /study are described 'PET AC' \('PET AC' 1.1 .*'pet ac' 1.3 "
+        r"\(4 files, AC\)\); choose one by its SeriesInstanceUID instead",
+    ):
+        select_series([*pool, twin], "PT", where, choice="PET AC")
+    # a choice that matches nothing is an error even with one PET series
+    with pytest.raises(InputError, match="has SeriesInstanceUID or SeriesDescription '9.9'"):
+        select_series([ct, ac], "PT", where, choice="9.9")

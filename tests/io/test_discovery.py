@@ -138,6 +138,7 @@ def test_autopet_study_without_pet(tmp_path: Path, vols: tuple) -> None:
 def test_dicom_folder_with_ct_and_pt(tmp_path: Path, kit: SimpleNamespace) -> None:
     folder = tmp_path / "patient 1"
     stored_ct = np.full((9, 7, 5), 24, np.int16)  # 24 - 1024 = -1000 HU
+    stored_ct[2:7, 2:5] = 1064  # a body of 40 HU in the air
     kit.write_series(folder / "ct", stored_ct, "CT", intercept=-1024.0, spacing=(2, 2, 3))
     stored_pt = np.full((5, 5, 3), 200, np.int16)
     kit.write_series(
@@ -151,7 +152,7 @@ def test_dicom_folder_with_ct_and_pt(tmp_path: Path, kit: SimpleNamespace) -> No
     files = find_case_files(folder)
     assert files.layout == "dicom" and files.ct_series and files.pet_series
     case = load_case(folder)
-    assert float(case.ct.array.max()) == -1000.0
+    assert (float(case.ct.array.min()), float(case.ct.array.max())) == (-1000.0, 40.0)
     np.testing.assert_allclose(case.pet.array, 2.0, rtol=1e-5)
     assert case.provenance["suv_conversion"]["units"] == "BQML"
 
@@ -253,3 +254,118 @@ def test_find_cases_reports_a_ct_without_pet(tmp_path: Path, vols: tuple) -> Non
     write_volume(vols[0], tmp_path / "lonely_0000.nii.gz")
     with pytest.raises(InputError, match="found lonely_0000.nii.gz but not its PET"):
         find_cases(tmp_path)
+
+
+# --- the right PET series, and a PET that cannot be one ---------------------------------------
+
+
+def _ac_nac_study(
+    folder: Path, kit: SimpleNamespace, nac: tuple[str, ...] = ("DECY",)
+) -> dict[str, str]:
+    """A DICOM study: CT (a 40 HU body in air), an AC PET of SUV 2 and a PET of SUV 0.5
+    whose CorrectedImage is ``nac``, both 5x5x3 files. Returns the PET UIDs by name."""
+    stored_ct = np.full((9, 7, 5), 24, np.int16)
+    stored_ct[2:7, 2:5] = 1064
+    kit.write_series(folder / "ct", stored_ct, "CT", intercept=-1024.0, spacing=(2, 2, 3))
+    uids = {}
+    for name, suv, corrected in (("ac", 2.0, ("DECY", "ATTN")), ("nac", 0.5, nac)):
+        uids[name] = f"1.2.826.0.1.3680043.8.498.{len(uids) + 7}"
+        kit.write_series(
+            folder / name,
+            np.full((5, 5, 3), 100, np.int16),
+            "PT",
+            slopes=[suv * kit.BQML_PER_SUV / 100] * 3,
+            spacing=(4, 4, 4),
+            series_uid=uids[name],
+            tags={
+                **kit.PET_TAGS,
+                "SeriesDescription": f"PET {name.upper()}",
+                "CorrectedImage": list(corrected),
+            },
+        )
+    return uids
+
+
+def test_dicom_study_with_ac_and_nac_pet_takes_the_ac_one(
+    tmp_path: Path, kit: SimpleNamespace
+) -> None:
+    folder = tmp_path / "study"
+    uids = _ac_nac_study(folder, kit)
+    files = find_case_files(folder)
+    assert files.pet_series == uids["ac"]
+    np.testing.assert_allclose(load_case(files=files).pet.array, 2.0, rtol=1e-5)
+    # the same study seen as a folder of cases (its series in subfolders) is one case
+    (found,) = find_cases(folder)
+    assert (found.case_id, found.pet_series) == ("study", uids["ac"])
+    # --pet-series picks the other, by description or by UID
+    for choice in ("pet nac", uids["nac"]):
+        files = find_case_files(folder, pet_series=choice)
+        assert files.pet_series == uids["nac"]
+    np.testing.assert_allclose(load_case(files=files).pet.array, 0.5, rtol=1e-5)
+    assert find_cases(folder, pet_series="PET NAC")[0].pet_series == uids["nac"]
+    # explicit --ct/--pet with a PET DICOM folder
+    files = find_case_files(ct=folder / "ct", pet=folder, pet_series="PET NAC")
+    assert (files.layout, files.pet_series) == ("explicit", uids["nac"])
+    np.testing.assert_allclose(load_case(files=files).pet.array, 0.5, rtol=1e-5)
+    # without a choice the explicit PET folder is read with the same rule: AC
+    case = load_case(ct=folder / "ct", pet=folder)
+    assert case.pet.meta["series_uid"] == uids["ac"]
+
+
+def test_two_ac_pet_series_of_one_size_are_ambiguous(tmp_path: Path, kit: SimpleNamespace) -> None:
+    folder = tmp_path / "study"
+    uids = _ac_nac_study(folder, kit, nac=("ATTN",))
+    expected = (
+        r"holds 2 PET series of equal size and attenuation correction \('PET AC' "
+        + uids["ac"]
+        + r" \(3 files, AC\); 'PET NAC' .* choose one with --pet-series followed by its "
+        r"SeriesInstanceUID or SeriesDescription$"
+    )
+    with pytest.raises(InputError, match=expected):
+        find_case_files(folder)
+    with pytest.raises(InputError, match=expected):  # not "study/ct must hold a CT and a PT"
+        find_cases(folder)
+    with pytest.raises(InputError, match="no PET series under .* 'PET MAC'; its PET series are"):
+        find_case_files(folder, pet_series="PET MAC")
+
+
+def test_a_pet_series_choice_needs_dicom_input(
+    tmp_path: Path, kit: SimpleNamespace, vols: tuple
+) -> None:
+    _pair(tmp_path / "nn", "c", vols[0], vols[1], "_0000", "_0001")
+    with pytest.raises(InputError, match=r"PET series \('PET AC'\) was chosen, but .* is a nnunet"):
+        find_case_files(tmp_path / "nn" / "c_0000.nii.gz", pet_series="PET AC")
+    with pytest.raises(InputError, match="the cases in .* are not DICOM series; drop --pet"):
+        find_cases(tmp_path / "nn", pet_series="PET AC")
+    with pytest.raises(InputError, match=r"but the PET .*c_0001.nii.gz is not a folder of DICOM"):
+        find_case_files(
+            ct=tmp_path / "nn" / "c_0000.nii.gz",
+            pet=tmp_path / "nn" / "c_0001.nii.gz",
+            pet_series="PET AC",
+        )
+
+
+def test_a_folder_of_dicom_studies_with_one_pet_description(
+    tmp_path: Path, kit: SimpleNamespace
+) -> None:
+    uids = {name: _ac_nac_study(tmp_path / "root" / name, kit) for name in ("p2", "p1")}
+    cases = find_cases(tmp_path / "root")
+    assert [(c.case_id, c.pet_series) for c in cases] == [
+        ("p1", uids["p1"]["ac"]),
+        ("p2", uids["p2"]["ac"]),
+    ]
+    cases = find_cases(tmp_path / "root", pet_series="PET NAC")
+    assert [c.pet_series for c in cases] == [uids["p1"]["nac"], uids["p2"]["nac"]]
+
+
+def test_a_pet_without_uptake_in_the_body_is_refused(tmp_path: Path, kit: SimpleNamespace) -> None:
+    ct, pet = kit.ct_pet_pair()
+    _pair(tmp_path, "zero", ct, pet.with_array(np.zeros_like(pet.array)), "_0000", "_0001")
+    with pytest.raises(InputError, match=r"PET has no voxel above 0 \(values 0 to 0\)"):
+        load_case(tmp_path / "zero_0000.nii.gz")
+    air = ct.with_array(np.full_like(ct.array, -1000.0))
+    _pair(tmp_path, "air", air, pet, "_0000", "_0001")
+    with pytest.raises(InputError, match="no voxel above 0 inside the body seen on the CT"):
+        load_case(tmp_path / "air_0000.nii.gz")
+    # `mefn info` reads without the checks and reports them itself
+    assert load_case(tmp_path / "air_0000.nii.gz", check_units=False).case_id == "air"

@@ -13,6 +13,7 @@ from mefn.io.geometry import (
     check_ct_units,
     check_pair,
     check_pet_units,
+    check_pet_uptake,
     reference_grid,
     resample_to,
 )
@@ -194,3 +195,62 @@ def test_reference_grid_of_a_flipped_oblique_volume() -> None:
     assert np.all(glo <= vlo + 1e-9) and np.all(ghi >= vhi - 1e-9)
     with pytest.raises(GeometryError, match="grid spacing must be three positive numbers"):
         reference_grid(vol, (0.0, 1.0, 1.0))
+
+
+# --- a PET that cannot be one -------------------------------------------------------------------
+
+
+def test_a_pet_without_any_voxel_above_zero_is_refused() -> None:
+    for values in (np.zeros((3, 4, 5)), np.full((3, 4, 5), -0.5), np.full((3, 4, 5), np.nan)):
+        with pytest.raises(InputError, match="PET has no voxel above 0 .*cannot be a PET"):
+            check_pet_units(Volume.from_array(values))
+    with pytest.raises(InputError, match=r"no voxel above 0 \(values 0 to 0\)"):
+        check_pair(
+            Volume.from_array(np.full((3, 3, 3), -1000.0)), Volume.from_array(np.zeros((3, 3, 3)))
+        )
+    partly_nan = np.linspace(0, 5, 60).reshape(3, 4, 5)
+    partly_nan[0, 0, 1] = np.nan
+    check_pet_units(Volume.from_array(partly_nan))  # some uptake: accepted
+
+
+def _in_body(ct: Volume, pet: Volume) -> np.ndarray:
+    """Which PET voxels have their centre in a CT voxel above -500 HU (nearest voxel)."""
+    index = np.indices(pet.shape).reshape(3, -1).T
+    at = np.rint(ct.geometry.world_to_index(pet.geometry.index_to_world(index))).astype(int)
+    inside = np.all((at >= 0) & (at < np.asarray(ct.shape)), axis=1)
+    hit = np.zeros(len(index), bool)
+    hit[inside] = ct.array[tuple(at[inside].T)] > -500
+    return hit.reshape(pet.shape)
+
+
+def test_a_pet_positive_only_outside_the_body_is_refused(kit: SimpleNamespace) -> None:
+    ct, pet = kit.ct_pet_pair()  # CT flipped in x at 2.5 mm, PET at 4 mm, shifted
+    body = np.full(ct.shape, -1000.0, np.float32)
+    body[3:9, 3:8, 2:7] = 40.0
+    ct = ct.with_array(body)
+    in_body = _in_body(ct, pet)
+    assert 0 < in_body.sum() < in_body.size
+    outside = pet.with_array(np.where(in_body, 0.0, 3.0).astype(np.float32))
+    message = r"PET has no voxel above 0 inside the body seen on the CT \(CT above -500 HU"
+    with pytest.raises(InputError, match=message + r", where the two overlap; PET max 3\)"):
+        check_pet_uptake(ct, outside)
+    with pytest.raises(InputError, match=message):
+        check_pair(ct, outside)
+    one = outside.array.copy()
+    one[tuple(np.argwhere(in_body)[0])] = 0.1  # one voxel of uptake in the body is enough
+    check_pair(ct, outside.with_array(one))
+
+
+def test_uptake_is_looked_for_where_pet_and_ct_overlap(kit: SimpleNamespace) -> None:
+    ct, pet = kit.ct_pet_pair()  # CT box x -31.25..1.25 mm, PET voxel centres x -28..4 mm
+    soft = ct.with_array(np.full(ct.shape, 40.0, np.float32))  # body everywhere on the CT
+    beyond = np.zeros(pet.shape, np.float32)
+    beyond[-1] = 5.0  # PET slab at x = 4 mm, beyond the CT
+    with pytest.raises(InputError, match="no voxel above 0 inside the body"):
+        check_pet_uptake(soft, pet.with_array(beyond))
+    beyond[-2] = 5.0  # x = 0 mm: inside the CT
+    check_pet_uptake(soft, pet.with_array(beyond))
+    # the body threshold: -450 HU is body, -550 HU is not
+    check_pet_uptake(ct.with_array(np.full(ct.shape, -450.0, np.float32)), pet)
+    with pytest.raises(InputError, match="inside the body"):
+        check_pet_uptake(ct.with_array(np.full(ct.shape, -550.0, np.float32)), pet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import pytest
@@ -15,8 +16,10 @@ from mefn.io.suv import (
     decay_factor,
     ideal_body_weight_kg,
     lean_body_mass_kg,
+    normalising_mass_kg,
     parse_dicom_datetime,
     scan_start_datetime,
+    slice_factors,
     suv_parameters,
     suv_scale_factor,
 )
@@ -59,18 +62,53 @@ def test_decay_factor_halves_after_one_half_life() -> None:
 def test_body_size_formulas_on_hand_values() -> None:
     # Du Bois: 0.007184 x 70^0.425 x 175^0.725
     assert body_surface_area_m2(70.0, 1.75) == pytest.approx(1.848143, abs=1e-6)
-    # James: 1.10 x 70 - 128 (70/175)^2 = 77 - 20.48; female 74.9 - 23.68
+    # James 128 (LBMJAMES128): 1.10 x 70 - 128 (70/175)^2 = 77 - 20.48; female 74.9 - 23.68
     assert lean_body_mass_kg(70.0, 1.75, "M") == pytest.approx(56.52)
+    assert lean_body_mass_kg(70.0, 1.75, "M", "james128") == pytest.approx(56.52)
     assert lean_body_mass_kg(70.0, 1.75, "F") == pytest.approx(51.22)
-    # Janmahasatian: 9270 x 70 / (6680 + 216 x 22.857)
-    assert lean_body_mass_kg(70.0, 1.75, "M", "janmahasatian") == pytest.approx(55.8571, abs=1e-4)
-    # Devine: 50 + 2.3 x (175 / 2.54 - 60)
-    assert ideal_body_weight_kg(1.75, "M") == pytest.approx(70.4646, abs=1e-4)
+    # Morgan (LBM): male 77 - 120 x 0.16 = 57.8; female as James 128
+    assert lean_body_mass_kg(70.0, 1.75, "M", "morgan") == pytest.approx(57.8)
+    assert lean_body_mass_kg(70.0, 1.75, "F", "morgan") == pytest.approx(51.22)
+    # Janmahasatian: BMI 70 / 1.75^2 = 22.857; 9270 x 70 / (6680 + 216 BMI), female 8780, 244
+    bmi = 70.0 / 1.75**2
+    male_janma = 9270.0 * 70.0 / (6680.0 + 216.0 * bmi)
+    female_janma = 9270.0 * 70.0 / (8780.0 + 244.0 * bmi)
+    assert male_janma == pytest.approx(55.8571, abs=1e-4)
+    assert female_janma == pytest.approx(45.1970, abs=1e-4)
+    assert lean_body_mass_kg(70.0, 1.75, "M", "janmahasatian") == pytest.approx(male_janma)
+    assert lean_body_mass_kg(70.0, 1.75, "F", "janmahasatian") == pytest.approx(female_janma)
+    # IBW (manual): male 48.0 + 1.06 x (175 - 152) = 72.38; female 45.5 + 0.91 x 23 = 66.43
+    assert ideal_body_weight_kg(1.75, "M") == pytest.approx(72.38)
+    assert ideal_body_weight_kg(1.75, "F") == pytest.approx(66.43)
+    assert ideal_body_weight_kg(1.52, "M") == pytest.approx(48.0)  # the constant at 152 cm
 
 
-def test_ideal_body_weight_needs_a_sex() -> None:
-    with pytest.raises(InputError, match="PatientSex M or F, found 'O'"):
-        ideal_body_weight_kg(1.75, "O")
+def test_patient_sex_other_takes_the_mean_of_male_and_female() -> None:
+    # IBW: (72.38 + 66.43) / 2; James 128: (56.52 + 51.22) / 2; Morgan: (57.8 + 51.22) / 2
+    assert ideal_body_weight_kg(1.75, "O") == pytest.approx(69.405)
+    assert lean_body_mass_kg(70.0, 1.75, "O") == pytest.approx(53.87)
+    assert lean_body_mass_kg(70.0, 1.75, "o", "morgan") == pytest.approx(54.51)
+    # Janmahasatian: (55.8571 + 45.1970) / 2
+    assert lean_body_mass_kg(70.0, 1.75, "O", "janmahasatian") == pytest.approx(50.52706, abs=1e-4)
+
+
+@pytest.mark.parametrize("sex", [None, "", "U", "X"])
+def test_body_size_needs_a_sex_m_f_or_o(sex: str | None) -> None:
+    with pytest.raises(InputError, match="needs PatientSex M, F or O, found"):
+        ideal_body_weight_kg(1.75, sex)
+    with pytest.raises(InputError, match="lean body mass needs PatientSex M, F or O"):
+        lean_body_mass_kg(70.0, 1.75, sex, "janmahasatian")
+
+
+def test_normalising_mass_by_suv_type() -> None:
+    assert normalising_mass_kg("BW", 70.0, 1.75, None) == 70.0
+    assert normalising_mass_kg("LBM", 70.0, 1.75, "M") == pytest.approx(57.8)
+    assert normalising_mass_kg("LBMJAMES128", 70.0, 1.75, "M") == pytest.approx(56.52)
+    assert normalising_mass_kg("lbmjanma", 70.0, 1.75, "M") == pytest.approx(55.8571, abs=1e-4)
+    assert normalising_mass_kg("LBMJAM", 70.0, 1.75, "M") == pytest.approx(55.8571, abs=1e-4)
+    assert normalising_mass_kg("IBW", 70.0, 1.75, "F") == pytest.approx(66.43)
+    with pytest.raises(InputError, match="SUVType must be one of BW, BSA, IBW, LBM, LBMJAMES128"):
+        normalising_mass_kg("LEAN", 70.0, 1.75, "M")
 
 
 def test_parse_datetime_forms() -> None:
@@ -159,12 +197,66 @@ def test_series_time_after_acquisition_uses_frame_start_of_earliest_slice() -> N
     assert suv_scale_factor(t, slices) == pytest.approx(FACTOR_1H, rel=1e-4)
 
 
-def test_decay_correction_none_decays_to_each_slice_time() -> None:
+# F-18 over a 300 s frame: lambda T / (1 - exp(-lambda T)), lambda = ln 2 / 6586.2 s
+_LAMBDA = math.log(2.0) / 6586.2
+FRAME_300S = _LAMBDA * 300.0 / (1.0 - math.exp(-_LAMBDA * 300.0))
+
+
+def test_decay_correction_none_decays_to_each_slice_time_over_its_frame() -> None:
+    frame = FRAME_300S  # 1 + lambda T / 2 + (lambda T)^2 / 12 with lambda T = 0.0315724
+    assert frame == pytest.approx(1.0158694, abs=1e-7)
     conv = suv_parameters(tags(DecayCorrection="NONE"))
-    # a slice acquired at 11:50: 6600 s after the injection
-    later = conv.factor_at(datetime(2025, 1, 1, 11, 50))
-    assert conv.factor_at(datetime(2025, 1, 1, 11)) == pytest.approx(FACTOR_1H)
-    assert later == pytest.approx(70000.0 / (368.08e6 * 2 ** (-6600.0 / 6586.2)))
+    # a slice acquired at 11:50, 6600 s after the injection, over 300 s:
+    # 70000 / 368.08e6 x 1.015914 x exp(lambda 6600)
+    expected = 70000.0 / 368.08e6 * FRAME_300S * math.exp(_LAMBDA * 6600.0)
+    assert conv.factor_at(datetime(2025, 1, 1, 11, 50), 300.0) == pytest.approx(expected)
+    # at 11:00 with an instantaneous frame: the START factor of the same hour
+    assert conv.factor_at(datetime(2025, 1, 1, 11), 0.0) == pytest.approx(FACTOR_1H)
+    assert conv.factor_at(datetime(2025, 1, 1, 11), 300.0) == pytest.approx(FACTOR_1H * FRAME_300S)
+    # START and ADMIN ignore the slice time and frame
+    start = suv_parameters(tags())
+    assert start.factor_at(datetime(2025, 1, 1, 11, 50), 300.0) == start.factor
+
+
+def test_decay_correction_none_with_several_acquisition_times() -> None:
+    slices = [
+        {"AcquisitionTime": t, "ActualFrameDuration": "300000"}
+        for t in ("110000", "110500", "111000.5")
+    ]
+    factors = slice_factors(suv_parameters(tags(DecayCorrection="NONE"), slices), slices, BASE)
+    elapsed = (3600.0, 3900.0, 4200.5)
+    expected = [70000.0 / 368.08e6 * FRAME_300S * math.exp(_LAMBDA * t) for t in elapsed]
+    assert factors == pytest.approx(expected, rel=1e-12)
+    assert factors[1] / factors[0] == pytest.approx(2.0 ** (300.0 / 6586.2))
+    # other decay corrections: one factor for every slice
+    assert slice_factors(suv_parameters(tags()), slices, BASE) == [pytest.approx(FACTOR_1H)] * 3
+
+
+def test_decay_correction_none_with_philips_activity_counts() -> None:
+    slices = [{"AcquisitionTime": "110500", "ActualFrameDuration": 300000}]
+    t = tags(Units="CNTS", DecayCorrection="NONE", **{PHILIPS_ACTIVITY_FACTOR: "2.0"})
+    (factor,) = slice_factors(suv_parameters(t, slices), slices, t)
+    assert factor == pytest.approx(2.0 * 70000.0 / 368.08e6 * FRAME_300S * math.exp(_LAMBDA * 3900))
+
+
+@pytest.mark.parametrize(
+    ("slice_tags", "message"),
+    [
+        (
+            {"ActualFrameDuration": "300000"},
+            "NONE needs each slice's AcquisitionTime; slice 2 of 2",
+        ),
+        ({"AcquisitionTime": "110500"}, "lacks the DICOM tag ActualFrameDuration"),
+        ({"AcquisitionTime": "110500", "ActualFrameDuration": "long"}, "should be a number"),
+        ({"AcquisitionTime": "095000", "ActualFrameDuration": "300000"}, "before the injection"),
+        ({"AcquisitionTime": "110500", "ActualFrameDuration": "-5"}, "must not be negative"),
+    ],
+)
+def test_decay_correction_none_slice_errors(slice_tags: dict[str, str], message: str) -> None:
+    slices = [{"AcquisitionTime": "110000", "ActualFrameDuration": "300000"}, slice_tags]
+    conv = suv_parameters(tags(DecayCorrection="NONE"))
+    with pytest.raises(InputError, match=message):
+        slice_factors(conv, slices, BASE)
 
 
 def test_philips_counts_with_suv_factor_and_activity_factor() -> None:
@@ -177,14 +269,43 @@ def test_philips_counts_with_suv_factor_and_activity_factor() -> None:
 def test_gml_is_suvbw_unless_suvtype_says_otherwise() -> None:
     assert suv_scale_factor(tags(Units="GML")) == 1.0
     assert suv_scale_factor(tags(Units="GML", SUVType="BW")) == 1.0
-    # SUVlbm (James, male 56.52 kg) -> SUVbw = SUVlbm x 70 / 56.52
-    assert suv_scale_factor(tags(Units="GML", SUVType="LBM")) == pytest.approx(70.0 / 56.52)
-    assert suv_scale_factor(tags(Units="GML", SUVType="IBW")) == pytest.approx(70.0 / 70.46457)
+    # SUVx -> SUVbw = SUVx x 70 / N: Morgan (LBM) 57.8, James 128 56.52, IBW 72.38 kg (male)
+    assert suv_scale_factor(tags(Units="GML", SUVType="LBM")) == pytest.approx(70.0 / 57.8)
+    assert suv_scale_factor(tags(Units="GML", SUVType="LBMJAMES128")) == pytest.approx(70.0 / 56.52)
+    assert suv_scale_factor(tags(Units="GML", SUVType="IBW")) == pytest.approx(70.0 / 72.38)
+    janma = 9270.0 * 70.0 / (6680.0 + 216.0 * 70.0 / 1.75**2)
+    for spelling in ("LBMJANMA", "LBMJAM"):
+        t = tags(Units="GML", SUVType=spelling)
+        assert suv_scale_factor(t) == pytest.approx(70.0 / janma)
+    conv = suv_parameters(tags(Units="GML", SUVType="IBW", PatientSex="F"))
+    assert conv.factor == pytest.approx(70.0 / 66.43)
+    assert conv.suv_type == "IBW" and conv.height_m == 1.75
+
+
+def test_gml_with_patient_sex_other_uses_the_mean_mass() -> None:
+    # LBMJAMES128, sex O: N = (56.52 + 51.22) / 2 = 53.87 kg; IBW: (72.38 + 66.43) / 2
+    conv = suv_parameters(tags(Units="GML", SUVType="LBMJAMES128", PatientSex="O"))
+    assert conv.factor == pytest.approx(70.0 / 53.87)
+    assert any("PatientSex O" in n for n in conv.notes)
+    t = tags(Units="GML", SUVType="IBW", PatientSex="O")
+    assert suv_scale_factor(t) == pytest.approx(70.0 / 69.405)
+    # a stored SUVlbm of 1.0 in such a patient is SUVbw 1.2994
+    assert 1.0 * suv_scale_factor(tags(Units="GML", SUVType="LBMJAMES128", PatientSex="O")) == (
+        pytest.approx(1.29942, abs=1e-5)
+    )
 
 
 def test_cm2ml_is_back_computed_with_body_surface_area() -> None:
-    # SUVbw = SUVbsa x 70000 g / 18481.43 cm2
-    assert suv_scale_factor(tags(Units="CM2ML", SUVType="BSA")) == pytest.approx(3.787585, rel=1e-6)
+    # BSA = 0.007184 x 70^0.425 x 175^0.725 m2; SUVbw = SUVbsa x 70000 g / (1e4 BSA) cm2
+    bsa_m2 = 0.007184 * 70.0**0.425 * 175.0**0.725
+    expected = 70000.0 / (1.0e4 * bsa_m2)
+    assert expected == pytest.approx(3.787585, rel=1e-6)
+    for t in (tags(Units="CM2ML", SUVType="BSA"), tags(Units="CM2ML", PatientSex=None)):
+        assert suv_scale_factor(t) == pytest.approx(expected, rel=1e-12)
+    # DRO_2_3 stores SUVbsa 0.05, 0.26, 1.05 (rescale slope 0.01): the exact rule gives
+    # SUVbw 0.19, 0.98, 3.98 at two decimals, as the manual of oncoray/suv_computation notes
+    # (its listed 0.20, 1.00, 4.00 are rounded at the source)
+    assert [round(v * expected, 2) for v in (0.05, 0.26, 1.05)] == [0.19, 0.98, 3.98]
 
 
 @pytest.mark.parametrize(
@@ -202,7 +323,12 @@ def test_cm2ml_is_back_computed_with_body_surface_area() -> None:
         ({"SeriesTime": None}, "lacks the DICOM tag SeriesTime"),
         ({"RadiopharmaceuticalStartDateTime": None}, "RadiopharmaceuticalStartTime"),
         ({"Units": "CNTS"}, r"\(7053,1000\) SUV scale factor"),
-        ({"Units": "GML", "SUVType": "IBW", "PatientSex": "O"}, "PatientSex M or F"),
+        ({"Units": "GML", "SUVType": "IBW", "PatientSex": "U"}, "PatientSex M, F or O"),
+        ({"Units": "GML", "SUVType": "IBW", "PatientSex": None}, "PatientSex M, F or O"),
+        ({"Units": "GML", "SUVType": "IBW", "PatientSize": None}, "tag PatientSize"),
+        ({"Units": "GML", "SUVType": "IBW", "PatientSize": "0"}, "PatientSize must be positive"),
+        ({"Units": "GML", "SUVType": "IBW", "PatientSize": "0.5"}, "is -60.120 kg, not positive"),
+        ({"Units": "GML", "SUVType": "LEAN"}, "SUVType must be one of"),
         ({"Units": "CM2ML", "PatientSize": None}, "lacks the DICOM tag PatientSize"),
         ({"PatientWeight": "seventy"}, "PatientWeight should be a number"),
         ({"RadiopharmaceuticalStartDateTime": "20250101120000"}, "before the injection"),
