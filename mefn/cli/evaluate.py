@@ -17,7 +17,9 @@ organisers' evaluation code does, and write OUT/per_case.csv and OUT/summary.jso
   hecktor  HECKTOR 2022 aggregated Dice (DSCagg) for GTVp (1) and GTVn (2).
 
 Predictions are matched by file name: <case>.nii.gz or <case>_mask.nii.gz for the
-reference <case>.nii.gz.
+reference <case>.nii.gz. A reference may also be <case>.dcm: an RTSTRUCT, rasterised onto
+the prediction's grid (the CT grid; --reference-roi names the ROI when it holds several),
+or a DICOM SEG whose frames lie on the prediction's grid (another grid is an error).
 """
 
 
@@ -38,6 +40,11 @@ def add_parser(sub: Any) -> None:
         c.add_argument("prediction_dir", metavar="PRED_DIR", help="folder of predicted masks")
         c.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
         c.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
+        c.add_argument(
+            "--reference-roi",
+            metavar="NAME",
+            help="ROI of RTSTRUCT references (<case>.dcm) that hold several",
+        )
         if name == "autopet":
             c.add_argument(
                 "--year",
@@ -73,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
             raise InputError("--probability-dir needs --uncertainty-dir as well")
         cases = attach_maps(cases, args.uncertainty_dir, args.probability_dir)
-        s = evaluate_autopet(cases, args.output, year=args.year, plots=plots)
+        s = evaluate_autopet(
+            cases, args.output, year=args.year, plots=plots, reference_roi=args.reference_roi
+        )
         if not args.quiet:
             print(
                 f"AutoPET {args.year}: {s['n_cases']} cases ({s['n_cases_with_lesions']} with "
@@ -82,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     else:
-        s = evaluate_hecktor(cases, args.output, plots=plots)
+        s = evaluate_hecktor(cases, args.output, plots=plots, reference_roi=args.reference_roi)
         if not args.quiet:
             print(
                 f"HECKTOR 2022: {s['n_cases']} cases: DSCagg GTVp {s['dscagg_gtvp']:.4f}, "

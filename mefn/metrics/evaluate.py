@@ -6,6 +6,13 @@ In the prediction folder, ``*_uncertainty.nii.gz``, ``*_probabilities.nii.gz`` a
 that are not NIfTI are ignored. A missing prediction, a prediction without reference, or
 two candidates for one case is an :class:`InputError` naming the case.
 
+A reference may also be ``<case>.dcm``: an RTSTRUCT (rasterised onto the prediction's grid,
+which is the CT grid the contours were drawn on; ``reference_roi`` names the ROI when the
+file holds several) or a DICOM SEG (its frames placed onto the prediction's grid; a SEG
+whose voxels are not voxels of that grid is a :class:`GeometryError`: resample the
+prediction onto the SEG's source image). Such a reference has no NIfTI header: the AutoPET
+voxel volume is the prediction's.
+
 Uncertainty maps are ``<case>_uncertainty.nii.gz`` (or ``<case>.nii.gz``) in the
 uncertainty folder; probability maps ``<case>_probabilities.nii.gz`` (4D, one volume per
 class) in the probability folder, or, without one, in the uncertainty folder when every
@@ -61,6 +68,7 @@ HECKTOR_COLUMNS = (
     "vol_sum_gtvn",
 )
 _NIFTI = (".nii.gz", ".nii")
+_DICOM = ".dcm"
 _MAP_SUFFIXES = ("_uncertainty", "_probabilities")
 
 
@@ -100,13 +108,33 @@ def _nifti_files(folder: Path, what: str) -> dict[str, Path]:
     return out
 
 
+def _reference_files(folder: Path) -> dict[str, Path]:
+    """``<case>.nii.gz`` / ``.nii`` and ``<case>.dcm`` (SEG or RTSTRUCT) references."""
+    out = _nifti_files(folder, "reference")
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if not name.lower().endswith(_DICOM) or len(name) <= len(_DICOM) or not path.is_file():
+            continue
+        case = name[: -len(_DICOM)]
+        if case in out:
+            raise InputError(
+                f"case {case}: both {out[case].name} and {path.name} in {folder}; keep one"
+            )
+        out[case] = path
+    return dict(sorted(out.items()))
+
+
+def _is_dicom_reference(path: Path) -> bool:
+    return path.name.lower().endswith(_DICOM)
+
+
 def match_cases(
     reference_dir: str | os.PathLike[str], prediction_dir: str | os.PathLike[str]
 ) -> list[CasePaths]:
-    """Pair every reference ``<case>.nii.gz`` of a folder with its prediction."""
-    refs = _nifti_files(Path(reference_dir), "reference")
+    """Pair every reference ``<case>.nii.gz`` (or ``.dcm``) of a folder with its prediction."""
+    refs = _reference_files(Path(reference_dir))
     if not refs:
-        raise InputError(f"no .nii.gz reference found in {reference_dir}")
+        raise InputError(f"no .nii.gz or .dcm reference found in {reference_dir}")
     return match_predictions(refs, prediction_dir, where=str(reference_dir))
 
 
@@ -236,6 +264,28 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
+# --- DICOM references ------------------------------------------------------------------------
+
+
+def _dicom_reference_like(path: Path, prediction: Any, case: str, roi: str | None) -> Any:
+    """A SEG / RTSTRUCT reference on the grid of an AutoPET-read prediction, as a NiftiArray."""
+    from mefn.io.challenge_io import NiftiArray
+    from mefn.io.dicom_refs import read_reference
+    from mefn.io.volume import Geometry
+
+    shape = tuple(int(n) for n in prediction.array.shape)
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    grid = Geometry.from_affine_lps(ras_to_lps @ prediction.affine, shape)  # type: ignore[arg-type]
+    volume = read_reference(path, reference=grid, roi=roi)
+    logger.info("case %s: DICOM reference %s on the prediction's grid", case, path.name)
+    return NiftiArray(
+        array=np.asarray(volume.array, dtype=np.float64),
+        affine=prediction.affine,
+        voxel_volume_ml=prediction.voxel_volume_ml,
+        pixdim=prediction.pixdim,
+    )
+
+
 # --- AutoPET ---------------------------------------------------------------------------------
 
 
@@ -277,8 +327,12 @@ def evaluate_autopet(
     out_dir: str | os.PathLike[str],
     year: int = 2022,
     plots: bool = True,
+    reference_roi: str | None = None,
 ) -> dict[str, Any]:
-    """Score AutoPET cases and write per_case.csv, summary.json (and plots); returns the summary."""
+    """Score AutoPET cases and write per_case.csv, summary.json (and plots); returns the summary.
+
+    ``reference_roi``: the ROI of RTSTRUCT references holding several.
+    """
     from mefn.io.challenge_io import read_autopet_mask, read_nifti_float
     from mefn.metrics.autopet import aggregate_autopet, autopet_case_metrics, normalise_year
     from mefn.metrics.calibration import (
@@ -300,8 +354,12 @@ def evaluate_autopet(
     units = LesionUnits.empty()
     for c in cases:
         logger.info("AutoPET %s: %s", year, c.case)
-        ref = read_autopet_mask(c.reference, c.case)
-        pred = read_autopet_mask(c.prediction, c.case)
+        if _is_dicom_reference(c.reference):
+            pred = read_autopet_mask(c.prediction, c.case)
+            ref = _dicom_reference_like(c.reference, pred, c.case, reference_roi)
+        else:
+            ref = read_autopet_mask(c.reference, c.case)
+            pred = read_autopet_mask(c.prediction, c.case)
         _same_grid(c.case, "prediction", pred.affine, pred.array.shape, ref.affine, ref.array.shape)
         rec = autopet_case_metrics(
             ref.array, pred.array, ref.voxel_volume_ml, year=year, case=c.case
@@ -372,10 +430,30 @@ def evaluate_autopet(
 # --- HECKTOR ---------------------------------------------------------------------------------
 
 
+def _hecktor_reference_file(c: CasePaths, folder: Path, roi: str | None) -> Path:
+    """A SEG / RTSTRUCT reference written as NIfTI (uint8) on the prediction's grid."""
+    from mefn.io.dicom_refs import read_reference
+    from mefn.io.readers import read_volume
+    from mefn.io.sitk_bridge import write_volume
+
+    grid = read_volume(c.prediction).geometry
+    volume = read_reference(c.reference, reference=grid, roi=roi)
+    return write_volume(volume, folder / f"{c.case}.nii.gz", dtype=np.uint8)
+
+
 def evaluate_hecktor(
-    cases: Sequence[CasePaths], out_dir: str | os.PathLike[str], plots: bool = True
+    cases: Sequence[CasePaths],
+    out_dir: str | os.PathLike[str],
+    plots: bool = True,
+    reference_roi: str | None = None,
 ) -> dict[str, Any]:
-    """Score HECKTOR 2022 cases (DSCagg) and write per_case.csv and summary.json."""
+    """Score HECKTOR 2022 cases (DSCagg) and write per_case.csv and summary.json.
+
+    A ``.dcm`` reference (SEG segments 1 and 2, or one RTSTRUCT ROI as label 1, chosen by
+    ``reference_roi`` when there are several) is put on the prediction's grid first.
+    """
+    import tempfile
+
     from mefn.io.challenge_io import hecktor2022_overlap
     from mefn.metrics.hecktor import aggregate_hecktor2022, hecktor2022_case_metrics
 
@@ -383,7 +461,12 @@ def evaluate_hecktor(
     records = []
     for c in cases:
         logger.info("HECKTOR 2022: %s", c.case)
-        ov = hecktor2022_overlap(c.reference, c.prediction, c.case)
+        if _is_dicom_reference(c.reference):
+            with tempfile.TemporaryDirectory(prefix="mefn-ref-") as tmp:
+                reference = _hecktor_reference_file(c, Path(tmp), reference_roi)
+                ov = hecktor2022_overlap(reference, c.prediction, c.case)
+        else:
+            ov = hecktor2022_overlap(c.reference, c.prediction, c.case)
         records.append(
             hecktor2022_case_metrics(
                 ov.dice, ov.reference_voxels, ov.predicted_voxels, ov.voxel_volume_mm3, c.case

@@ -217,3 +217,88 @@ def test_hecktor_label_and_spacing_errors(tmp_path, capsys):
 def test_evaluate_without_challenge_prints_help(capsys):
     assert main(["evaluate"]) == 2
     assert "autopet" in capsys.readouterr().err
+
+
+# --- DICOM references (RTSTRUCT, SEG) --------------------------------------------------------
+
+
+def _grid():
+    from mefn.io.volume import Geometry
+
+    return Geometry(SHAPE, SPACING, (5.0, -7.0, 11.0), DIRECTION)
+
+
+def _reference_contours():
+    """Contours of the _autopet_folders reference: the 4 x 4 x 4 box and the lone voxel."""
+    from dicom_refs_support import square
+
+    grid = _grid()
+    box = [grid.index_to_world(square((1.5, 2.5), (5.5, 6.5), k)) for k in range(4, 8)]
+    lone = grid.index_to_world(square((9.5, 9.5), (10.5, 10.5), 10))
+    return box + [lone]
+
+
+def test_autopet_with_rtstruct_and_seg_references(tmp_path):
+    from dicom_refs_support import write_ct_series, write_rtstruct, write_seg
+
+    ref_dir, pred_dir = _autopet_folders(tmp_path, with_maps=False)
+    (ref_dir / "c1.nii.gz").unlink()
+    write_rtstruct(ref_dir / "c1.dcm", {"GTV": _reference_contours()})
+    # c2's reference as a SEG written on a CT series with the grid of the prediction
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[2:6, 3:7, 4:8] = 1
+    ref[10, 10, 10] = 1
+    cols = np.asarray(DIRECTION).reshape(3, 3)
+    series = write_ct_series(
+        tmp_path / "ct",
+        SHAPE,
+        spacing=SPACING,
+        origin=(5.0, -7.0, 11.0),
+        row=cols[:, 0],
+        col=cols[:, 1],
+    )
+    (ref_dir / "c2.nii.gz").unlink()
+    write_seg(ref_dir / "c2.dcm", series, ref)
+    out = tmp_path / "out"
+    assert main(["-q", "evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(out)]) == 0
+    rows = {r[0]: r for r in _read_csv(out / "per_case.csv")[1:]}
+    for case in ("c1", "c2"):
+        assert float(rows[case][1]) == 2 * 48 / (65 + 49)
+        assert float(rows[case][2]) == pytest.approx(VOXVOL_ML, rel=1e-6)
+        assert rows[case][4:] == ["1", "1"]
+
+
+def test_dicom_reference_errors(tmp_path, capsys):
+    from dicom_refs_support import write_rtstruct
+
+    ref_dir, pred_dir = _autopet_folders(tmp_path, with_maps=False)
+    args = ["evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(tmp_path / "o")]
+    write_rtstruct(ref_dir / "c1.dcm", {"GTV": _reference_contours()})
+    assert main(args) == 2
+    assert "case c1: both c1.nii.gz and c1.dcm" in capsys.readouterr().err
+    (ref_dir / "c1.nii.gz").unlink()
+    lung = [_grid().index_to_world(np.array([[0.5, 0.5, 1], [3.5, 0.5, 1], [3.5, 3.5, 1]]))]
+    write_rtstruct(ref_dir / "c1.dcm", {"GTV": _reference_contours(), "Lung": lung})
+    assert main(args) == 2
+    assert "holds 2 ROIs ('GTV', 'Lung'); choose one by name" in capsys.readouterr().err
+    assert main(["-q", *args, "--reference-roi", "GTV"]) == 0
+    row = {r[0]: r for r in _read_csv(tmp_path / "o" / "per_case.csv")[1:]}["c1"]
+    assert float(row[1]) == 2 * 48 / (65 + 49)
+
+
+def test_hecktor_with_rtstruct_reference(tmp_path):
+    from dicom_refs_support import square, write_rtstruct
+
+    ref_dir, pred_dir = _hecktor_folders(tmp_path)
+    (ref_dir / "CHUM-001.nii.gz").unlink()
+    grid = _grid()
+    gtvp = [grid.index_to_world(square((1.5, 1.5), (3.5, 3.5), k)) for k in (2, 3)]
+    write_rtstruct(ref_dir / "CHUM-001.dcm", {"GTVp": gtvp})
+    out = tmp_path / "out"
+    assert main(["-q", "evaluate", "hecktor", str(ref_dir), str(pred_dir), "-o", str(out)]) == 0
+    rows = {r[0]: r for r in _read_csv(out / "per_case.csv")[1:]}
+    assert float(rows["CHUM-001"][1]) == pytest.approx(2 * 4 / 12)
+    assert float(rows["CHUM-001"][2]) == 0.0  # the RTSTRUCT has no GTVn: label 2 predicted
+    assert float(rows["CHUP-002"][1]) == pytest.approx(2 * 8 / 16)
+    # the rasterised reference went to a temporary folder, not beside the references
+    assert sorted(p.name for p in ref_dir.iterdir()) == ["CHUM-001.dcm", "CHUP-002.nii.gz"]
