@@ -20,12 +20,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,14 +35,17 @@ from mefn.errors import CheckpointError, InputError, OutputError
 from mefn.fileutil import file_sha256
 from mefn.io.case import Case
 from mefn.io.volume import Geometry, Volume
-from mefn.postprocess import LesionTable, PetCheck, lesion_table
+from mefn.model.sliding_window import sliding_window_predict
+from mefn.postprocess import HotSpot, HotSpotCheck, LesionTable, PetCheck, lesion_table
 
 __all__ = [
     "sliding_window_predict",
     "Prediction",
     "Predictor",
     "WEIGHTS_DIR",
+    "list_adapters",
     "list_models",
+    "resolve_adapter",
     "output_paths",
     "resolve_weights",
     "save_prediction",
@@ -70,6 +72,8 @@ class Prediction:
     uncertainty_pet: np.ndarray | None = None
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    #: PET hot spots the mask does not touch (:func:`mefn.postprocess.find_hot_spots`)
+    hot_spots: tuple[HotSpot, ...] = ()
 
     def report(self, case: Case | None = None) -> dict[str, Any]:
         """The ``<case>_report.json`` content."""
@@ -87,11 +91,58 @@ class Prediction:
                 "max": float(self.uncertainty.max()),
             },
             **self.lesions.to_json(),
+            "n_hot_spots": len(self.hot_spots),
+            "hot_spots": [spot.to_json() for spot in self.hot_spots],
         }
 
 
 def list_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+#: bundled adapters: ``mefn/weights/adapters/<name>/`` (``mefn segment --adapter <name>``)
+ADAPTERS_DIR = WEIGHTS_DIR / "adapters"
+#: an adapter's card beside its files: data, figures and the post-processing chosen for it
+ADAPTER_CARD = "card.json"
+
+
+def list_adapters() -> list[str]:
+    """Names of the bundled adapters (folders of ``mefn/weights/adapters`` with a config)."""
+    if not ADAPTERS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ADAPTERS_DIR.iterdir() if (p / "adapter_config.json").is_file())
+
+
+def resolve_adapter(adapter: str | Path) -> Path:
+    """The folder of an adapter: a path (a `mefn finetune` output or its ``adapter/``
+    folder) or the name of a bundled adapter (:func:`list_adapters`)."""
+    path = Path(adapter)
+    if path.exists():
+        if (path / "adapter").is_dir() and not (path / "adapter_config.json").exists():
+            return path / "adapter"  # a `mefn finetune` output folder
+        return path
+    bundled = ADAPTERS_DIR / str(adapter)
+    if path.name == str(adapter) and (bundled / "adapter_config.json").is_file():
+        return bundled
+    known = ", ".join(list_adapters()) or "none bundled"
+    raise InputError(
+        f"adapter {str(adapter)!r} not found: expected an adapter folder (from `mefn finetune`) "
+        f"or a bundled adapter name ({known})"
+    )
+
+
+def adapter_card(folder: Path) -> dict[str, Any]:
+    """The adapter's ``card.json`` ({} when it has none); a malformed one is an error."""
+    path = folder / ADAPTER_CARD
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"adapter card {path} is not valid JSON ({exc}); fix it") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"adapter card {path} must be a JSON object; fix it")
+    return card
 
 
 def resolve_weights(model: str | Path) -> tuple[Path, Path]:
@@ -121,7 +172,11 @@ def resolve_weights(model: str | Path) -> tuple[Path, Path]:
     )
 
 
-def output_paths(outdir: Path, case_id: str, extra: bool = False) -> dict[str, Path]:
+def output_paths(
+    outdir: Path, case_id: str, extra: bool = False, dicom: bool = False
+) -> dict[str, Path]:
+    """The files :func:`save_prediction` writes for one case (``dicom``: also the DICOM SEG
+    of the mask and the Parametric Map of the uncertainty)."""
     paths = {
         "mask": outdir / f"{case_id}_mask.nii.gz",
         "uncertainty": outdir / f"{case_id}_uncertainty.nii.gz",
@@ -131,67 +186,10 @@ def output_paths(outdir: Path, case_id: str, extra: bool = False) -> dict[str, P
         paths["probabilities"] = outdir / f"{case_id}_probabilities.nii.gz"
         paths["uncertainty_ct"] = outdir / f"{case_id}_uncertainty_ct.nii.gz"
         paths["uncertainty_pet"] = outdir / f"{case_id}_uncertainty_pet.nii.gz"
+    if dicom:
+        paths["seg"] = outdir / f"{case_id}_seg.dcm"
+        paths["uncertainty_pm"] = outdir / f"{case_id}_uncertainty_pm.dcm"
     return paths
-
-
-def sliding_window_predict(
-    model: Any,
-    image: Any,
-    roi_size: tuple[int, int, int],
-    overlap: float,
-    sw_batch_size: int,
-    device: Any,
-    keys: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """MONAI sliding-window inference of ``model.infer`` over a (1, 2, X, Y, Z) tensor.
-
-    The input is padded to a multiple of the model's size divisor and of the window, and
-    the outputs are cropped back. Tiles are blended with a Gaussian weight, on the CPU.
-    ``keys`` keeps only those outputs of ``model.infer`` (default: all of them).
-
-    All kept maps travel through MONAI as one tensor (their channels concatenated), so the
-    blending runs once per tile and one count map serves them all (MONAI keeps a full-size
-    count map per output otherwise); the values are those of blending each map alone.
-    """
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    divisor = int(getattr(model, "size_divisor", 1))
-    shape = image.shape[2:]
-    roi = tuple(
-        max(divisor, min(r, int(math.ceil(s / divisor)) * divisor)) for r, s in zip(roi_size, shape)
-    )
-    target = [max(r, int(math.ceil(s / divisor)) * divisor) for r, s in zip(roi, shape)]
-    pad = []
-    for s, t in reversed(list(zip(shape, target))):
-        pad += [0, t - s]
-    padded = torch.nn.functional.pad(image, pad, mode="replicate") if any(pad) else image
-
-    channels: dict[str, tuple[int, int]] = {}  # output name -> its channels in the blend
-
-    def predictor(x: Any) -> Any:
-        maps = model.infer(x.to(device))
-        if not channels:
-            start = 0
-            for key, value in maps.items():
-                if keys is None or key in keys:
-                    channels[key] = (start, start + int(value.shape[1]))
-                    start += int(value.shape[1])
-        return torch.cat([maps[key] for key in channels], dim=1)
-
-    with torch.no_grad():
-        blended: Any = sliding_window_inference(
-            padded,
-            roi_size=roi,
-            sw_batch_size=sw_batch_size,
-            predictor=predictor,
-            overlap=overlap,
-            mode="gaussian",
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
-    crop = tuple(slice(0, s) for s in shape)
-    return {key: blended[(slice(None), slice(a, b), *crop)] for key, (a, b) in channels.items()}
 
 
 def parse_tta_axes(text: str) -> tuple[int, ...]:
@@ -251,6 +249,10 @@ class Predictor:
         before the lesion floor. Default: the card's ``pet_check``, else none. A dict
         overrides only the fields it names (``{"refine_fraction": None}``: the card's check
         without the redrawing).
+    hot_spots:
+        Which PET hot spots outside the mask the report lists
+        (:class:`mefn.postprocess.HotSpotCheck`): default the card's ``hot_spots``, else
+        SUV >= 2.5 reaching twice its surroundings; a dict overrides the fields it names.
     threads:
         CPU threads for the network (torch) and for resampling (SimpleITK); process-wide
         settings. Default: theirs (all cores).
@@ -269,6 +271,7 @@ class Predictor:
         tta_axes: Sequence[int] | None = None,
         lesion_threshold: float | None = None,
         pet_check: PetCheck | dict[str, Any] | None = None,
+        hot_spots: HotSpotCheck | dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -312,12 +315,12 @@ class Predictor:
         self.base_hash = file_sha256(self.weights_path)
         self.adapter_path = None
         new_heads = False
+        tuned: dict[str, Any] = {}  # post-processing chosen for the adapter, in its card
         if adapter is not None:
             from mefn.adapters import load_adapter, merge_adapters
 
-            adapter = Path(adapter)
-            if (adapter / "adapter").is_dir() and not (adapter / "adapter_config.json").exists():
-                adapter = adapter / "adapter"  # a `mefn finetune` output folder
+            adapter = resolve_adapter(adapter)
+            tuned = adapter_card(adapter).get("postprocess") or {}
             handle = load_adapter(net, adapter, expected_base_hash=self.base_hash)
             if handle.num_classes is not None:  # new output heads: another label set
                 new_heads = True
@@ -338,6 +341,8 @@ class Predictor:
         # The card's post-processing was chosen for the base weights' own heads; an adapter
         # with new heads (another task) starts from the plain defaults instead.
         calibrated: dict[str, Any] = {} if new_heads else self.card
+        if tuned:  # the adapter's card chose its own: those stand for the base card's
+            calibrated = {**calibrated, **tuned}
         if review_threshold is None:
             from mefn.postprocess import DEFAULT_REVIEW_THRESHOLD
 
@@ -358,6 +363,8 @@ class Predictor:
             raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")
         self.tta_axes = axes
         self.pet_check = resolve_pet_check(calibrated.get("pet_check"), pet_check)
+        # what counts as an obvious PET hot spot does not depend on the heads: always the card's
+        self.hot_spots = resolve_hot_spot_check(self.card.get("hot_spots"), hot_spots)
 
     @staticmethod
     def _device(name: str) -> Any:
@@ -394,6 +401,7 @@ class Predictor:
             "lesion_threshold": self.lesion_threshold,
             "tta_axes": list(self.tta_axes),
             "pet_check": self.pet_check.to_json(),
+            "hot_spots": self.hot_spots.to_json(),
         }
 
     def predict_model_space(
@@ -445,6 +453,12 @@ class Predictor:
         from mefn.postprocess import mask_from_probabilities, remove_small_components
 
         mask = mask_from_probabilities(prob, 0, self.lesion_threshold)
+        # 1 - p(background) for the hot-spot listing; float16 keeps it at a quarter of prob
+        lesion_prob = (
+            np.subtract(1.0, prob[0], dtype=np.float32).astype(np.float16)
+            if self.hot_spots.enabled
+            else None
+        )
         kept_prob = prob if keep_extra else None
         del prob  # without keep_extra, freed before the SUV resampling and the lesion table
         unc = to_output_grid(out["uncertainty"], grid, target, (1.0,))[0]
@@ -470,6 +484,10 @@ class Predictor:
         min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
         mask = remove_small_components(mask, min_vox)
         table = lesion_table(mask, suv, unc, target, review_threshold=self.review_threshold)
+        from mefn.postprocess import find_hot_spots
+
+        spots = find_hot_spots(mask, suv, target, self.hot_spots, lesion_prob)
+        del lesion_prob
         return Prediction(
             case_id=case.case_id,
             geometry=target,
@@ -482,6 +500,7 @@ class Predictor:
             uncertainty_pet=extra["uncertainty_pet"],
             seconds=time.monotonic() - t0,
             settings=self.settings(),
+            hot_spots=spots,
         )
 
 
@@ -497,20 +516,37 @@ def resolve_pet_check(
     A malformed card entry (not a mapping, an unknown field, a value out of range) is a
     :class:`CheckpointError`; a malformed override is the caller's :class:`InputError`.
     """
-    if isinstance(override, PetCheck):
+    return _resolve_card_check(PetCheck, "pet_check", "PET check", card_value, override)
+
+
+def resolve_hot_spot_check(
+    card_value: Any, override: HotSpotCheck | dict[str, Any] | None = None
+) -> HotSpotCheck:
+    """The hot-spot listing of a card's ``hot_spots`` (absent: the defaults of
+    :class:`HotSpotCheck`), with ``override`` as in :func:`resolve_pet_check`."""
+    return _resolve_card_check(HotSpotCheck, "hot_spots", "hot-spot check", card_value, override)
+
+
+_Check = TypeVar("_Check", PetCheck, HotSpotCheck)
+
+
+def _resolve_card_check(
+    cls: type[_Check], key: str, what: str, card_value: Any, override: Any
+) -> _Check:
+    if isinstance(override, cls):
         return override
-    names = [f.name for f in fields(PetCheck)]
+    names = [f.name for f in fields(cls)]
     expected = f"the fields {', '.join(names)}"
     if card_value is not None and not isinstance(card_value, dict):
         raise CheckpointError(
-            f"the model card's pet_check {card_value!r} is not a PET check; expected a mapping "
+            f"the model card's {key} {card_value!r} is not a {what}; expected a mapping "
             f"with {expected}; fix or retrain the card"
         )
     try:
-        card = PetCheck(**(card_value or {}))
+        card = cls(**(card_value or {}))
     except (TypeError, InputError) as exc:
         raise CheckpointError(
-            f"the model card's pet_check {card_value} is not a valid PET check ({exc}); "
+            f"the model card's {key} {card_value} is not a valid {what} ({exc}); "
             f"expected {expected}; fix or retrain the card"
         ) from None
     if not override:
@@ -518,7 +554,8 @@ def resolve_pet_check(
     unknown = sorted(set(override) - set(names))
     if unknown:
         raise InputError(
-            f"PET check override names unknown fields {unknown}; expected some of {expected}"
+            f"{what[0].upper() + what[1:]} override names unknown fields {unknown}; "
+            f"expected some of {expected}"
         )
     return replace(card, **override)
 
@@ -548,17 +585,32 @@ def save_prediction(
     case: Case | None = None,
     overwrite: bool = False,
     extra: bool = False,
+    dicom: bool = False,
 ) -> dict[str, Path]:
     """Write mask, uncertainty (and extras) and the report, atomically; return the paths.
 
+    ``dicom``: also the mask as a DICOM SEG and the uncertainty as a DICOM Parametric Map,
+    both referencing the case's CT series (:mod:`mefn.io.dicom_export`); the case must have
+    been loaded from DICOM (else :class:`InputError`).
+
     Every target is checked before anything is written, so an existing output without
-    ``overwrite`` leaves the folder untouched.
+    ``overwrite`` (or, with ``dicom``, a case that is not DICOM) leaves the folder untouched.
     """
     from mefn.fileutil import atomic_write_text, check_writable_dir
     from mefn.io.sitk_bridge import write_volume
 
+    sources: list[Any] = []
+    if dicom:  # before the output folder is made: the CT must be a DICOM series
+        from mefn.io.dicom_export import read_source_ct
+
+        if case is None:
+            raise InputError(
+                "DICOM outputs need the Case the prediction was made for (its CT series); "
+                "pass case= to save_prediction"
+            )
+        sources = read_source_ct(case)
     outdir = check_writable_dir(outdir)
-    paths = output_paths(outdir, prediction.case_id, extra=extra)
+    paths = output_paths(outdir, prediction.case_id, extra=extra, dicom=dicom)
     existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputError(
@@ -580,5 +632,19 @@ def save_prediction(
             arr = getattr(prediction, key)
             if arr is not None:
                 write_volume(Volume(arr.astype(np.float32), geo), paths[key], dtype=np.float32)
+    if dicom:
+        from mefn.io.dicom_export import AlgorithmInfo, write_dicom_seg, write_parametric_map
+
+        settings = prediction.settings
+        algorithm = AlgorithmInfo(
+            model_name=Path(str(settings.get("model") or "unknown")).stem,
+            weights_sha256=str(settings.get("model_sha256") or ""),
+            adapter=str(settings["adapter"]) if settings.get("adapter") else None,
+        )
+        labels = settings.get("labels") or _default_labels(max(2, int(prediction.mask.max()) + 1))
+        write_dicom_seg(prediction.mask, geo, sources, paths["seg"], labels, algorithm)
+        write_parametric_map(
+            prediction.uncertainty, geo, sources, paths["uncertainty_pm"], algorithm
+        )
     atomic_write_text(paths["report"], json.dumps(prediction.report(case), indent=1))
     return paths

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cc3d
 import numpy as np
@@ -24,6 +24,10 @@ __all__ = [
     "check_lesion_threshold",
     "choose_review_threshold",
     "format_u",
+    "HotSpot",
+    "HotSpotCheck",
+    "find_hot_spots",
+    "label_hot_spots",
     "lesion_table",
     "mask_from_probabilities",
     "PetCheck",
@@ -362,6 +366,199 @@ def lesion_table(
         tlg=float(sum(lesion.tlg for lesion in lesions)),
         review_threshold=review_threshold,
     )
+
+
+@dataclass(frozen=True)
+class HotSpotCheck:
+    """Which PET hot spots outside the mask a report lists, so that nothing obvious is
+    dropped in silence: a reader sees what the model decided was not tumour.
+
+    A hot spot is an 18-connected region of voxels with SUV >= ``min_suv`` that holds at
+    least ``min_volume_ml``, whose SUVmax reaches ``min_contrast`` times its background (the
+    median SUV in a shell of BACKGROUND_SHELL_MM starting BACKGROUND_GAP_MM outside it, as for
+    :class:`PetCheck`) and of which the mask covers less than ``max_covered_fraction`` (0: only
+    regions the mask does not touch at all; the default 0.5 also lists a large hot tumour of
+    which the mask holds a sliver).
+    """
+
+    min_suv: float = 2.5
+    min_contrast: float = 2.0
+    min_volume_ml: float = 0.2
+    max_covered_fraction: float = 0.5
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.min_suv) and self.min_suv > 0):
+            problems.append(f"min_suv > 0, found {self.min_suv}")
+        if not (math.isfinite(self.min_contrast) and self.min_contrast >= 0):
+            problems.append(f"min_contrast >= 0, found {self.min_contrast}")
+        if not (math.isfinite(self.min_volume_ml) and self.min_volume_ml >= 0):
+            problems.append(f"min_volume_ml >= 0, found {self.min_volume_ml}")
+        if not 0.0 <= self.max_covered_fraction <= 1.0:
+            problems.append(f"max_covered_fraction in [0, 1], found {self.max_covered_fraction}")
+        if problems:
+            raise InputError(
+                "hot-spot check expects " + "; ".join(problems) + " (e.g. min_suv 2.5, "
+                "min_contrast 2, min_volume_ml 0.2)"
+            )
+
+    def to_json(self) -> dict[str, float | bool]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HotSpot:
+    """A PET hot spot that the mask does not touch, with what the model thought of it."""
+
+    spot_id: int
+    voxels: int
+    volume_ml: float
+    centroid_mm: tuple[float, float, float]
+    suv_max: float
+    suv_mean: float
+    background_suv: float
+    #: SUVmax over the background (None: no background uptake around it)
+    contrast: float | None
+    #: the fraction of its voxels inside the mask (below the check's max_covered_fraction)
+    covered_fraction: float
+    #: highest probability of not being background the network gave inside (None: unknown)
+    lesion_probability_max: float | None
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["centroid_mm"] = [round(c, 2) for c in self.centroid_mm]
+        for key in (
+            "volume_ml",
+            "suv_max",
+            "suv_mean",
+            "background_suv",
+            "contrast",
+            "covered_fraction",
+        ):
+            if data[key] is not None:
+                data[key] = round(float(data[key]), 4)
+        if self.lesion_probability_max is not None:
+            data["lesion_probability_max"] = float(f"{self.lesion_probability_max:.3g}")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HotSpot:
+        """A hot spot from its ``to_json`` form (a report's ``hot_spots`` entry)."""
+        c = data["centroid_mm"]
+        prob = data.get("lesion_probability_max")
+        contrast = data.get("contrast")
+        return cls(
+            spot_id=int(data["spot_id"]),
+            voxels=int(data["voxels"]),
+            volume_ml=float(data["volume_ml"]),
+            centroid_mm=(float(c[0]), float(c[1]), float(c[2])),
+            suv_max=float(data["suv_max"]),
+            suv_mean=float(data["suv_mean"]),
+            background_suv=float(data["background_suv"]),
+            contrast=None if contrast is None else float(contrast),
+            covered_fraction=float(data.get("covered_fraction", 0.0)),
+            lesion_probability_max=None if prob is None else float(prob),
+        )
+
+
+def find_hot_spots(
+    mask: np.ndarray,
+    suv: np.ndarray,
+    geometry: Geometry,
+    check: HotSpotCheck | None = None,
+    lesion_probability: np.ndarray | None = None,
+) -> tuple[HotSpot, ...]:
+    """The PET hot spots of ``check`` that ``mask`` leaves out, hottest first.
+
+    ``suv``, ``mask`` and ``lesion_probability`` (1 - p(background), any float dtype) are on
+    ``geometry``'s grid. Regions the mask covers (``check.max_covered_fraction`` or more of
+    their voxels) are not listed: the mask answers for them in the lesion table.
+    """
+    return label_hot_spots(mask, suv, geometry, check, lesion_probability)[0]
+
+
+def label_hot_spots(
+    mask: np.ndarray,
+    suv: np.ndarray,
+    geometry: Geometry,
+    check: HotSpotCheck | None = None,
+    lesion_probability: np.ndarray | None = None,
+) -> tuple[tuple[HotSpot, ...], np.ndarray]:
+    """:func:`find_hot_spots` and a map of them (int32, each spot's ``spot_id``, else 0)."""
+    check = check or HotSpotCheck()
+    if not (mask.shape == suv.shape == geometry.shape):
+        raise ValueError(
+            f"mask {mask.shape}, SUV {suv.shape} and grid {geometry.shape} must have one shape"
+        )
+    if lesion_probability is not None and lesion_probability.shape != mask.shape:
+        raise ValueError(f"lesion probability {lesion_probability.shape} must be {mask.shape}")
+    empty = np.zeros(mask.shape, dtype=np.int32)
+    if not check.enabled:
+        return (), empty
+    hot = suv >= check.min_suv
+    if not hot.any():
+        return (), empty
+    components = cc3d.connected_components(hot, connectivity=CONNECTIVITY)
+    n = int(components.max())
+    counts = np.bincount(components.ravel(), minlength=n + 1)
+    covered = np.bincount(components[(mask > 0) & hot], minlength=n + 1)
+    fraction = covered / np.maximum(counts, 1)
+    candidate = counts * geometry.voxel_volume_ml >= check.min_volume_ml
+    candidate[0] = False
+    if check.max_covered_fraction > 0:
+        candidate &= fraction < check.max_covered_fraction
+    else:
+        candidate &= covered == 0
+    spacing = np.asarray(geometry.spacing_mm, dtype=np.float64)
+    margin = np.ceil((BACKGROUND_GAP_MM + BACKGROUND_SHELL_MM) / spacing).astype(int) + 1
+    rows: list[dict[str, object]] = []
+    for index, found in enumerate(ndimage.find_objects(components), start=1):
+        if found is None or not candidate[index]:
+            continue
+        box = tuple(
+            slice(max(s.start - m, 0), min(s.stop + m, size))
+            for s, m, size in zip(found, margin, mask.shape)
+        )
+        region = components[box] == index
+        values = suv[box]
+        inside = values[region].astype(np.float64)
+        peak = float(inside.max())
+        distance = ndimage.distance_transform_edt(~region, sampling=spacing)
+        shell = (distance > BACKGROUND_GAP_MM) & (
+            distance <= BACKGROUND_GAP_MM + BACKGROUND_SHELL_MM
+        )
+        background = float(np.median(values[shell])) if shell.any() else 0.0
+        if peak < check.min_contrast * max(background, 0.0):
+            continue
+        lo = np.asarray([b.start for b in box])
+        voxels = np.argwhere(region) + lo
+        centroid = geometry.index_to_world(voxels.mean(axis=0))
+        prob = (
+            float(lesion_probability[box][region].max()) if lesion_probability is not None else None
+        )
+        count = int(region.sum())
+        rows.append(
+            {
+                "component": index,
+                "voxels": count,
+                "volume_ml": float(count * geometry.voxel_volume_ml),
+                "centroid_mm": (float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                "suv_max": peak,
+                "suv_mean": float(inside.mean()),
+                "background_suv": background,
+                "contrast": peak / background if background > 0 else None,
+                "covered_fraction": float(fraction[index]),
+                "lesion_probability_max": prob,
+            }
+        )
+    rows.sort(key=lambda row: -float(row["suv_max"]))  # type: ignore[arg-type]
+    lookup = np.zeros(n + 1, dtype=np.int32)
+    spots = []
+    for k, row in enumerate(rows, start=1):
+        lookup[int(row.pop("component"))] = k  # type: ignore[call-overload]
+        spots.append(HotSpot(spot_id=k, **row))  # type: ignore[arg-type]
+    return tuple(spots), lookup[components]
 
 
 def format_u(value: float) -> str:

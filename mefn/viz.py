@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from mefn.inference import Prediction
-    from mefn.postprocess import LesionTable
+    from mefn.postprocess import HotSpot, LesionTable
 
 __all__ = [
     "LESION_COLUMNS",
@@ -60,6 +60,7 @@ __all__ = [
     "ReviewData",
     "auto_point",
     "display_orientation",
+    "format_hot_spots",
     "format_lesion_table",
     "format_u",
     "lesion_choices",
@@ -520,10 +521,13 @@ def plot_mip(
     suv_max: float | None = None,
     ax: Axes | None = None,
     u_max: float = 1.0,
+    hot_spots: Sequence[HotSpot] = (),
 ) -> Figure:
     """Coronal maximum-intensity projection of the PET (inverted grey, as read clinically),
     each lesion marked at its centroid with its number, coloured by its mean uncertainty
-    (0 to ``u_max``), and lesions flagged for review ringed in red."""
+    (0 to ``u_max``), lesions flagged for review ringed in red, and the PET hot spots the
+    mask leaves out marked with orange triangles (``H<n>``, SUVmax and the network's highest
+    lesion probability there)."""
     _check_grid(suv, geometry, "PET")
     _check_grid(mask, geometry, "mask")
     fig = _new_figure((5, 8)) if ax is None else ax.get_figure()
@@ -566,6 +570,8 @@ def plot_mip(
                 color="red" if lesion.review else "black",
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
             )
+    for spot in list(hot_spots)[:MIP_MAX_MARKS]:
+        _mark_hot_spot(ax, orient, geometry, spot)
     ax.set_xticks([])
     ax.set_yticks([])
     title = "PET MIP (coronal)"
@@ -573,8 +579,27 @@ def plot_mip(
         title += f": {len(lesions.lesions)} lesion(s), {lesions.n_review} to review"
         if len(lesions.lesions) > MIP_MAX_MARKS:
             title += f"\n(marked: flagged and largest, {MIP_MAX_MARKS} of {len(lesions.lesions)})"
+    if hot_spots:
+        title += f"\n{len(hot_spots)} hot spot(s) outside the mask (orange: check them)"
     ax.set_title(title, fontsize=9)
     return fig  # type: ignore[return-value]
+
+
+def _mark_hot_spot(ax: Axes, orient: DisplayOrientation, geometry: Geometry, spot: HotSpot) -> None:
+    index = np.rint(geometry.world_to_index(np.asarray(spot.centroid_mm))).astype(int)
+    index = np.clip(index, 0, np.asarray(geometry.shape) - 1)
+    x, y = _screen_position(orient, "coronal", orient.to_canonical(tuple(int(v) for v in index)))
+    ax.scatter([x], [y], s=80, marker="^", facecolors="none", edgecolors=["tab:orange"])
+    p = spot.lesion_probability_max
+    ax.annotate(
+        f"H{spot.spot_id} SUV {spot.suv_max:.1f}" + ("" if p is None else f" p={p:.2g}"),
+        (x, y),
+        xytext=(6, -10),
+        textcoords="offset points",
+        fontsize=7,
+        color="tab:orange",
+        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+    )
 
 
 # --- lesion table ------------------------------------------------------------------------
@@ -620,6 +645,37 @@ def format_lesion_table(table: LesionTable) -> str:
     lines.append(
         f"MTV {table.mtv_ml:.2f} mL, TLG {table.tlg:.1f}; {table.n_review} lesion(s) with "
         f"mean u >= {format_u(table.review_threshold)} flagged for review"
+    )
+    return "\n".join(lines)
+
+
+HOT_SPOT_COLUMNS: tuple[str, ...] = ("H#", "vol mL", "SUVmax", "contrast", "p lesion", "centre mm")
+
+
+def format_hot_spots(spots: Sequence[HotSpot]) -> str:
+    """The PET hot spots outside the mask as aligned plain text, hottest first."""
+    if not spots:
+        return "no PET hot spot outside the mask"
+    rows = [HOT_SPOT_COLUMNS]
+    for spot in spots:
+        c = spot.centroid_mm
+        rows.append(
+            (
+                f"H{spot.spot_id}",
+                f"{spot.volume_ml:.2f}",
+                f"{spot.suv_max:.2f}",
+                "-" if spot.contrast is None else f"{spot.contrast:.1f}",
+                "-"
+                if spot.lesion_probability_max is None
+                else f"{spot.lesion_probability_max:.3g}",
+                f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f})",
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(HOT_SPOT_COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(
+        f"{len(spots)} PET hot spot(s) the mask leaves out: the model judged them not lesion "
+        "(p lesion: its highest probability there); check them"
     )
     return "\n".join(lines)
 
@@ -751,6 +807,8 @@ class ReviewData:
     probabilities: np.ndarray | None = None
     reference: np.ndarray | None = None
     case_id: str = "case"
+    #: PET hot spots the mask leaves out (the report's ``hot_spots``)
+    hot_spots: tuple[HotSpot, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -797,6 +855,7 @@ class ReviewData:
             probabilities=prediction.probabilities,
             reference=_reference_on_grid(reference, geo),
             case_id=prediction.case_id,
+            hot_spots=prediction.hot_spots,
         )
 
     def lesion_table(self) -> LesionTable:
@@ -865,6 +924,22 @@ def _report_threshold(path: Path, default: float = DEFAULT_REVIEW_THRESHOLD) -> 
         return default
 
 
+def _report_hot_spots(path: Path) -> tuple[HotSpot, ...]:
+    """The hot spots a report lists (none for a report without them, or no report)."""
+    if not path.is_file():
+        return ()
+    import json
+
+    from mefn.postprocess import HotSpot
+
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).get("hot_spots") or []
+        return tuple(HotSpot.from_json(entry) for entry in entries)
+    except (ValueError, UnicodeDecodeError, TypeError, AttributeError, KeyError):
+        logger.warning("%s has no readable hot spots; none are marked", path)
+        return ()
+
+
 def load_review(
     outputs: str | os.PathLike[str],
     case: Case | str | os.PathLike[str],
@@ -924,7 +999,8 @@ def load_review(
     suv = _array_on_grid(loaded.pet, geo, "PET", "linear", 0.0).astype(np.float32)
     mask = np.asarray(mask_vol.array, dtype=np.uint8)
     unc = np.asarray(unc_vol.array, dtype=np.float32)
-    threshold = _report_threshold(folder / f"{case_id}_report.json")
+    report_path = folder / f"{case_id}_report.json"
+    threshold = _report_threshold(report_path)
     return ReviewData(
         geometry=geo,
         ct=ct,
@@ -934,6 +1010,7 @@ def load_review(
         lesions=lesion_table(mask, suv, unc, geo, review_threshold=threshold),
         reference=_reference_on_grid(ref_volume, geo),
         case_id=case_id,
+        hot_spots=_report_hot_spots(report_path),
         **extra,
     )
 
@@ -1032,6 +1109,7 @@ def review_figure(
         suv_max=vmax,
         ax=fig.add_subplot(grid[0:2, 3]),
         u_max=u_max,
+        hot_spots=data.hot_spots,
     )
     plot_lesion_table(table, ax=fig.add_subplot(grid[2, 3]))
     if has_ref:
@@ -1056,7 +1134,8 @@ def review_figure(
         )
     fig.suptitle(
         f"{data.case_id}: slice point [i, j, k] = {tuple(int(p) for p in point)}; "
-        f"{len(table.lesions)} lesion(s), {table.n_review} flagged for review",
+        f"{len(table.lesions)} lesion(s), {table.n_review} flagged for review"
+        + (f", {len(data.hot_spots)} PET hot spot(s) outside the mask" if data.hot_spots else ""),
         fontsize=11,
     )
     return fig

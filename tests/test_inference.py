@@ -127,3 +127,30 @@ def test_pet_check_comes_from_the_card_and_can_be_overridden(tmp_path) -> None:
             CheckpointError, match="model card's pet_check .* not a (valid )?PET check"
         ):
             Predictor(weights, device="cpu")
+
+
+def test_hot_spot_listing_comes_from_the_card_and_can_be_overridden(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from mefn.errors import CheckpointError, InputError
+    from mefn.postprocess import HotSpotCheck
+
+    weights = make_tiny_weights(tmp_path)
+    assert Predictor(weights, device="cpu").hot_spots == HotSpotCheck()  # defaults
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["hot_spots"] = {"min_suv": 3.0, "min_contrast": 1.5}
+    card_path.write_text(json.dumps(card))
+    from_card = Predictor(weights, device="cpu")
+    assert from_card.hot_spots == HotSpotCheck(min_suv=3.0, min_contrast=1.5)
+    assert from_card.settings()["hot_spots"]["min_suv"] == 3.0
+    partial = Predictor(weights, device="cpu", hot_spots={"min_volume_ml": 1.0})
+    assert partial.hot_spots == HotSpotCheck(3.0, 1.5, 1.0)
+    with pytest.raises(InputError, match=r"override names unknown fields \['min_sv'\]"):
+        Predictor(weights, device="cpu", hot_spots={"min_sv": 1.0})
+    card["hot_spots"] = {"min_suv": -1}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="card's hot_spots .* not a valid hot-spot check"):
+        Predictor(weights, device="cpu")

@@ -206,3 +206,105 @@ def test_pet_check_rejects_bad_values() -> None:
             PetCheck(**kwargs)
     with pytest.raises(ValueError, match="one shape"):
         apply_pet_check(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 3)), (1, 1, 1), PetCheck())
+
+
+# --- PET hot spots outside the mask -------------------------------------------------------
+
+
+def _hot_scene(shape=(31, 32, 33)):
+    """Background SUV 1; a 5x5x5 block at SUV 6 (one voxel 9) and a 3x3x3 block at SUV 1.8."""
+    suv = np.ones(shape, np.float32)
+    suv[4:9, 5:10, 6:11] = 6.0
+    suv[6, 7, 8] = 9.0
+    suv[20:23, 20:23, 20:23] = 1.8  # below min_suv: never a hot spot
+    return suv
+
+
+def test_hot_spot_outside_the_mask_is_listed_with_hand_computed_values():
+    from mefn.postprocess import HotSpotCheck, find_hot_spots, label_hot_spots
+
+    suv = _hot_scene()
+    geo = _geo(suv.shape)
+    mask = np.zeros(suv.shape, np.uint8)
+    prob = np.full(suv.shape, 0.01, np.float16)
+    prob[5, 6, 7] = 0.25
+    (spot,) = find_hot_spots(mask, suv, geo, HotSpotCheck(), prob)
+    assert spot.spot_id == 1
+    assert spot.voxels == 125
+    assert spot.volume_ml == pytest.approx(125 * 0.008)
+    assert spot.suv_max == pytest.approx(9.0)
+    assert spot.suv_mean == pytest.approx((124 * 6 + 9) / 125)
+    assert spot.background_suv == pytest.approx(1.0)
+    assert spot.contrast == pytest.approx(9.0)
+    assert spot.covered_fraction == 0.0
+    assert spot.lesion_probability_max == pytest.approx(0.25, abs=1e-3)
+    centre = geo.index_to_world(np.array([6.0, 7.0, 8.0]))
+    assert spot.centroid_mm == pytest.approx(tuple(centre))
+    spots, spot_map = label_hot_spots(mask, suv, geo, HotSpotCheck(), prob)
+    assert spots == (spot,)
+    assert spot_map.dtype == np.int32
+    assert int((spot_map == 1).sum()) == 125 and int((spot_map > 1).sum()) == 0
+
+
+def test_hot_spot_the_mask_covers_is_not_listed_but_a_sliver_does_not_hide_it():
+    from mefn.postprocess import HotSpotCheck, find_hot_spots
+
+    suv = _hot_scene()
+    geo = _geo(suv.shape)
+    mask = np.zeros(suv.shape, np.uint8)
+    mask[4:9, 5:10, 6:9] = 1  # 75 of the 125 voxels: the mask answers for it
+    assert find_hot_spots(mask, suv, geo) == ()
+    mask[:] = 0
+    mask[4:9, 5:10, 6:7] = 1  # 25 of 125: a sliver of a large hot region
+    (spot,) = find_hot_spots(mask, suv, geo)
+    assert spot.covered_fraction == pytest.approx(0.2)
+    assert spot.lesion_probability_max is None  # no probability map given
+    # max_covered_fraction 0: only regions the mask does not touch at all
+    assert find_hot_spots(mask, suv, geo, HotSpotCheck(max_covered_fraction=0.0)) == ()
+
+
+def test_hot_spots_need_contrast_volume_and_can_be_switched_off():
+    from mefn.postprocess import HotSpotCheck, find_hot_spots
+
+    suv = _hot_scene()
+    geo = _geo(suv.shape)
+    mask = np.zeros(suv.shape, np.uint8)
+    warm = np.where(suv >= 6, 4.0, 2.4).astype(np.float32)  # warm background, below min_suv
+    warm[6, 7, 8] = 4.5  # SUVmax 4.5 < 2 x 2.4
+    assert find_hot_spots(mask, warm, geo) == ()
+    assert len(find_hot_spots(mask, warm, geo, HotSpotCheck(min_contrast=1.5))) == 1
+    assert find_hot_spots(mask, suv, geo, HotSpotCheck(min_volume_ml=1.1)) == ()  # 1.0 mL
+    assert find_hot_spots(mask, suv, geo, HotSpotCheck(enabled=False)) == ()
+    assert find_hot_spots(mask, np.zeros_like(suv), geo) == ()
+
+
+def test_hot_spots_sorted_hottest_first_and_round_trip_through_json():
+    from mefn.postprocess import HotSpot, find_hot_spots
+
+    suv = _hot_scene()
+    suv[15:19, 15:19, 25:29] = 12.0  # a second, hotter region
+    geo = _geo(suv.shape)
+    spots = find_hot_spots(np.zeros(suv.shape, np.uint8), suv, geo)
+    assert [s.spot_id for s in spots] == [1, 2]
+    assert [s.suv_max for s in spots] == [pytest.approx(12.0), pytest.approx(9.0)]
+    import json
+
+    back = HotSpot.from_json(json.loads(json.dumps(spots[0].to_json())))
+    assert back.spot_id == 1 and back.voxels == 64
+    assert back.suv_max == pytest.approx(12.0) and back.contrast == pytest.approx(12.0)
+    assert back.centroid_mm == pytest.approx(spots[0].centroid_mm, abs=0.01)
+
+
+def test_hot_spot_check_refuses_bad_values():
+    from mefn.postprocess import HotSpotCheck
+
+    with pytest.raises(InputError, match=r"hot-spot check expects min_suv > 0, found 0"):
+        HotSpotCheck(min_suv=0.0)
+    with pytest.raises(InputError, match=r"min_contrast >= 0, found -1"):
+        HotSpotCheck(min_contrast=-1.0)
+    with pytest.raises(InputError, match=r"max_covered_fraction in \[0, 1\], found 2"):
+        HotSpotCheck(max_covered_fraction=2.0)
+    with pytest.raises(ValueError, match="must have one shape"):
+        from mefn.postprocess import find_hot_spots
+
+        find_hot_spots(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), _geo((3, 3, 3)))

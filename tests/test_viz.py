@@ -338,6 +338,7 @@ def test_from_prediction_takes_volumes_on_its_grid(case_arrays):
         uncertainty_pet=u_pet,
         probabilities=None,
         case_id="p",
+        hot_spots=(),
     )
     data = viz.ReviewData.from_prediction(
         prediction, Volume(ct, geo), reference=Volume(reference.astype(np.float32), geo)
@@ -387,3 +388,35 @@ def test_uncertainty_scale_follows_the_data() -> None:
     assert uncertainty_display_max(np.full((4, 4, 4), 0.6, np.float32), 0.3) == 1.0
     assert uncertainty_display_max(np.zeros((4, 4, 4), np.float32), 0.0) == 1e-3
     assert [format_u(v) for v in (0.00387319, 0.12, 1.0, 0.0)] == ["0.0039", "0.12", "1.00", "0.00"]
+
+
+def test_hot_spots_are_listed_and_marked_on_the_mip(case_arrays):
+    from mefn.postprocess import HotSpot
+
+    geo, ct, suv, mask, unc, reference, u_ct, u_pet, table = case_arrays
+    centre = geo.index_to_world(np.array([10.0, 12.0, 14.0]))
+    spot = HotSpot(
+        spot_id=1,
+        voxels=20,
+        volume_ml=0.16,
+        centroid_mm=(float(centre[0]), float(centre[1]), float(centre[2])),
+        suv_max=7.25,
+        suv_mean=4.0,
+        background_suv=1.0,
+        contrast=7.25,
+        covered_fraction=0.0,
+        lesion_probability_max=0.0021,
+    )
+    text = viz.format_hot_spots((spot,))
+    assert "H1" in text and "7.25" in text and "0.0021" in text and "check them" in text
+    assert viz.format_hot_spots(()) == "no PET hot spot outside the mask"
+    fig = viz.plot_mip(suv, geo, lesions=table, hot_spots=(spot,))
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("H1 SUV 7.2") and "p=0.0021" in t for t in labels)
+    assert "1 hot spot(s) outside the mask" in ax.get_title()
+    data = viz.ReviewData(
+        geometry=geo, ct=ct, suv=suv, mask=mask, uncertainty=unc, lesions=table, hot_spots=(spot,)
+    )
+    page = viz.review_figure(data)
+    assert "1 PET hot spot(s) outside the mask" in page.texts[0].get_text()

@@ -10,7 +10,10 @@ from typing import Any
 
 DESCRIPTION = """\
 Segment lesions in co-registered PET/CT and write, per case, <case>_mask.nii.gz (uint8),
-<case>_uncertainty.nii.gz (float32 in [0, 1]) and <case>_report.json on the input's own grid.
+<case>_uncertainty.nii.gz (float32 in [0, 1]) and <case>_report.json on the input's own grid
+(with --dicom, for DICOM input, also a DICOM SEG and a DICOM Parametric Map), and for the
+output folder cases.csv and lesions.csv (rebuilt from the reports: `mefn report DIR`). The
+report lists the lesions and the PET hot spots the mask leaves out (--hot-spot-*).
 
 INPUT may be: a 2-volume 4D NIfTI (CT, PET); <case>_0000 / <case>_0001 files (CT, PET);
 HECKTOR <case>__CT / <case>__PT files; an AutoPET study folder (CTres + SUV); a folder of
@@ -29,6 +32,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ct", help="CT image (with --pet)")
     p.add_argument("--pet", help="PET image in SUV or a PET DICOM series (with --ct)")
     p.add_argument(
+        "--pet-series",
+        metavar="UID|DESCRIPTION",
+        help="the PET series to use when a DICOM study holds several: its SeriesInstanceUID, "
+        "or a SeriesDescription only one of its PET series has (case ignored; the form to "
+        "use over several studies); default: the attenuation-corrected series (CorrectedImage "
+        "lists ATTN), then the one with most slices",
+    )
+    p.add_argument(
         "-o", "--output", default="mefn_output", help="output folder (default %(default)s)"
     )
     p.add_argument(
@@ -36,7 +47,11 @@ def add_parser(sub: Any) -> None:
         default="default",
         help="bundled weights name, .safetensors file or training folder",
     )
-    p.add_argument("--adapter", help="adapter folder from `mefn finetune`, applied to the model")
+    p.add_argument(
+        "--adapter",
+        help="adapter folder from `mefn finetune`, or a bundled adapter name (--list-models), "
+        "applied to the model",
+    )
     p.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)"
     )
@@ -45,6 +60,12 @@ def add_parser(sub: Any) -> None:
         "--extra",
         action="store_true",
         help="also write class probabilities and the CT and PET opinions' uncertainty",
+    )
+    p.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write <case>_seg.dcm (DICOM SEG of the mask) and <case>_uncertainty_pm.dcm "
+        "(DICOM Parametric Map of the uncertainty), referencing the CT series; DICOM input only",
     )
     p.add_argument("--sw-batch-size", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, in [0, 1)")
@@ -106,6 +127,40 @@ def add_parser(sub: Any) -> None:
         "the weights' card, else 8)",
     )
     p.add_argument(
+        "--hot-spot-suv",
+        type=float,
+        default=None,
+        metavar="SUV",
+        help="list PET hot spots the mask does not touch: regions with SUV >= this (default: "
+        "the weights' card, else 2.5)",
+    )
+    p.add_argument(
+        "--hot-spot-contrast",
+        type=float,
+        default=None,
+        metavar="C",
+        help="... whose SUVmax reaches C times the median SUV 4-12 mm around them (default: "
+        "the weights' card, else 2)",
+    )
+    p.add_argument(
+        "--hot-spot-ml",
+        type=float,
+        default=None,
+        metavar="ML",
+        help="... and that hold at least ML millilitres (default: the weights' card, else 0.2)",
+    )
+    p.add_argument(
+        "--hot-spot-covered",
+        type=float,
+        default=None,
+        metavar="F",
+        help="... of which the mask covers less than this fraction (0: only regions the mask "
+        "does not touch; default: the weights' card, else 0.5)",
+    )
+    p.add_argument(
+        "--no-hot-spots", action="store_true", help="do not look for hot spots outside the mask"
+    )
+    p.add_argument(
         "--tta",
         nargs="?",
         const="xyz",
@@ -117,7 +172,9 @@ def add_parser(sub: Any) -> None:
         "the setting in the weights' card, which their lesion threshold, lesion floor and "
         "review threshold were calibrated with)",
     )
-    p.add_argument("--list-models", action="store_true", help="list bundled weights and exit")
+    p.add_argument(
+        "--list-models", action="store_true", help="list bundled weights and adapters and exit"
+    )
     p.set_defaults(func=run)
 
 
@@ -145,6 +202,55 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         )
     if len(lesions) > max_rows:
         print(f"    ... {len(lesions) - max_rows} smaller lesion(s) in the report", file=file)
+
+
+def _print_hot_spots(report: dict[str, Any], file: Any, max_rows: int = 10) -> None:
+    spots = report.get("hot_spots") or []
+    if not spots:
+        return
+    check = report.get("settings", {}).get("hot_spots", {})
+    print(
+        f"    {len(spots)} PET hot spot(s) the mask leaves out (SUV >= {check.get('min_suv')}, "
+        f"SUVmax >= {check.get('min_contrast')} x surroundings): check them",
+        file=file,
+    )
+    print(
+        f"    {'H#':>3} {'vol mL':>8} {'SUVmax':>7} {'contr.':>6} {'p lesion':>8}  centre (LPS mm)",
+        file=file,
+    )
+    for spot in spots[:max_rows]:
+        c = spot["centroid_mm"]
+        p = spot["lesion_probability_max"]
+        contrast = spot["contrast"]
+        print(
+            f"    {'H' + str(spot['spot_id']):>3} {spot['volume_ml']:>8.2f} {spot['suv_max']:>7.2f} "
+            f"{'-' if contrast is None else f'{contrast:.1f}':>6} "
+            f"{'-' if p is None else f'{p:.3g}':>8}  ({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f})",
+            file=file,
+        )
+    if len(spots) > max_rows:
+        print(f"    ... {len(spots) - max_rows} more hot spot(s) in the report", file=file)
+
+
+def hot_spot_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The hot-spot settings given on the command line, checked (InputError when bad)."""
+    from dataclasses import replace
+
+    from mefn.postprocess import HotSpotCheck
+
+    given: dict[str, Any] = {}
+    for flag, name in (
+        ("hot_spot_suv", "min_suv"),
+        ("hot_spot_contrast", "min_contrast"),
+        ("hot_spot_ml", "min_volume_ml"),
+        ("hot_spot_covered", "max_covered_fraction"),
+    ):
+        if getattr(args, flag, None) is not None:
+            given[name] = getattr(args, flag)
+    if getattr(args, "no_hot_spots", False):
+        given["enabled"] = False
+    replace(HotSpotCheck(), **given)  # raises InputError on a value out of range
+    return given
 
 
 def pet_check_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,10 +291,12 @@ def run(args: argparse.Namespace) -> int:
     tta_axes = None if args.tta is None else parse_tta_axes(args.tta)
 
     if args.list_models:
-        from mefn.inference import list_models
+        from mefn.inference import list_adapters, list_models
 
         for name in list_models():
             print(name)
+        for name in list_adapters():
+            print(f"{name} (adapter: --adapter {name})")
         return 0
     if (args.ct is None) != (args.pet is None):
         raise InputError("--ct and --pet go together; give both or neither")
@@ -200,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_lesion_threshold(args.lesion_threshold)  # before any output folder is made
     pet_overrides = pet_check_overrides(args)  # checked here too
+    spot_overrides = hot_spot_overrides(args)
 
     from mefn.fileutil import check_writable_dir
     from mefn.io.discovery import find_case_files, find_cases, load_case
@@ -207,21 +316,30 @@ def run(args: argparse.Namespace) -> int:
     # Resolve every input before loading any weights: bad paths fail fast.
     jobs: list[Any] = []
     if args.ct:
-        jobs.append(find_case_files(None, ct=args.ct, pet=args.pet))
+        jobs.append(find_case_files(None, ct=args.ct, pet=args.pet, pet_series=args.pet_series))
     for item in args.inputs:
         path = Path(item)
         if not path.exists():
             raise InputError(f"input {path} does not exist; check the path")
         try:
-            jobs.append(find_case_files(path))
+            jobs.append(find_case_files(path, pet_series=args.pet_series))
         except InputError:
             if not path.is_dir():
                 raise
-            many = find_cases(path)
+            many = find_cases(path, pet_series=args.pet_series)
             if not many:
                 raise
             jobs.extend(many)
 
+    if args.dicom:  # DICOM outputs reference the CT series: refuse other inputs now
+        from mefn.io.dicom_export import require_dicom_ct
+
+        for job in jobs:
+            require_dicom_ct(job)
+
+    # One case: read and check it first, so a case that cannot be segmented (a PET without
+    # uptake, no overlap...) fails with its own exit code and leaves nothing behind.
+    first_case = load_case(files=jobs[0]) if len(jobs) == 1 else None
     outdir = check_writable_dir(args.output)  # created once the inputs are known to exist
     # torchrun: each process takes its share of the cases, each case written once.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -231,7 +349,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.overwrite:
         for job in jobs:
-            for p in output_paths(outdir, job.case_id, extra=args.extra).values():
+            paths = output_paths(outdir, job.case_id, extra=args.extra, dicom=args.dicom)
+            for p in paths.values():
                 if p.exists():
                     raise InputError(
                         f"{p} already exists; pass --overwrite to replace it or choose another -o"
@@ -252,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
         pet_check=pet_overrides,
+        hot_spots=spot_overrides,
     )
 
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -268,7 +388,10 @@ def run(args: argparse.Namespace) -> int:
         futures: dict[int, Future[Any]] = {}
 
         def submit(i: int) -> None:
-            if i < len(jobs):
+            if i == 0 and first_case is not None:
+                futures[0] = Future()
+                futures[0].set_result(first_case)
+            elif i < len(jobs):
                 futures[i] = pool.submit(load_case, files=jobs[i])
 
         submit(0)
@@ -279,7 +402,12 @@ def run(args: argparse.Namespace) -> int:
                 case = futures.pop(i).result()
                 prediction = predictor.predict(case, keep_extra=args.extra)
                 paths = save_prediction(
-                    prediction, outdir, case=case, overwrite=args.overwrite, extra=args.extra
+                    prediction,
+                    outdir,
+                    case=case,
+                    overwrite=args.overwrite,
+                    extra=args.extra,
+                    dicom=args.dicom,
                 )
             except MefnError as exc:
                 failures.append((job.case_id, one_line(exc)))
@@ -290,12 +418,30 @@ def run(args: argparse.Namespace) -> int:
                 print(
                     f"{case.case_id}: {len(table.lesions)} lesion(s), MTV {table.mtv_ml:.2f} mL, "
                     f"TLG {table.tlg:.1f}, {table.n_review} flagged for review, "
+                    f"{len(prediction.hot_spots)} hot spot(s) outside the mask, "
                     f"{prediction.seconds:.1f} s -> {paths['mask']}"
                 )
                 if len(jobs) == 1:
-                    _print_table(prediction.report(case), sys.stdout)
+                    report = prediction.report(case)
+                    _print_table(report, sys.stdout)
+                    _print_hot_spots(report, sys.stdout)
     if len(jobs) > 1 and not quiet:
         print(f"segmented {len(jobs) - len(failures)} of {len(jobs)} case(s) into {outdir}")
+    if len(jobs) > len(failures):
+        # Cohort tables (one case too) of every report in the folder, earlier runs' included:
+        # the same call as `mefn report OUTDIR`, so the two always give the same bytes.
+        from mefn.cohort import rebuild_cohort_tables
+
+        try:
+            tables = rebuild_cohort_tables(outdir)
+        except MefnError as exc:
+            failures.append(("cohort tables", one_line(exc)))
+        else:
+            if not quiet:
+                print(
+                    f"cohort tables: {tables.n_cases} case(s), {tables.n_lesions} lesion(s) -> "
+                    f"{tables.cases_csv}, {tables.lesions_csv}"
+                )
     if failures:
         for case_id, message in failures:
             print(f"  failed: {case_id}: {message}", file=sys.stderr)

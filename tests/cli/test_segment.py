@@ -415,3 +415,196 @@ def test_usage_errors(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / "o").exists()
     assert _run("segment", "--list-models") == 0
+
+
+# --- DICOM outputs (--dicom) -----------------------------------------------------------------
+
+
+def _dicom_study(folder: Path) -> list:
+    """A DICOM CT + PT study (oblique CT, its own frame of reference) under ``folder``;
+    returns the CT's datasets (headers) in slice order."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ct, pet = _volumes(oblique=True)
+    direction = ct.geometry.direction_matrix
+    write_series(
+        folder / "ct",
+        np.round(ct.array + 1024).astype(np.int16),
+        "CT",
+        spacing=ct.spacing_mm,
+        origin=ct.geometry.origin_mm,
+        row=direction[:, 0],
+        col=direction[:, 1],
+        intercept=-1024.0,
+        tags={"SeriesDescription": "CT", "FrameOfReferenceUID": generate_uid()},
+    )
+    write_series(
+        folder / "pet",
+        np.round(pet.array * BQML_PER_SUV / 0.5).astype(np.int16),
+        "PT",
+        spacing=pet.spacing_mm,
+        origin=pet.geometry.origin_mm,
+        row=np.array([1.0, 0, 0]),
+        col=np.array([0, 1.0, 0]),
+        slopes=[0.5] * pet.shape[2],
+        tags=dict(PET_TAGS),
+    )
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in (folder / "ct").glob("*.dcm")]
+    normal = direction[:, 2]
+    return sorted(datasets, key=lambda d: float(np.asarray(d.ImagePositionPatient, float) @ normal))
+
+
+def test_dicom_outputs_match_the_nifti_outputs(tmp_path, tiny_weights, capsys):
+    import highdicom as hd
+    import pydicom
+
+    ct_datasets = _dicom_study(tmp_path / "study")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "study"), "-o", str(out), "--model", str(tiny_weights)]
+    # a low threshold so the untrained tiny model marks some voxels, not all
+    assert _run(*args, "--dicom", "--lesion-threshold", "0.45") == 0
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "study_mask.nii.gz")))  # (k, j, i)
+    unc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "study_uncertainty.nii.gz")))
+    assert 0 < mask.sum() < mask.size
+
+    seg = hd.seg.segread(out / "study_seg.dcm")
+    uids = [d.SOPInstanceUID for d in ct_datasets]
+    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True)
+    np.testing.assert_array_equal(frames, mask)
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "lesion"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert "tiny" in algorithm.AlgorithmParameters
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_datasets[0].SeriesInstanceUID
+
+    pm = pydicom.dcmread(out / "study_uncertainty_pm.dcm")
+    index = {uid: k for k, uid in enumerate(uids)}
+    back = np.full(unc.shape, np.nan, dtype=np.float32)
+    for n, frame in enumerate(pm.PerFrameFunctionalGroupsSequence):
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        back[index[source]] = pm.pixel_array[n]
+    np.testing.assert_array_equal(back, unc)
+    assert pm.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_datasets[0].SeriesInstanceUID
+    hd.pm.ParametricMap.from_dataset(pm)  # highdicom reads it back
+
+    # the DICOM files count as outputs: without --overwrite an existing SEG stops the run
+    for name in ("study_mask.nii.gz", "study_uncertainty.nii.gz", "study_report.json"):
+        (out / name).unlink()
+    before = (out / "study_seg.dcm").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _run(*args, "--dicom") == 2
+    assert "study_seg.dcm already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "study_seg.dcm").stat().st_mtime_ns == before
+    assert _run(*args, "--dicom", "--overwrite") == 0
+    assert (out / "study_mask.nii.gz").exists()
+
+
+def test_dicom_outputs_refused_for_a_nifti_input(tmp_path, c_case, tiny_weights, capsys):
+    out = tmp_path / "out"
+    args = ["segment", str(c_case), "-o", str(out), "--model", str(tiny_weights), "--dicom"]
+    assert _run(*args) == 2
+    err = capsys.readouterr().err
+    assert "DICOM outputs need a DICOM CT series as input" in err and "c_0000.nii.gz" in err
+    assert err.count("\n") == 1
+    assert not out.exists()  # nothing written, not even the folder
+
+
+# --- the right PET series (AC over NAC, --pet-series); a PET that cannot be one ---------------
+
+
+def _ac_nac_study(folder: Path, nac: list[str]) -> None:
+    """A DICOM study: CT, an AC PET (rescale slope 0.5) and a second PET of the same size
+    whose CorrectedImage is ``nac`` (slope 0.25, other values): the report's rescale slopes
+    and series description tell which one was segmented."""
+    ct, pet = _volumes(flip=False)
+    axes = {"row": np.array([1.0, 0, 0]), "col": np.array([0, 1.0, 0])}
+    write_series(
+        folder / "ct",
+        np.round(ct.array + 1024).astype(np.int16),
+        "CT",
+        spacing=ct.spacing_mm,
+        origin=ct.geometry.origin_mm,
+        intercept=-1024.0,
+        tags={"SeriesDescription": "CT"},
+        **axes,
+    )
+    for name, slope, suv, corrected in (
+        ("PET AC", 0.5, pet.array, ["DECY", "ATTN"]),
+        ("PET NAC", 0.25, np.full(pet.shape, 0.8), nac),
+    ):
+        write_series(
+            folder / name.replace(" ", "_"),
+            np.round(suv * BQML_PER_SUV / slope).astype(np.int16),
+            "PT",
+            spacing=pet.spacing_mm,
+            origin=pet.geometry.origin_mm,
+            slopes=[slope] * pet.shape[2],
+            tags={**PET_TAGS, "SeriesDescription": name, "CorrectedImage": corrected},
+            **axes,
+        )
+
+
+def test_dicom_study_with_ac_and_nac_pet_segments_the_ac_one(tmp_path, tiny_weights, capsys):
+    study = tmp_path / "study"
+    _ac_nac_study(study, nac=["DECY"])
+    args = ["segment", str(study), "--model", str(tiny_weights), "-o"]
+    assert _run(*args, str(tmp_path / "out")) == 0
+    pet = json.loads((tmp_path / "out" / "study_report.json").read_text())["input"]["pet"]
+    assert (pet["series_description"], pet["rescale_slopes"]) == ("PET AC", [0.5])
+    # --pet-series takes the other one, by its description
+    assert _run(*args, str(tmp_path / "nac"), "--pet-series", "pet nac") == 0
+    pet = json.loads((tmp_path / "nac" / "study_report.json").read_text())["input"]["pet"]
+    assert (pet["series_description"], pet["rescale_slopes"]) == ("PET NAC", [0.25])
+    capsys.readouterr()
+    assert _run(*args, str(tmp_path / "none"), "--pet-series", "PET MAC") == 2
+    err = capsys.readouterr().err
+    assert "no PET series under" in err and "'PET MAC'; its PET series are:" in err
+    assert err.count("\n") == 1 and not (tmp_path / "none").exists()
+
+
+def test_two_ac_pet_series_of_one_size_need_pet_series(tmp_path, tiny_weights, capsys):
+    study = tmp_path / "study"
+    _ac_nac_study(study, nac=["ATTN"])  # both attenuation-corrected: no rule can choose
+    out = tmp_path / "out"
+    assert _run("segment", str(study), "-o", str(out), "--model", str(tiny_weights)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not out.exists()
+    assert "holds 2 PET series of equal size and attenuation correction ('PET AC' " in err
+    assert "; 'PET NAC' " in err and "(13 files, AC)" in err
+    assert err.rstrip().endswith(
+        "choose one with --pet-series followed by its SeriesInstanceUID or SeriesDescription"
+    )
+
+
+def test_an_all_zero_pet_is_refused_and_nothing_is_written(tmp_path, tiny_weights, capsys):
+    ct, pet = _volumes()
+    write_volume(ct, tmp_path / "z_0000.nii.gz")
+    write_volume(pet.with_array(np.zeros_like(pet.array)), tmp_path / "z_0001.nii.gz")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "z_0000.nii.gz"), "--model", str(tiny_weights)]
+    assert _run(*args, "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mefn segment: error: PET has no voxel above 0 (values 0 to 0)")
+    assert err.count("\n") == 1
+    assert not out.exists()  # no mask, no report, no folder
+    out.mkdir()  # an existing output folder stays empty
+    assert _run(*args, "-o", str(out)) == 2
+    assert list(out.iterdir()) == []
+
+
+def test_a_pet_outside_the_body_fails_only_its_case(tmp_path, tiny_weights, capsys):
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    ct, pet = _volumes()
+    write_volume(ct, images / "good_0000.nii.gz")
+    write_volume(pet, images / "good_0001.nii.gz")
+    write_volume(ct.with_array(np.full_like(ct.array, -1000.0)), images / "air_0000.nii.gz")
+    write_volume(pet, images / "air_0001.nii.gz")  # uptake, but the CT shows only air
+    out = tmp_path / "out"
+    assert _run("segment", str(images), "-o", str(out), "--model", str(tiny_weights)) == 1
+    assert (out / "good_mask.nii.gz").exists() and (out / "good_report.json").exists()
+    assert not any(out.glob("air_*"))
+    err = capsys.readouterr().err
+    assert "failed: air: PET has no voxel above 0 inside the body seen on the CT" in err
