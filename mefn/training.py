@@ -4,7 +4,13 @@
 it indexes the dataset, splits it by patient, caches the cases in model space, samples
 augmented patches, optimises the model's own loss, validates with sliding-window inference
 (Dice), keeps the best and the last checkpoint (safetensors + JSON, never pickles), logs to
-CSV and TensorBoard, stops early, and resumes a run where it stopped.
+CSV and TensorBoard, stops early, and resumes a run where it stopped: at most every
+``checkpoint_minutes`` and at the end, the whole resumable state (weights, optimiser, the
+patch sampler's and torch's random streams, even inside an epoch) is written at once, so a
+resumed run continues on the same data order. A *campaign* (``train(..., campaign=True)``,
+``mefn train --campaign``) is such a run kept in a folder tracked by git and continued,
+piece by piece, by the same command (docs/training.md). :func:`train_on_cases` runs the same
+loop over cases already in model space.
 
 Under ``torchrun`` each process trains on its share of the training cases with its own
 random stream; gradients are averaged by DistributedDataParallel; validation cases are
@@ -13,16 +19,19 @@ split across processes and the Dice sums reduced; only rank 0 writes files.
 
 from __future__ import annotations
 
+import base64
 import csv
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,12 +46,16 @@ from mefn.errors import CheckpointError, ConfigError, InputError
 from mefn.fileutil import atomic_path, atomic_write_text
 
 __all__ = [
+    "CAMPAIGN_FREE_FIELDS",
     "DataConfig",
+    "RunState",
     "TrainConfig",
     "TrainResult",
+    "check_campaign_config",
     "load_train_config",
     "resolve_model_config",
     "train",
+    "train_on_cases",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,11 +68,15 @@ class DataConfig:
     """Where the training cases are and how they are split."""
 
     root: str = ""
-    layout: Literal["auto", "autopet", "nnunet", "hecktor"] = "auto"
+    layout: Literal["auto", "autopet", "nnunet", "hecktor", "sts"] = "auto"
     val_fraction: float = 0.2
     split_seed: int = 0
     max_cases: int | None = None
     cache_dir: str | None = None
+    #: a folds YAML ({folds: [[case, ...], ...]}, e.g. configs/datasets/sts_folds.yaml) and
+    #: the fold held out for validation, instead of the val_fraction split
+    folds: str | None = None
+    fold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,8 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     device: str = "auto"
     max_minutes: float | None = None
+    #: the resumable checkpoint is written at most this often, and at the end (0: every step)
+    checkpoint_minutes: float = 30.0
     init_weights: str | None = None
     adapter: str | None = None
     num_classes: int | None = None
@@ -122,6 +141,11 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, found {self.lr}")
         if self.max_minutes is not None and not self.max_minutes >= 0:  # 0: one epoch
             raise ConfigError(f"max_minutes must be 0 or more, found {self.max_minutes}")
+        if not self.checkpoint_minutes >= 0:
+            raise ConfigError(
+                f"checkpoint_minutes must be 0 (every step) or more, found "
+                f"{self.checkpoint_minutes}"
+            )
         if any(p < 1 for p in self.patch_size_vox) or len(self.patch_size_vox) != 3:
             raise ConfigError(
                 f"patch_size_vox must be three positive voxel counts, found {self.patch_size_vox}"
@@ -288,6 +312,209 @@ def _labels(num_classes: int) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------
+# resumable state: a run's checkpoint and campaigns (docs/training.md)
+# --------------------------------------------------------------------------------------------
+#: TrainConfig fields a campaign may change from one piece to the next: where and how long
+#: each piece runs, never what is trained.
+CAMPAIGN_FREE_FIELDS = (
+    "max_minutes",
+    "checkpoint_minutes",
+    "device",
+    "threads",
+    "sw_batch_size",
+    "data.root",
+    "data.cache_dir",
+)
+#: What a campaign folder keeps out of git: rebuilt from the data, or of no use elsewhere.
+CAMPAIGN_GITIGNORE = "cache/\ntensorboard/\ncheckpoints.tmp/\ncheckpoints.old/\n"
+
+
+@dataclass
+class RunState:
+    """Where a run stands: everything its checkpoint holds besides the tensors.
+
+    ``epoch`` counts finished epochs; ``step_in_epoch`` > 0 marks a checkpoint written inside
+    an epoch, whose loss sums so far (``epoch_sums``) and random streams (``rng``: the patch
+    sampler's bit generator, torch's CPU and CUDA generators) it also holds, so the resumed
+    run draws what the uninterrupted one would have. At an epoch's start every stream is
+    re-seeded from (seed, rank, epoch) and ``rng`` is not needed.
+    """
+
+    epoch: int = 0
+    global_step: int = 0
+    step_in_epoch: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_seconds: float = 0.0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    seconds: float = 0.0
+    pieces: int = 0  # invocations that trained (a campaign's pieces)
+    finished: str | None = None  # "epochs" or "early_stop" once the run has ended
+    config_sha256: str = ""
+    data_sha256: str = ""
+    rng: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None  # param groups and scalars (tensors: safetensors)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        """From ``last_state.json`` (older files lack some keys: their defaults)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def config_sha256(cfg: TrainConfig) -> str:
+    """SHA-256 of the config's fields other than CAMPAIGN_FREE_FIELDS (recorded in the state)."""
+    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if k not in CAMPAIGN_FREE_FIELDS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cases_sha256(train_cases: list[CachedCase], val_cases: list[CachedCase]) -> str:
+    ids = {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    a, b = _flat(saved), _flat(now)
+    return [
+        f"{prefix}{k} {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k not in CAMPAIGN_FREE_FIELDS
+    ]
+
+
+def check_campaign_config(out: Path, cfg: TrainConfig, model_cfg: Any) -> None:
+    """ConfigError naming every field that differs between ``cfg`` (and its model) and the
+    config campaign ``out`` was started with; nothing when the campaign is new."""
+    from mefn.model import ModelConfig
+
+    saved_path = out / "train_config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = load_train_config(saved_path)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"campaign {out}: its {saved_path.name} no longer loads ({exc}); finish it with the "
+            "mefn version that started it or start a new campaign in another folder"
+        ) from None
+    changes = _changes(to_dict(saved), to_dict(cfg))
+    model_path = out / "model_config.yaml"
+    if model_path.is_file():
+        saved_model = to_dict(load_config(ModelConfig, model_path))
+        now_model = to_dict(model_cfg)
+        saved_model.pop("num_classes", None)  # resolved from the labels at the start
+        now_model.pop("num_classes", None)
+        changes += _changes(saved_model, now_model, prefix="model config: ")
+    if changes:
+        raise ConfigError(
+            f"campaign {out} was started with another configuration ({'; '.join(changes)}); "
+            f"continue it with its own settings ({saved_path}) or start a new campaign in "
+            "another folder"
+        )
+
+
+def _capture_rng(sampler: PatchSampler, device: Any) -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {
+        "sampler": sampler.rng.bit_generator.state,
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    if device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device).numpy().tobytes()
+        state["cuda"] = base64.b64encode(cuda).decode()
+    return state
+
+
+def _restore_rng(sampler: PatchSampler, state: dict[str, Any], device: Any) -> None:
+    import torch
+
+    try:
+        bits = getattr(np.random, state["sampler"]["bit_generator"])()
+        bits.state = state["sampler"]
+        torch_state = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"the checkpoint's random-stream state is unreadable ({type(exc).__name__}: {exc}); "
+            "remove checkpoints/ to start the run again"
+        ) from None
+    sampler.rng = np.random.Generator(bits)
+    torch.set_rng_state(torch.from_numpy(torch_state.copy()))
+    if device.type == "cuda" and "cuda" in state:
+        cuda = np.frombuffer(base64.b64decode(state["cuda"]), dtype=np.uint8)
+        torch.cuda.set_rng_state(torch.from_numpy(cuda.copy()), device)
+
+
+def _write_checkpoint(
+    out: Path, state: RunState, model: Any, optimizer: Any, best: dict[str, Any] | None
+) -> None:
+    """Write the whole resumable state at once: into ``checkpoints.tmp``, then swapped in for
+    ``checkpoints`` by two renames, so a kill at any moment leaves one complete checkpoint
+    (``_recover_checkpoints`` puts ``checkpoints.old`` back when the kill fell between them).
+    ``best``: newly validated best weights (else the current checkpoint's are kept)."""
+    final, tmp, old = out / "checkpoints", out / "checkpoints.tmp", out / "checkpoints.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"epoch": str(state.epoch), "step": str(state.global_step)}
+    _save_tensors(model.state_dict(), tmp / "last.safetensors", meta)
+    opt_tensors, state.optimizer = _optimizer_to_flat(optimizer)
+    _save_tensors(opt_tensors, tmp / "last_optimizer.safetensors", meta)
+    if best is not None:
+        _save_tensors(best, tmp / "best.safetensors", {"epoch": str(state.best_epoch)})
+    elif (final / "best.safetensors").is_file():
+        shutil.copyfile(final / "best.safetensors", tmp / "best.safetensors")
+    atomic_write_text(tmp / "last_state.json", json.dumps(asdict(state), indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_checkpoints(out: Path) -> None:
+    """After a kill inside :func:`_write_checkpoint`: the complete checkpoint back in place."""
+    final, tmp, old = out / "checkpoints", out / "checkpoints.tmp", out / "checkpoints.old"
+    if (old / "last_state.json").is_file() and not (final / "last_state.json").is_file():
+        shutil.rmtree(final, ignore_errors=True)
+        old.rename(final)
+        logger.warning(
+            "%s: the checkpoint being written was incomplete; the previous one kept", out
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_checkpoint(out: Path, model: Any, optimizer: Any, scaler: Any) -> RunState:
+    folder = out / "checkpoints"
+    try:
+        state = RunState.from_json(json.loads((folder / "last_state.json").read_text()))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{folder / 'last_state.json'} is not a training state ({exc}); remove {folder} "
+            "to start the run again"
+        ) from None
+    model.load_state_dict(_load_tensors(folder / "last.safetensors"))
+    if state.optimizer is not None:
+        opt_tensors = _load_tensors(folder / "last_optimizer.safetensors")
+        _optimizer_from_flat(optimizer, opt_tensors, state.optimizer)
+    if state.scaler and scaler.is_enabled():
+        scaler.load_state_dict(state.scaler)
+    return state
+
+
+# --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
 def _index_cases(cfg: TrainConfig) -> tuple[list[Any], list[Any]]:
@@ -307,6 +534,18 @@ def _index_cases(cfg: TrainConfig) -> tuple[list[Any], list[Any]]:
             f"found {len(entries)} labelled case(s) in {root}; training needs at least 2 "
             "(one for validation)"
         )
+    if (cfg.data.folds is None) != (cfg.data.fold is None):
+        raise ConfigError(
+            f"data.folds and data.fold go together, found folds {cfg.data.folds!r} and fold "
+            f"{cfg.data.fold!r}; give both (e.g. configs/datasets/sts_folds.yaml and 0) or neither"
+        )
+    if cfg.data.folds is not None and cfg.data.fold is not None:
+        from mefn.data.datasets import load_folds, split_by_fold
+
+        folds_path = Path(cfg.data.folds)
+        if not folds_path.is_absolute() and not folds_path.is_file():
+            folds_path = CONFIG_ROOT.parent / folds_path  # relative to the checkout
+        return split_by_fold(entries, load_folds(folds_path), cfg.data.fold)
     return split_by_patient(entries, cfg.data.val_fraction, cfg.data.split_seed)
 
 
@@ -358,7 +597,7 @@ def _validate(
         image = normalise(
             np.asarray(case.ct_hu, np.float32), np.asarray(case.suv, np.float32), cfg.preprocess
         )
-        from mefn.inference import sliding_window_predict
+        from mefn.model.sliding_window import sliding_window_predict
 
         out = sliding_window_predict(
             model,
@@ -464,34 +703,10 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(
-    cfg: TrainConfig,
-    output_dir: str | os.PathLike[str],
-    resume: bool = False,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-    config_dir: Path | None = None,
-    model_cfg: Any = None,
-) -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; files go to ``output_dir``.
-
-    ``progress`` is called after every step with a dict (epoch, step, loss, lr ...) and
-    after every validation; the CLI turns it into a progress bar.
-    """
+def _setup_device(cfg: TrainConfig) -> tuple[_Dist, Any]:
+    """The process group (under torchrun) and this process's device; torch's thread count."""
     import torch
 
-    from mefn.model import build_loss, build_model
-
-    t_start = time.monotonic()
-    out = Path(output_dir)
-    if model_cfg is None:
-        model_cfg = resolve_model_config(cfg.model, config_dir)
-    base_model_cfg = model_cfg
-
-    def run_model_cfg(num_classes: int) -> Any:
-        return replace(base_model_cfg, num_classes=num_classes)
-
-    if cfg.adapter and not cfg.init_weights:
-        raise ConfigError("fine-tuning an adapter needs init_weights: the base weights file")
     device_kind = (
         "cuda"
         if (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()))
@@ -501,17 +716,64 @@ def train(
     device = _pick_device(cfg.device, dist_info)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    return dist_info, device
 
-    last_state = out / "checkpoints" / "last_state.json"
-    if out.exists() and any(out.iterdir()) and not resume and last_state.is_file():
+
+def _check_output(
+    out: Path, cfg: TrainConfig, model_cfg: Any, resume: bool, campaign: bool
+) -> None:
+    """Refuse to start over a run without ``resume``, or a campaign under another config."""
+    if cfg.adapter and not cfg.init_weights:
+        raise ConfigError("fine-tuning an adapter needs init_weights: the base weights file")
+    if campaign:
+        check_campaign_config(out, cfg, model_cfg)
+        return
+    held = any((out / d / "last_state.json").is_file() for d in ("checkpoints", "checkpoints.old"))
+    if out.exists() and any(out.iterdir()) and not resume and held:
         raise InputError(
             f"{out} already holds a training run; pass --resume to continue it or choose another -o"
         )
+
+
+def _save_run_configs(out: Path, cfg: TrainConfig, campaign: bool) -> None:
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if campaign:
+        if not (out / ".gitignore").is_file():
+            atomic_write_text(out / ".gitignore", CAMPAIGN_GITIGNORE)
+        if (out / "train_config.yaml").is_file():
+            return  # the campaign's own config stays (check_campaign_config compared them)
+    save_config(cfg, out / "train_config.yaml")
+
+
+def train(
+    cfg: TrainConfig,
+    output_dir: str | os.PathLike[str],
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    config_dir: Path | None = None,
+    model_cfg: Any = None,
+    campaign: bool = False,
+) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; files go to ``output_dir``.
+
+    ``progress`` is called after every step with a dict (epoch, step, loss, lr ...) and
+    after every validation; the CLI turns it into a progress bar.
+
+    ``campaign``: ``output_dir`` is a campaign folder (docs/training.md): the run continues
+    from its checkpoint when there is one (as with ``resume``), only under the config it was
+    started with (fields of CAMPAIGN_FREE_FIELDS excepted), on the same training cases;
+    its final weights are written when it finishes, and a finished campaign trains no more.
+    """
+    t_start = time.monotonic()
+    out = Path(output_dir)
+    if model_cfg is None:
+        model_cfg = resolve_model_config(cfg.model, config_dir)
+    _check_output(out, cfg, model_cfg, resume, campaign)
+    dist_info, device = _setup_device(cfg)
     # the data is indexed before anything is written: a wrong folder leaves no half-made run
     train_entries, val_entries = _index_cases(cfg)
     if dist_info.main:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "train_config.yaml")
+        _save_run_configs(out, cfg, campaign)
 
     _seed_everything(cfg.seed + 1000 * dist_info.rank)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
@@ -524,6 +786,68 @@ def train(
         dist.barrier()
     train_cases = _cache_all(train_entries, cfg, cache_dir)
     val_cases = _cache_all(val_entries, cfg, cache_dir)
+    return _run(
+        cfg, out, train_cases, val_cases, model_cfg, resume or campaign, campaign, progress,
+        dist_info, device, t_start,
+    )  # fmt: skip
+
+
+def train_on_cases(
+    cfg: TrainConfig,
+    output_dir: str | os.PathLike[str],
+    train_cases: list[CachedCase],
+    val_cases: list[CachedCase],
+    *,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    config_dir: Path | None = None,
+    model_cfg: Any = None,
+    campaign: bool = False,
+) -> TrainResult:
+    """:func:`train` over cases already in model space (e.g. written straight into a cache
+    by :func:`mefn.data.phantom_cache.cache_phantoms`): no dataset is indexed and no image
+    read, so neither SimpleITK nor nibabel is needed. ``cfg.data`` is not used."""
+    t_start = time.monotonic()
+    out = Path(output_dir)
+    if not train_cases:
+        raise InputError("train_on_cases needs at least one training case, found none")
+    if model_cfg is None:
+        model_cfg = resolve_model_config(cfg.model, config_dir)
+    _check_output(out, cfg, model_cfg, resume, campaign)
+    dist_info, device = _setup_device(cfg)
+    if dist_info.main:
+        _save_run_configs(out, cfg, campaign)
+    _seed_everything(cfg.seed + 1000 * dist_info.rank)
+    return _run(
+        cfg, out, list(train_cases), list(val_cases), model_cfg, resume or campaign, campaign,
+        progress, dist_info, device, t_start,
+    )  # fmt: skip
+
+
+def _run(
+    cfg: TrainConfig,
+    out: Path,
+    train_cases: list[CachedCase],
+    val_cases: list[CachedCase],
+    model_cfg: Any,
+    resume: bool,
+    campaign: bool,
+    progress: Callable[[dict[str, Any]], None] | None,
+    dist_info: _Dist,
+    device: Any,
+    t_start: float,
+) -> TrainResult:
+    """The loop: model, optimiser, checkpoints, validation, final weights and card."""
+    import torch
+
+    from mefn.model import build_loss, build_model
+
+    base_model_cfg = model_cfg
+
+    def run_model_cfg(num_classes: int) -> Any:
+        return replace(base_model_cfg, num_classes=num_classes)
+
+    data_sha256 = _cases_sha256(train_cases, val_cases)
     if cfg.val_max_cases is not None:
         val_cases = val_cases[: cfg.val_max_cases]
     my_train = train_cases[dist_info.rank :: dist_info.world] or train_cases
@@ -550,6 +874,11 @@ def train(
 
         handle = inject_adapters(model, adapter_cfg)
         model.to(device)
+        if campaign and (handle.mosa is not None or handle.lae is not None):
+            raise ConfigError(
+                f"adapter type {adapter_cfg.type} keeps a step schedule a campaign does not "
+                "save (MoSA, LAE); train it in one piece with -o instead of --campaign"
+            )
     model_cfg = run_model_cfg(num_classes)
     if dist_info.main:
         save_config(model_cfg, out / "model_config.yaml")
@@ -559,21 +888,48 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
 
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "global_step": 0,
-        "best_dice": -1.0,
-        "best_epoch": -1,
-        "epochs_without_improvement": 0,
-        "seconds": 0.0,
-        "rng": None,
-    }
+    amp_dtype = None
+    if device.type == "cuda" and cfg.amp != "off":
+        amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    if dist_info.main:
+        _recover_checkpoints(out)
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    last_state = out / "checkpoints" / "last_state.json"
+    log_path = out / "log.csv"
+    state = RunState(config_sha256=config_sha256(cfg), data_sha256=data_sha256)
     if resume and last_state.is_file():
-        state = json.loads(last_state.read_text())
-        model.load_state_dict(_load_tensors(out / "checkpoints" / "last.safetensors"))
-        opt_tensors = _load_tensors(out / "checkpoints" / "last_optimizer.safetensors")
-        _optimizer_from_flat(optimizer, opt_tensors, state["optimizer"])
-        logger.info("resuming %s at epoch %d", out, state["epoch"])
+        state = _read_checkpoint(out, model, optimizer, scaler)
+        if campaign and state.data_sha256 and state.data_sha256 != data_sha256:
+            raise InputError(
+                f"campaign {out} was trained on other cases than the {len(train_cases)} "
+                f"training and {len(val_cases)} validation cases found now; recreate its data "
+                "exactly (same phantoms seed and count, see docs/training.md) or start a new "
+                "campaign in another folder"
+            )
+        if state.step_in_epoch and dist_info.world > 1:
+            raise CheckpointError(
+                f"{last_state} was written mid-epoch by a single-process run; resume it in "
+                "one process (without torchrun) until the epoch ends"
+            )
+        logger.info("resuming %s at epoch %d, step %d", out, state.epoch, state.global_step)
+    if dist_info.main:  # rows logged after the checkpoint (or before the first) are redone
+        _truncate_log(log_path, state.epoch)
+    if campaign and state.finished:
+        logger.info("campaign %s finished (%s) at epoch %d", out, state.finished, state.epoch)
+        return TrainResult(
+            output_dir=out,
+            epochs_done=state.epoch,
+            best_dice=state.best_dice,
+            best_epoch=state.best_epoch,
+            stopped=state.finished,
+            seconds=state.seconds,
+        )
+    state.pieces += 1
     sampler = PatchSampler(
         my_train,
         cfg.patch_size_vox,
@@ -596,12 +952,6 @@ def train(
             find_unused_parameters=True,
         )
 
-    amp_dtype = None
-    if device.type == "cuda" and cfg.amp != "off":
-        amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    log_path = out / "log.csv"
     tb = None
     if dist_info.main:
         try:
@@ -613,17 +963,36 @@ def train(
 
     stopped = "epochs"
     model.train()
-    epoch = int(state["epoch"])
-    seconds_before = float(state["seconds"])
+    seconds_before = state.seconds
+    last_checkpoint = time.monotonic()
+    best_weights: dict[str, Any] | None = None  # best validated weights not yet on disk
+
+    def checkpoint_due() -> bool:
+        return (time.monotonic() - last_checkpoint) / 60.0 >= cfg.checkpoint_minutes
+
+    def write_checkpoint() -> None:
+        nonlocal last_checkpoint, best_weights
+        state.seconds = seconds_before + time.monotonic() - t_start
+        if dist_info.main:
+            state.scaler = scaler.state_dict() if scaler.is_enabled() else None
+            _write_checkpoint(out, state, model, optimizer, best_weights)
+        best_weights = None
+        last_checkpoint = time.monotonic()
+
+    epoch = state.epoch
     while epoch < cfg.epochs:
-        sums: dict[str, float] = {}
-        t_epoch = time.monotonic()
-        # Re-seed every epoch from (seed, rank, epoch): a resumed run draws the same patches
-        # and dropout masks as an uninterrupted one.
-        sampler.rng = np.random.default_rng([cfg.seed, dist_info.rank, epoch])
-        torch.manual_seed(cfg.seed * 100_003 + dist_info.rank * 1009 + epoch)
-        for _ in range(cfg.steps_per_epoch):
-            step = int(state["global_step"])
+        t_epoch = time.monotonic() - state.epoch_seconds
+        if state.step_in_epoch == 0:
+            # Re-seed every epoch from (seed, rank, epoch): a resumed run draws the same
+            # patches and dropout masks as an uninterrupted one.
+            sampler.rng = np.random.default_rng([cfg.seed, dist_info.rank, epoch])
+            torch.manual_seed(cfg.seed * 100_003 + dist_info.rank * 1009 + epoch)
+            state.epoch_sums = {}
+        else:  # resumed mid-epoch: the random streams as they were after its last step
+            _restore_rng(sampler, state.rng or {}, device)
+        sums = state.epoch_sums
+        while state.step_in_epoch < cfg.steps_per_epoch:
+            step = state.global_step
             for group in optimizer.param_groups:
                 group["lr"] = base_lr * lr_factor(step, total_steps, cfg.warmup_steps)
             x_np, y_np = sampler.batch(cfg.batch_size)
@@ -647,7 +1016,8 @@ def train(
             scaler.update()
             if handle is not None:
                 handle.on_step()
-            state["global_step"] = step + 1
+            state.global_step = step + 1
+            state.step_in_epoch += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if progress is not None and dist_info.main:
@@ -659,10 +1029,20 @@ def train(
                         "loss": float(loss.detach()),
                     }
                 )
+            # mid-epoch checkpoints in one process only: under DDP every rank has its streams
+            if (
+                dist_info.world == 1
+                and state.step_in_epoch < cfg.steps_per_epoch
+                and checkpoint_due()
+            ):
+                state.rng = _capture_rng(sampler, device)
+                state.epoch_seconds = time.monotonic() - t_epoch
+                write_checkpoint()
         epoch += 1
+        state.step_in_epoch, state.rng, state.epoch_seconds = 0, None, 0.0
         row: dict[str, Any] = {
             "epoch": epoch,
-            "step": state["global_step"],
+            "step": state.global_step,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.monotonic() - t_epoch, 2),
         }
@@ -676,41 +1056,38 @@ def train(
         if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs or out_of_time):
             val_dice = _validate(model, val_cases, cfg, model_cfg.num_classes, device, dist_info)
             row["val_dice"] = val_dice
-            if val_dice > state["best_dice"]:
-                state["best_dice"], state["best_epoch"] = val_dice, epoch
-                state["epochs_without_improvement"] = 0
+            if val_dice > state.best_dice:
+                state.best_dice, state.best_epoch = val_dice, epoch
+                state.epochs_without_improvement = 0
                 if dist_info.main:
-                    _save_tensors(
-                        model.state_dict(),
-                        out / "checkpoints" / "best.safetensors",
-                        {"epoch": str(epoch)},
-                    )
+                    best_weights = {
+                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                    }
             else:
-                state["epochs_without_improvement"] += cfg.val_every
-        state["epoch"] = epoch
-        state["seconds"] = seconds_before + time.monotonic() - t_start
+                state.epochs_without_improvement += cfg.val_every
+        state.epoch = epoch
+        state.seconds = seconds_before + time.monotonic() - t_start
         if dist_info.main:
             _write_log_row(log_path, row)
             if tb is not None:
                 for k, v in row.items():
                     if k != "epoch" and isinstance(v, int | float):
                         tb.add_scalar(k, v, epoch)
-            opt_tensors, opt_extra = _optimizer_to_flat(optimizer)
-            _save_tensors(
-                model.state_dict(), out / "checkpoints" / "last.safetensors", {"epoch": str(epoch)}
-            )
-            _save_tensors(opt_tensors, out / "checkpoints" / "last_optimizer.safetensors", {})
-            atomic_write_text(last_state, json.dumps({**state, "optimizer": opt_extra}, indent=1))
         if progress is not None and dist_info.main:
             progress({"event": "epoch", **row})
-        if state["epochs_without_improvement"] >= cfg.early_stop_patience:
+        if state.epochs_without_improvement >= cfg.early_stop_patience:
             stopped = "early_stop"
-            break
-        if out_of_time:
+        elif out_of_time and epoch < cfg.epochs:
             stopped = "time_budget"
+        ending = stopped != "epochs" or epoch == cfg.epochs
+        if ending and stopped != "time_budget":
+            state.finished = stopped
+        if ending or checkpoint_due():
+            write_checkpoint()
+        if stopped != "epochs":
             break
 
-    if dist_info.main:
+    if dist_info.main and (not campaign or state.finished):
         best = out / "checkpoints" / "best.safetensors"
         src = best if best.is_file() else out / "checkpoints" / "last.safetensors"
         weights = _load_tensors(src)
@@ -720,15 +1097,16 @@ def train(
             {
                 "training": {
                     "epochs": epoch,
-                    "steps": state["global_step"],
-                    "seconds": round(state["seconds"], 1),
+                    "steps": state.global_step,
+                    "seconds": round(state.seconds, 1),
                     "stopped": stopped,
                     "train_cases": len(train_cases),
                     "val_cases": len(val_cases),
                     "data_root": str(cfg.data.root),
                     "config": to_dict(cfg),
+                    **({"campaign": str(out), "pieces": state.pieces} if campaign else {}),
                 },
-                "validation": {"dice": state["best_dice"], "epoch": state["best_epoch"]},
+                "validation": {"dice": state.best_dice, "epoch": state.best_epoch},
             },
         )
         if handle is not None and cfg.init_weights:
@@ -755,11 +1133,28 @@ def train(
     return TrainResult(
         output_dir=out,
         epochs_done=epoch,
-        best_dice=float(state["best_dice"]),
-        best_epoch=int(state["best_epoch"]),
+        best_dice=float(state.best_dice),
+        best_epoch=int(state.best_epoch),
         stopped=stopped,
-        seconds=float(state["seconds"]),
+        seconds=float(state.seconds),
     )
+
+
+def _truncate_log(path: Path, epochs: int) -> None:
+    """Drop the rows of epochs after ``epochs`` (logged after the checkpoint a run resumes)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    kept = [r for r in rows if int(r["epoch"]) <= epochs]
+    if len(kept) == len(rows):
+        return
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(kept)
 
 
 def _write_log_row(path: Path, row: dict[str, Any]) -> None:

@@ -276,3 +276,129 @@ def test_hot_negatives_balanced_over_structures(tmp_path):
     assert 0.4 < gland_share("structure") < 0.6  # one of two structures
     with pytest.raises(ValueError, match="hot_balance must be voxel or structure"):
         gland_share("organ")
+
+
+# --- campaigns: resumable state in a folder tracked by git (docs/training.md) -------------------
+class _Killed(Exception):
+    """Stands for the process being killed: raised from the progress callback."""
+
+
+def _kill_at(step: int):
+    def progress(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == step:
+            raise _Killed
+
+    return progress
+
+
+@pytest.mark.slow  # trains tiny runs: tens of seconds on two cores
+def test_campaign_killed_mid_way_resumes_on_the_same_data_order(tmp_path, tiny_data):
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = _config(tmp_path, tiny_data, epochs=3, steps_per_epoch=3)
+    straight = train(cfg, tmp_path / "straight", campaign=True)
+    assert straight.stopped == "epochs" and straight.epochs_done == 3
+
+    often = replace(cfg, checkpoint_minutes=0.0)  # a checkpoint after every step
+    with pytest.raises(_Killed):  # killed in the second epoch's second step
+        train(often, tmp_path / "killed", progress=_kill_at(5), campaign=True)
+    killed = tmp_path / "killed"
+    state = json.loads((killed / "checkpoints" / "last_state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
+    assert state["rng"]["sampler"]["bit_generator"] == "PCG64"
+    assert not (killed / "model.safetensors").exists()  # unfinished: no final weights yet
+
+    steps: list[int] = []
+    resumed = train(
+        often,
+        killed,
+        progress=lambda e: steps.append(e["step"]) if e["event"] == "step" else None,
+        campaign=True,
+    )
+    assert steps == [5, 6, 7, 8, 9] and resumed.epochs_done == 3
+    # the same losses, epoch by epoch, and the same final weights, to the bit
+    a, b = _log(tmp_path / "straight"), _log(killed)
+    assert [r["epoch"] for r in b] == ["1", "2", "3"]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    wa = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    wb = load_file(str(killed / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a finished campaign trains no more: the same command just reports it
+    again = train(often, killed, progress=_kill_at(10), campaign=True)
+    assert again.stopped == "epochs" and again.epochs_done == 3 and len(_log(killed)) == 3
+
+
+@pytest.mark.slow  # trains tiny runs: tens of seconds on two cores
+def test_campaign_checkpoint_is_written_at_most_every_checkpoint_minutes(tmp_path, tiny_data):
+    cfg = _config(tmp_path, tiny_data, epochs=2, steps_per_epoch=2)  # checkpoint_minutes: 30
+    run = tmp_path / "campaign"
+    with pytest.raises(_Killed):  # killed in the second epoch: no checkpoint written yet
+        train(cfg, run, progress=_kill_at(3), campaign=True)
+    assert not (run / "checkpoints" / "last_state.json").exists()
+    assert len(_log(run)) == 1  # the first epoch was logged ...
+    assert "cache/" in (run / ".gitignore").read_text().splitlines()
+    result = train(cfg, run, campaign=True)  # ... and is trained again from the start
+    assert result.epochs_done == 2 and [r["epoch"] for r in _log(run)] == ["1", "2"]
+    state = json.loads((run / "checkpoints" / "last_state.json").read_text())
+    assert state["finished"] == "epochs" and state["pieces"] == 1 and state["rng"] is None
+
+
+@pytest.mark.slow  # trains tiny runs: tens of seconds on two cores
+def test_campaign_refuses_another_config_and_continues_under_free_fields(tmp_path, tiny_data):
+    cfg = _config(tmp_path, tiny_data, epochs=3, max_minutes=0.0)
+    run = tmp_path / "campaign"
+    first = train(cfg, run, campaign=True)
+    assert first.stopped == "time_budget" and first.epochs_done == 1
+    assert not (run / "model.json").exists()  # weights only once the campaign is finished
+    with pytest.raises(ConfigError, match=r"another configuration \(lr 0.002 -> 0.001; seed"):
+        train(replace(cfg, lr=1e-3, seed=3), run, campaign=True)
+    model = tmp_path / "wider.yaml"
+    model.write_text(TINY_MODEL.replace("base_width: 4", "base_width: 6"))
+    with pytest.raises(ConfigError, match="model config: base_width 4 -> 6"):
+        train(replace(cfg, model=str(model)), run, campaign=True)
+    # how long a piece runs and on which device may change from one piece to the next
+    second = train(replace(cfg, max_minutes=None, threads=2), run, campaign=True)
+    assert second.stopped == "epochs" and second.epochs_done == 3
+    card = json.loads((run / "model.json").read_text())
+    assert card["training"]["pieces"] == 2 and card["training"]["steps"] == 6
+
+
+@pytest.mark.slow  # trains tiny runs: tens of seconds on two cores
+def test_campaign_refuses_other_training_cases(tmp_path, tiny_data):
+    from mefn.data.cache import load_cached_case
+    from mefn.training import train_on_cases
+
+    cfg = _config(tmp_path, tiny_data, epochs=2, max_minutes=0.0)
+    train(cfg, tmp_path / "campaign", campaign=True)
+    cases = [load_cached_case(p) for p in sorted((tmp_path / "cache").iterdir())]
+    with pytest.raises(InputError, match="was trained on other cases than the 1 training"):
+        train_on_cases(cfg, tmp_path / "campaign", cases[:1], cases[1:2], campaign=True)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+    from mefn.training import _recover_checkpoints
+
+    old = tmp_path / "checkpoints.old"
+    old.mkdir()
+    (old / "last_state.json").write_text('{"epoch": 4}')
+    (tmp_path / "checkpoints.tmp").mkdir()  # a half-written new one
+    _recover_checkpoints(tmp_path)
+    assert json.loads((tmp_path / "checkpoints" / "last_state.json").read_text()) == {"epoch": 4}
+    assert not old.exists() and not (tmp_path / "checkpoints.tmp").exists()
+
+
+@pytest.mark.slow  # trains tiny runs: tens of seconds on two cores
+def test_cli_campaign_piece_says_how_to_continue(tmp_path, tiny_data, capsys):
+    from mefn.cli import main
+
+    save_config(_config(tmp_path, tiny_data, epochs=2), tmp_path / "train.yaml")
+    argv = ["train", "--config", str(tmp_path / "train.yaml"), "--campaign", str(tmp_path / "c")]
+    assert main([*argv, "--max-minutes", "0"]) == 0
+    assert "run the same command to continue" in capsys.readouterr().out
+    assert main([*argv, "--checkpoint-minutes", "5"]) == 0
+    assert "trained 2 epochs (epochs)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # -o and --campaign name the same thing: one of them
+        main([*argv, "-o", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="checkpoint_minutes must be 0"):
+        TrainConfig(checkpoint_minutes=-1.0)

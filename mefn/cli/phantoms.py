@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -48,6 +49,13 @@ def add_parser(sub: Any) -> None:
         help="field of view: the scanned body, a crop around a lesion, or either at random",
     )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUTDIR")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes writing studies at once (same files as with 1; default %(default)s; "
+        "0: one per CPU core)",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be at least 1, found {args.n}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, found {args.seed}")
+    if args.workers < 0:
+        raise ConfigError(
+            f"--workers must be 0 (one per CPU core) or a number of processes, found {args.workers}"
+        )
+    workers = args.workers or os.cpu_count() or 1
     quiet = bool(getattr(args, "quiet", False))
     counts = {"lesions": 0, "empty": 0}
 
@@ -66,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         counts["lesions"] += len(study.lesions)
         counts["empty"] += not study.lesions
         if not quiet:
-            ct, pet = study.ct.shape, study.pet.shape
+            ct, pet = study.ct_shape, study.pet_shape
             print(
                 f"phantoms: [{i}/{n}] {name}: {len(study.lesions)} lesions, "
                 f"CT {ct[0]}x{ct[1]}x{ct[2]}, PET {pet[0]}x{pet[1]}x{pet[2]}, {seconds:.1f} s",
@@ -83,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         args.kind,
         overwrite=args.overwrite,
         progress=progress,
+        workers=workers,
         small=args.small,
         fov=args.fov,
     )

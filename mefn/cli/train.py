@@ -12,6 +12,8 @@ examples:
   mefn phantoms data/phantoms --n 120 --layout nnunet --seed 1
   mefn train --config configs/train/phantoms_small.yaml -o runs/small
   mefn train --config configs/train/phantoms_small.yaml -o runs/small --resume
+  mefn train --config configs/train/phantoms_small.yaml --campaign campaigns/small --max-minutes 110
+      (a campaign: run the same command again, on any clone, to continue; docs/training.md)
   torchrun --nproc_per_node 4 -m mefn train --config configs/train/autopet.yaml -o runs/autopet
 """
 
@@ -25,12 +27,24 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="training YAML (see configs/train/)")
-    p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, weights)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", help="run folder (checkpoints, logs, weights)")
+    where.add_argument(
+        "--campaign",
+        metavar="FOLDER",
+        help="campaign folder tracked by git (e.g. campaigns/NAME): started when new, else "
+        "continued from its checkpoint; only under the config it was started with",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     p.add_argument("--data", help="override data.root")
     p.add_argument("--epochs", type=int, help="override epochs")
     p.add_argument("--device", help="override device (auto, cpu, cuda)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        help="write the resumable state at most this often (and at the end; default 30)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -62,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.max_minutes is not None:
         overrides["max_minutes"] = args.max_minutes
+    if args.checkpoint_minutes is not None:
+        overrides["checkpoint_minutes"] = args.checkpoint_minutes
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, found {item!r}")
@@ -93,14 +109,24 @@ def run(args: argparse.Namespace) -> int:
             else:
                 bar.write(text, file=sys.stderr)
 
+    campaign = args.campaign is not None
     result = train(
         cfg,
-        args.output,
+        args.campaign if campaign else args.output,
         resume=args.resume,
         progress=progress,
         config_dir=Path(args.config).resolve().parent,
+        campaign=campaign,
     )
     bar.close()
+    if campaign and result.stopped == "time_budget":
+        if not args.quiet:
+            print(
+                f"campaign {args.campaign}: {result.epochs_done} of {cfg.epochs} epochs after "
+                f"{result.seconds / 3600:.2f} h; commit the folder, then run the same command "
+                "to continue"
+            )
+        return 0
     if not args.quiet:
         print(
             f"trained {result.epochs_done} epochs ({result.stopped}) in {result.seconds / 60:.1f} min; "

@@ -22,6 +22,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,10 +33,16 @@ from mefn import __version__
 from mefn.data.phantoms import KINDS, PhantomStudy, generate_study, render_ct
 from mefn.errors import ConfigError, OutputError
 from mefn.fileutil import atomic_write_text, check_writable_dir
-from mefn.io.sitk_bridge import write_volume
 from mefn.io.volume import Volume
 
-__all__ = ["LAYOUTS", "case_name", "study_seed", "write_phantoms", "write_study"]
+__all__ = [
+    "LAYOUTS",
+    "WrittenStudy",
+    "case_name",
+    "study_seed",
+    "write_phantoms",
+    "write_study",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,9 @@ def write_study(
     ``nnunet`` and ``hecktor``. The nnU-Net ``dataset.json`` is written by
     :func:`write_phantoms`, which knows the whole set.
     """
+    # SimpleITK loads here, not with the module: study_seed and case_name need none of it
+    from mefn.io.sitk_bridge import write_volume
+
     out = Path(outdir)
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, found {layout!r}")
@@ -140,7 +151,52 @@ def _ct_on_pet_grid(study: PhantomStudy) -> Volume:
     return render_ct(study.scene, study.pet.geometry, stream=_PET_GRID_STREAM)
 
 
-ProgressFn = Callable[[int, int, str, PhantomStudy, float], None]
+@dataclass(frozen=True)
+class WrittenStudy:
+    """What :func:`write_phantoms` reports of a study it wrote (its images stay on disk)."""
+
+    name: str
+    path: Path  # the study folder (autopet), the _0000 image (nnunet) or the __CT image
+    lesions: list[dict[str, Any]]
+    ct_shape: tuple[int, int, int]
+    pet_shape: tuple[int, int, int]
+    manifest: dict[str, Any]  # the study's entry in phantoms.json
+
+
+ProgressFn = Callable[[int, int, str, WrittenStudy, float], None]
+
+
+def _write_one(
+    out: Path,
+    layout: str,
+    kind: Literal["wholebody", "headneck"],
+    seed: int,
+    index: int,
+    options: dict[str, Any],
+) -> tuple[WrittenStudy, float]:
+    """Generate study ``index`` of the set and write it: one unit of work, in any process."""
+    start = time.perf_counter()
+    study = generate_study(study_seed(seed, index), kind, **options)
+    name = case_name(study, layout, index)
+    files = write_study(study, out, layout, name)
+    entry: dict[str, Any] = {
+        "name": name,
+        "seed": study.meta["seed"],
+        "files": [str(f.relative_to(out)) for f in files],
+        "lesions": study.lesions,
+        "meta": study.meta,
+    }
+    if layout == "autopet":
+        entry["pet_bqml_per_suv"] = pet_bqml_per_suv(study)
+    written = WrittenStudy(
+        name=name,
+        path=files[0].parent if layout == "autopet" else files[0],
+        lesions=study.lesions,
+        ct_shape=study.ct.shape,
+        pet_shape=study.pet.shape,
+        manifest=entry,
+    )
+    return written, time.perf_counter() - start
 
 
 def write_phantoms(
@@ -152,6 +208,7 @@ def write_phantoms(
     *,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> list[Path]:
     """Generate ``n`` studies and write them in ``layout``; returns one path per study.
@@ -160,7 +217,10 @@ def write_phantoms(
     ``__CT`` image (``hecktor``). ``kind`` defaults to ``headneck`` for ``hecktor`` and
     ``wholebody`` otherwise. Study ``i`` uses seed :func:`study_seed` ``(seed, i)``.
     ``outdir`` must be empty or absent unless ``overwrite``. ``progress(i, n, name, study,
-    seconds)`` is called after each study; ``options`` go to :func:`generate_study`.
+    seconds)`` is called after each study, in study order, with a :class:`WrittenStudy`;
+    ``options`` go to :func:`generate_study`. ``workers`` > 1 generates and writes the
+    studies in that many processes: the files are the same as with one (each study depends
+    on its seed only).
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, found {layout!r}")
@@ -177,36 +237,49 @@ def write_phantoms(
         raise ConfigError(f"n must be a positive number of studies, found {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, found {seed!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(
+            f"workers must be a positive number of processes, found {workers!r}; use 1 to "
+            "write the studies one after the other"
+        )
     out = Path(outdir)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(
             f"output folder {out} is not empty; choose an empty folder or pass --overwrite"
         )
     check_writable_dir(out)
+    # the study folders exist before any worker writes into them (no race on mkdir)
+    if layout != "autopet":
+        check_writable_dir(out / "imagesTr")
+        check_writable_dir(out / "labelsTr")
     paths: list[Path] = []
     manifest: list[dict[str, Any]] = []
-    for i in range(n):
-        start = time.perf_counter()
-        study = generate_study(study_seed(seed, i), kind, **options)
-        name = case_name(study, layout, i)
-        files = write_study(study, out, layout, name)
-        paths.append(files[0].parent if layout == "autopet" else files[0])
-        entry: dict[str, Any] = {
-            "name": name,
-            "seed": study.meta["seed"],
-            "files": [str(f.relative_to(out)) for f in files],
-            "lesions": study.lesions,
-            "meta": study.meta,
-        }
-        if layout == "autopet":
-            entry["pet_bqml_per_suv"] = pet_bqml_per_suv(study)
-        manifest.append(entry)
-        seconds = time.perf_counter() - start
+
+    def done(i: int, written: WrittenStudy, seconds: float) -> None:
+        paths.append(written.path)
+        manifest.append(written.manifest)
         log.debug(
-            "phantom %d/%d %s: %d lesions, %.1f s", i + 1, n, name, len(study.lesions), seconds
-        )
+            "phantom %d/%d %s: %d lesions, %.1f s",
+            i + 1, n, written.name, len(written.lesions), seconds,
+        )  # fmt: skip
         if progress is not None:
-            progress(i + 1, n, name, study, seconds)
+            progress(i + 1, n, written.name, written, seconds)
+
+    if workers == 1 or n == 1:
+        for i in range(n):
+            done(i, *_write_one(out, layout, kind, seed, i, options))
+    else:
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker, safe whatever threads the caller runs
+        with ProcessPoolExecutor(
+            max_workers=min(workers, n), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            futures = [
+                pool.submit(_write_one, out, layout, kind, seed, i, options) for i in range(n)
+            ]
+            for i, future in enumerate(futures):  # in study order, as the serial path
+                done(i, *future.result())
     if layout == "nnunet":
         dataset = {
             "name": "mefn synthetic FDG PET/CT",
