@@ -40,8 +40,16 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--adapter", required=True, help="adapter type or YAML")
     p.add_argument(
-        "--data", required=True, help="labelled dataset folder (AutoPET, nnU-Net or HECKTOR layout)"
+        "--data",
+        required=True,
+        help="labelled dataset folder (AutoPET, nnU-Net, HECKTOR or sarcoma-crop layout)",
     )
+    p.add_argument(
+        "--folds",
+        default=None,
+        help="folds YAML (e.g. configs/datasets/sts_folds.yaml): hold --fold out for validation",
+    )
+    p.add_argument("--fold", type=int, default=None, help="the fold of --folds held out")
     p.add_argument(
         "--config", default=None, help="training YAML (default configs/train/finetune.yaml)"
     )
@@ -81,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
     patch = card.get("patch_size_vox", list(cfg.patch_size_vox))
     cfg = replace(
         cfg,
-        data=replace(cfg.data, root=str(args.data)),
+        data=replace(
+            cfg.data,
+            root=str(args.data),
+            folds=args.folds if args.folds is not None else cfg.data.folds,
+            fold=args.fold if args.fold is not None else cfg.data.fold,
+        ),
         preprocess=preprocess,
         patch_size_vox=(int(patch[0]), int(patch[1]), int(patch[2])),
         init_weights=str(weights),

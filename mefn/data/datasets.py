@@ -9,6 +9,13 @@ Layouts (see REFERENCE.md):
   phantoms written with ``--layout nnunet``).
 - ``hecktor``: ``<root>/imagesTr/<Centre>-<nnn>__CT.nii.gz``, ``__PT.nii.gz`` and
   ``<root>/labelsTr/<Centre>-<nnn>.nii.gz``.
+- ``sts``: ``<root>/<case>/CT/image.nii.gz``, ``CT/mask.nii.gz`` (the reference, on the CT
+  grid), ``PET/image.nii.gz`` (SUV, on its own grid) and ``PET/mask.nii.gz`` (unused): the
+  real soft-tissue-sarcoma crops of ``../shared/data/sts`` (TCIA Soft-tissue-Sarcoma, IBSI).
+  One study per patient.
+
+Folds: a YAML file ``{folds: [[case, ...], ...]}`` (e.g. ``configs/datasets/sts_folds.yaml``)
+fixes a k-fold split by patient; :func:`split_by_fold` holds one fold out.
 
 The train/validation split is by patient and deterministic: a patient goes to validation
 when the SHA-256 of ``"<seed>:<patient>"`` falls below ``val_fraction``; adding cases never
@@ -23,7 +30,14 @@ from pathlib import Path
 
 from mefn.errors import InputError
 
-__all__ = ["DatasetEntry", "detect_layout", "index_dataset", "split_by_patient"]
+__all__ = [
+    "DatasetEntry",
+    "detect_layout",
+    "index_dataset",
+    "load_folds",
+    "split_by_fold",
+    "split_by_patient",
+]
 
 NII = ".nii.gz"
 
@@ -54,6 +68,14 @@ def _labels_dir(root: Path) -> Path:
     return root / "labelsTr" if (root / "labelsTr").is_dir() else root / "labels"
 
 
+def _label_file(labels: Path, case_id: str) -> Path:
+    """``labels/<case>.nii.gz``, else ``labels/<case>.dcm`` (DICOM SEG or RTSTRUCT, read onto
+    the CT grid by :func:`mefn.io.discovery.load_case`); the NIfTI path when neither exists."""
+    nifti = labels / f"{case_id}{NII}"
+    dicom = labels / f"{case_id}.dcm"
+    return dicom if not nifti.is_file() and dicom.is_file() else nifti
+
+
 def detect_layout(root: Path) -> str:
     images = _images_dir(root)
     if any(images.glob(f"*__CT{NII}")):
@@ -62,9 +84,12 @@ def detect_layout(root: Path) -> str:
         return "nnunet"
     if any(p.is_dir() for p in root.glob("PETCT_*")) or any(root.glob(f"*/SUV{NII}")):
         return "autopet"
+    if any(root.glob(f"*/CT/image{NII}")):
+        return "sts"
     raise InputError(
         f"{root} holds no known dataset layout: expected imagesTr/*_0000.nii.gz (nnU-Net), "
-        "imagesTr/*__CT.nii.gz (HECKTOR) or PETCT_*/<study>/SUV.nii.gz (AutoPET)"
+        "imagesTr/*__CT.nii.gz (HECKTOR), PETCT_*/<study>/SUV.nii.gz (AutoPET) or "
+        "<case>/CT/image.nii.gz with PET/image.nii.gz (sarcoma crops)"
     )
 
 
@@ -89,14 +114,14 @@ def index_dataset(
         for ct in sorted(_images_dir(root).glob(f"*_0000{NII}")):
             case_id = _stem(ct)[: -len("_0000")]
             pet = ct.with_name(f"{case_id}_0001{NII}")
-            label = labels / f"{case_id}{NII}"
+            label = _label_file(labels, case_id)
             entries.append(_entry(case_id, _nnunet_patient(case_id), ct, pet, label, layout))
     elif layout == "hecktor":
         labels = _labels_dir(root)
         for ct in sorted(_images_dir(root).glob(f"*__CT{NII}")):
             case_id = _stem(ct)[: -len("__CT")]
             pet = ct.with_name(f"{case_id}__PT{NII}")
-            label = labels / f"{case_id}{NII}"
+            label = _label_file(labels, case_id)
             entries.append(_entry(case_id, case_id, ct, pet, label, layout))
     elif layout == "autopet":
         for suv in sorted(root.glob(f"*/*/SUV{NII}")) + sorted(root.glob(f"*/SUV{NII}")):
@@ -105,8 +130,15 @@ def index_dataset(
             patient = study.parent.name if study.parent != root else study.name
             case_id = f"{patient}_{study.name}" if study.parent != root else study.name
             entries.append(_entry(case_id, patient, ct, suv, study / f"SEG{NII}", layout))
+    elif layout == "sts":
+        for ct in sorted(root.glob(f"*/CT/image{NII}")):
+            case = ct.parent.parent
+            pet = case / "PET" / f"image{NII}"
+            entries.append(
+                _entry(case.name, case.name, ct, pet, ct.with_name(f"mask{NII}"), layout)
+            )
     else:
-        raise InputError(f"unknown layout {layout!r}; use auto, autopet, nnunet or hecktor")
+        raise InputError(f"unknown layout {layout!r}; use auto, autopet, nnunet, hecktor or sts")
     if require_labels:
         missing = [e.case_id for e in entries if e.label is None]
         if missing:
@@ -125,6 +157,61 @@ def _entry(
     if not pet.is_file():
         raise InputError(f"case {case_id}: PET {pet} is missing beside {ct.name}")
     return DatasetEntry(case_id, patient, ct, pet, label if label.is_file() else None, layout)
+
+
+def load_folds(path: str | Path) -> list[list[str]]:
+    """The folds of a YAML file ``{folds: [[case, ...], ...]}``: case ids, no case twice."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"folds file {path} does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"folds file {path} is not valid YAML ({exc})") from None
+    folds = data.get("folds") if isinstance(data, dict) else None
+    if not (
+        isinstance(folds, list)
+        and len(folds) >= 2
+        and all(isinstance(f, list) and f and all(isinstance(c, str) for c in f) for f in folds)
+    ):
+        raise InputError(
+            f"folds file {path} must hold 'folds:', a list of at least 2 non-empty lists of "
+            "case ids"
+        )
+    seen: dict[str, int] = {}
+    for k, fold in enumerate(folds):
+        for case in fold:
+            if case in seen:
+                raise InputError(
+                    f"folds file {path}: case {case} is in fold {seen[case]} and fold {k}; "
+                    "a case belongs to one fold"
+                )
+            seen[case] = k
+    return [list(f) for f in folds]
+
+
+def split_by_fold(
+    entries: list[DatasetEntry], folds: list[list[str]], fold: int
+) -> tuple[list[DatasetEntry], list[DatasetEntry]]:
+    """(train, held out): fold ``fold`` of ``folds`` (by patient) held out, the others train.
+
+    Cases of ``entries`` in no fold train; a fold case missing from ``entries`` is an error
+    (the split would silently change)."""
+    if not 0 <= fold < len(folds):
+        raise InputError(f"fold must be in 0..{len(folds) - 1}, found {fold}")
+    known = {e.patient_id for e in entries}
+    missing = sorted(c for f in folds for c in f if c not in known)
+    if missing:
+        raise InputError(
+            f"{len(missing)} case(s) of the folds are not in the dataset (first: {missing[0]}); "
+            "use the dataset the folds were made for"
+        )
+    held = set(folds[fold])
+    train = [e for e in entries if e.patient_id not in held]
+    val = [e for e in entries if e.patient_id in held]
+    return train, val
 
 
 def _validation_score(patient: str, seed: int) -> float:
