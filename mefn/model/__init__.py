@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from mefn.model.baselines import DynUNetBaseline
@@ -36,4 +37,8 @@ __all__ = [
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network named by ``cfg.architecture``; it has ``size_divisor`` and ``infer(x)``."""
     model: nn.Module = MEFN(cfg) if cfg.architecture == "mefn" else DynUNetBaseline(cfg)
-    return use_onednn_convolutions(model)
+    use_onednn_convolutions(model)
+    if cfg.channels_last:
+        # Module.to converts every 5D parameter; its stubs do not list memory_format
+        model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    return model

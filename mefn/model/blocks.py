@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 import torch.nn.grad
 from monai.networks.blocks import Convolution
-from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
+from monai.networks.blocks.dynunet_block import (
+    UnetBasicBlock,
+    UnetOutBlock,
+    UnetResBlock,
+    UnetUpBlock,
+    get_conv_layer,
+)
 from torch import Tensor, nn
 
 from mefn.errors import InputError
@@ -19,6 +25,7 @@ __all__ = [
     "Decoder",
     "Encoder",
     "OneDnnConv3d",
+    "UpStage",
     "check_input",
     "out_conv",
     "pad_to_divisor",
@@ -141,6 +148,44 @@ class Decoder(nn.Module):
         for up, skip in zip(self.ups, reversed(skips[:-1])):
             x = up(x, skip)
         return x
+
+
+class UpStage(nn.Module):
+    """Transposed convolution x2, concatenation with a skip, then ``convs`` conv-norm-act layers.
+
+    MONAI's ``UnetUpBlock`` with the skip's width free and one or two 3x3x3 convolutions; with
+    two and a skip as wide as the output, its parameters and state-dict keys are
+    ``UnetUpBlock``'s (``transp_conv.*``, ``conv_block.conv1.*`` ...).
+    """
+
+    def __init__(
+        self, in_channels: int, skip_channels: int, out_channels: int, convs: int = 2
+    ) -> None:
+        super().__init__()
+        if convs not in (1, 2):
+            raise InputError(f"UpStage takes 1 or 2 convolutions, found {convs}")
+        self.transp_conv = get_conv_layer(
+            3,
+            in_channels,
+            out_channels,
+            kernel_size=2,
+            stride=2,
+            bias=False,
+            act=None,
+            norm=None,
+            conv_only=False,
+            is_transposed=True,
+        )
+        cin = out_channels + skip_channels
+        self.conv_block: nn.Module = (
+            UnetBasicBlock(3, cin, out_channels, 3, 1, norm_name=NORM, act_name=ACT)
+            if convs == 2
+            else Convolution(3, cin, out_channels, kernel_size=3, act=ACT, norm=NORM, bias=False)
+        )
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        out: Tensor = self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
+        return out
 
 
 def out_conv(in_channels: int, out_channels: int) -> nn.Module:

@@ -66,8 +66,19 @@ def edl_cross_entropy(alpha: Tensor, y: Tensor) -> Tensor:
 
 
 def edl_kl_misleading(alpha: Tensor, y: Tensor) -> Tensor:
-    """Per-voxel ``KL(Dir(y + (1 - y) alpha) || Dir(1, ..., 1))``, shape (B, 1, ...)."""
+    """Per-voxel ``KL(Dir(y + (1 - y) alpha) || Dir(1, ..., 1))``, shape (B, 1, ...), for a
+    one-hot ``y``.
+
+    With two classes the true class's parameter is 1 and the other's is the misleading
+    ``a = sum_k (1 - y_k) alpha_k``: ``Dir(1, a)`` is a Beta distribution and the KL is
+    ``log a - (a - 1) / a`` in closed form (``lgamma(1 + a) = lgamma(a) + log a``,
+    ``psi(1 + a) = psi(a) + 1 / a``), which saves the six lgamma/digamma evaluations per voxel
+    and their derivatives that made these terms a tenth of a CPU training step.
+    """
     k = alpha.shape[1]
+    if k == 2:
+        misleading = ((1.0 - y) * (alpha - 1.0)).sum(dim=1, keepdim=True)  # a - 1 >= 0
+        return torch.log1p(misleading) - misleading / (misleading + 1.0)
     a = y + (1.0 - y) * alpha
     s = a.sum(dim=1, keepdim=True)
     log_norm = (

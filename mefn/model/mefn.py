@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks.dynunet_block import UnetUpBlock
 from torch import Tensor, nn
 
-from mefn.model.blocks import ACT, NORM, Decoder, Encoder, check_input, out_conv
+from mefn.model.blocks import Decoder, Encoder, UpStage, check_input, out_conv
 from mefn.model.cfl import TranslationHead, TumourGate
 from mefn.model.config import ModelConfig
 from mefn.model.evidential import (
@@ -74,19 +73,9 @@ class MEFN(nn.Module):
         self.head_pet = out_conv(widths[1], k)
         self.calibrator = UncertaintyCalibrator() if cfg.calibrator else None
         # Full-resolution fused stage: transposed conv of the two calibrated half-resolution
-        # streams, concatenated with both level-0 skips, then two convolutions.
-        self.fuse = UnetUpBlock(
-            3,
-            2 * widths[1],
-            2 * widths[0],
-            kernel_size=3,
-            stride=1,
-            upsample_kernel_size=2,
-            norm_name=NORM,
-            act_name=ACT,
-            trans_bias=False,
-        )
-        self.head_fused = out_conv(2 * widths[0], k)
+        # streams, concatenated with both level-0 skips, then ``fuse_convs`` convolutions.
+        self.fuse = UpStage(2 * widths[1], 2 * widths[0], cfg.fused_width, cfg.fuse_convs)
+        self.head_fused = out_conv(cfg.fused_width, k)
         if cfg.cfl:
             self.to_pseudo_ct: TranslationHead | None = TranslationHead(widths[1])
             self.to_pseudo_pet: TranslationHead | None = TranslationHead(widths[1])
