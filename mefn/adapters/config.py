@@ -38,8 +38,8 @@ AdapterType = Literal[
 ]
 ADAPTER_TYPES: tuple[str, ...] = get_args(AdapterType)
 
-#: Where the bundled YAML files live in a source checkout.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "adapters"
+#: The bundled adapter YAML files (``mefn/configs/adapters``, inside the package).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "adapters"
 
 # Types whose weights go through the quantiser (hand-written modules with weight matrices).
 QUANTISABLE_TYPES = ("lora", "dora", "bottleneck", "compacter")

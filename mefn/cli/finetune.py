@@ -24,7 +24,7 @@ example:
   mefn segment case_0000.nii.gz --adapter adapters/my_centre -o results/
 """
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "finetune.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "finetune.yaml"
 
 
 def add_parser(sub: Any) -> None:

@@ -5,6 +5,11 @@ augmentations act in HU and SUV (scanner calibration, resolution, noise), then t
 normalised and MONAI's random flips and affine transforms act on the tensors with the label.
 Every random choice comes from the ``numpy.random.Generator`` passed in, so a seed fixes
 the whole stream.
+
+MONAI's random intensity transforms (RandScaleIntensity, RandGaussianSmooth, RandGaussianNoise,
+RandAdjustContrast) are not used: each draws from its own ``np.random.RandomState``, not the one
+Generator a resumed run restores, and none computes the same values (GaussianSmooth's kernel is
+not scipy's, AdjustContrast rescales from the minimum, the PET noise here grows with sqrt(SUV)).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ that covers the case's output grid, then scales intensities:
 
 :func:`to_output_grid` undoes the resampling for network outputs (linear interpolation of
 probabilities and uncertainties), so masks are taken on the user's own grid and orientation.
+
+MONAI's ScaleIntensityRange is not used for the CT window: its ``(x - lo) / (hi - lo) * (b_max -
+b_min) + b_min`` differs from ``clip(x) / scale`` in the last bits of float32 (the bundled
+weights saw the latter), and MONAI has no ``log1p`` intensity transform for the PET channel.
 """
 
 from __future__ import annotations
