@@ -6,8 +6,8 @@ augmented patches, optimises the model's own loss, validates with sliding-window
 (Dice), keeps the best and the last checkpoint (safetensors + JSON, never pickles), logs to
 CSV and TensorBoard, stops early, and resumes a run where it stopped: at most every
 ``checkpoint_minutes`` and at the end, the whole resumable state (weights, optimiser, the
-patch sampler's and torch's random streams, even inside an epoch) is written at once, so a
-resumed run continues on the same data order. A *campaign* (``train(..., campaign=True)``,
+learning-rate schedule, the patch sampler's and torch's random streams, even inside an
+epoch) is written at once, so a resumed run continues on the same data order and schedule. A *campaign* (``train(..., campaign=True)``,
 ``mefn train --campaign``) is such a run kept in a folder tracked by git and continued,
 piece by piece, by the same command (docs/training.md). :func:`train_on_cases` runs the same
 loop over cases already in model space.
@@ -51,8 +51,10 @@ __all__ = [
     "RunState",
     "TrainConfig",
     "TrainResult",
+    "build_lr_scheduler",
     "check_campaign_config",
     "load_train_config",
+    "lr_factor",
     "resolve_model_config",
     "train",
     "train_on_cases",
@@ -60,7 +62,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"  # mefn/configs, shipped in the wheel
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,9 @@ class RunState:
     an epoch, whose loss sums so far (``epoch_sums``) and random streams (``rng``: the patch
     sampler's bit generator, torch's CPU and CUDA generators) it also holds, so the resumed
     run draws what the uninterrupted one would have. At an epoch's start every stream is
-    re-seeded from (seed, rank, epoch) and ``rng`` is not needed.
+    re-seeded from (seed, rank, epoch) and ``rng`` is not needed. ``scheduler`` is the
+    learning-rate schedule's ``state_dict`` (:func:`build_lr_scheduler`): the resumed run
+    continues it at ``last_epoch``, its next optimiser step.
     """
 
     epoch: int = 0
@@ -356,6 +360,7 @@ class RunState:
     rng: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     optimizer: dict[str, Any] | None = None  # param groups and scalars (tensors: safetensors)
+    scheduler: dict[str, Any] | None = None  # the lr schedule's state_dict (its position)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
@@ -681,7 +686,7 @@ def _load_init(model: Any, path: Path, model_name: str, skip_heads: bool) -> Non
 
 
 # --------------------------------------------------------------------------------------------
-# the loop
+# the learning-rate schedule
 # --------------------------------------------------------------------------------------------
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """The learning-rate schedule as a factor of the peak lr, at 0-based optimiser ``step``.
@@ -695,6 +700,46 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * 0.99 + 0.01
 
 
+def build_lr_scheduler(
+    optimizer: Any, total_steps: int, warmup_steps: int, steps_done: int = 0
+) -> Any:
+    """:func:`lr_factor` as a torch ``LambdaLR``: at 0-based optimiser step ``s`` each param
+    group's lr is its ``initial_lr`` (the peak lr) times ``lr_factor(s, total_steps,
+    warmup_steps)``; call ``step()`` after every optimiser step.
+
+    ``steps_done`` > 0 continues a resumed run at its next step (the position a checkpoint
+    saved, ``state_dict()["last_epoch"]``); every group must then hold ``initial_lr``.
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+
+    def factor(step: int) -> float:  # a function, not an object: its state is not saved
+        return lr_factor(step, total_steps, warmup_steps)
+
+    return LambdaLR(optimizer, factor, last_epoch=steps_done - 1)
+
+
+def _resume_lr_scheduler(optimizer: Any, cfg: TrainConfig, state: RunState, base_lr: float) -> Any:
+    """The schedule at the run's next step: the position from the checkpoint's scheduler state
+    (a checkpoint written before it had one: its step count); the peak lr, total and warm-up
+    from ``cfg``, so a run resumed with another lr or epoch count follows the new schedule."""
+    steps_done = state.global_step
+    if state.scheduler is not None:
+        steps_done = int(state.scheduler.get("last_epoch", -1))
+        if steps_done != state.global_step:
+            raise CheckpointError(
+                f"the checkpoint's learning-rate schedule stands at step {steps_done} but its run "
+                f"at step {state.global_step}; remove checkpoints/ to start the run again"
+            )
+    for group in optimizer.param_groups:
+        group["initial_lr"] = base_lr
+    return build_lr_scheduler(
+        optimizer, cfg.epochs * cfg.steps_per_epoch, cfg.warmup_steps, steps_done
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the loop: set-up, epochs (steps, validation, log, checkpoint), final weights
+# --------------------------------------------------------------------------------------------
 def _seed_everything(seed: int) -> None:
     import torch
 
@@ -717,6 +762,13 @@ def _setup_device(cfg: TrainConfig) -> tuple[_Dist, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return dist_info, device
+
+
+def _barrier(dist_info: _Dist) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _check_output(
@@ -780,10 +832,7 @@ def train(
     # every rank caches its own share, then all read the whole cache
     my_entries = (train_entries + val_entries)[dist_info.rank :: dist_info.world]
     _cache_all(my_entries, cfg, cache_dir)
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    _barrier(dist_info)
     train_cases = _cache_all(train_entries, cfg, cache_dir)
     val_cases = _cache_all(val_entries, cfg, cache_dir)
     return _run(
@@ -824,6 +873,49 @@ def train_on_cases(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Network:
+    """The model this run trains, as built for it."""
+
+    model: Any
+    model_cfg: Any  # the trained model's config, its num_classes resolved
+    handle: Any  # the injected adapters; None when the whole model trains
+    lr_scale: float  # the adapter's learning-rate scale (1 without one)
+
+
+@dataclass(frozen=True)
+class _Optimisation:
+    """The loss, the trained parameters and what steps them."""
+
+    loss_fn: Any
+    params: list[Any]
+    optimizer: Any
+    scaler: Any  # GradScaler, enabled under fp16 only
+    amp_dtype: Any  # None: no autocast
+    base_lr: float  # the peak learning rate
+
+
+@dataclass
+class _Loop:
+    """One invocation's training: what its steps share besides the saved :class:`RunState`."""
+
+    cfg: TrainConfig
+    out: Path
+    network: _Network
+    opt: _Optimisation
+    scheduler: Any  # the learning-rate schedule (build_lr_scheduler)
+    sampler: PatchSampler
+    forward: Any  # the model, or DistributedDataParallel around it
+    dist_info: _Dist
+    device: Any
+    tb: Any  # TensorBoard writer (rank 0) or None
+    progress: Callable[[dict[str, Any]], None] | None
+    t_start: float
+    seconds_before: float  # training time of the run's earlier invocations
+    last_checkpoint: float
+    best_weights: dict[str, Any] | None = None  # best validated weights not yet on disk
+
+
 def _run(
     cfg: TrainConfig,
     out: Path,
@@ -838,19 +930,64 @@ def _run(
     t_start: float,
 ) -> TrainResult:
     """The loop: model, optimiser, checkpoints, validation, final weights and card."""
-    import torch
-
-    from mefn.model import build_loss, build_model
-
-    base_model_cfg = model_cfg
-
-    def run_model_cfg(num_classes: int) -> Any:
-        return replace(base_model_cfg, num_classes=num_classes)
-
     data_sha256 = _cases_sha256(train_cases, val_cases)
     if cfg.val_max_cases is not None:
         val_cases = val_cases[: cfg.val_max_cases]
-    my_train = train_cases[dist_info.rank :: dist_info.world] or train_cases
+    network = _build_network(cfg, model_cfg, train_cases, device, campaign)
+    if dist_info.main:
+        save_config(network.model_cfg, out / "model_config.yaml")
+    opt = _build_optimisation(cfg, network, device)
+    n_cases = (len(train_cases), len(val_cases))
+    state = _start_state(out, cfg, network, opt, resume, campaign, n_cases, data_sha256, dist_info)
+    if campaign and state.finished:
+        logger.info("campaign %s finished (%s) at epoch %d", out, state.finished, state.epoch)
+        return _result(out, state, state.finished)
+    state.pieces += 1
+    loop = _Loop(
+        cfg=cfg,
+        out=out,
+        network=network,
+        opt=opt,
+        scheduler=_resume_lr_scheduler(opt.optimizer, cfg, state, opt.base_lr),
+        sampler=_make_sampler(cfg, train_cases[dist_info.rank :: dist_info.world] or train_cases),
+        forward=_wrap_ddp(network.model, dist_info, device),
+        dist_info=dist_info,
+        device=device,
+        tb=_open_tensorboard(out) if dist_info.main else None,
+        progress=progress,
+        t_start=t_start,
+        seconds_before=state.seconds,
+        last_checkpoint=time.monotonic(),
+    )
+    network.model.train()
+    stopped = "epochs"
+    while state.epoch < cfg.epochs and stopped == "epochs":
+        stopped = _run_epoch(loop, state, val_cases)
+    if dist_info.main and (not campaign or state.finished):
+        _save_final_weights(loop, _final_card(loop, state, stopped, n_cases, campaign))
+    if loop.tb is not None:
+        loop.tb.close()
+    _barrier(dist_info)
+    return _result(out, state, stopped)
+
+
+def _result(out: Path, state: RunState, stopped: str) -> TrainResult:
+    return TrainResult(
+        output_dir=out,
+        epochs_done=state.epoch,
+        best_dice=float(state.best_dice),
+        best_epoch=int(state.best_epoch),
+        stopped=stopped,
+        seconds=float(state.seconds),
+    )
+
+
+def _build_network(
+    cfg: TrainConfig, model_cfg: Any, train_cases: list[CachedCase], device: Any, campaign: bool
+) -> _Network:
+    """The model on ``device``: base weights loaded, output heads for the labels' classes,
+    adapters injected when fine-tuning one."""
+    from mefn.model import build_model
 
     adapter_cfg = None
     if cfg.adapter:
@@ -863,51 +1000,69 @@ def _run(
         adapter_cfg = replace(
             adapter_cfg, heads=replace(adapter_cfg.heads, num_classes=num_classes)
         )
+    run_model_cfg = replace(model_cfg, num_classes=num_classes)
     # an adapter replaces the heads of the base model; full fine-tuning builds the new model
-    model = build_model(model_cfg if adapter_cfg is not None else run_model_cfg(num_classes))
+    model = build_model(model_cfg if adapter_cfg is not None else run_model_cfg)
     model.to(device)
     if cfg.init_weights:
         _load_init(model, Path(cfg.init_weights), cfg.model, skip_heads=new_heads)
-    handle = None
-    if adapter_cfg is not None:
-        from mefn.adapters import inject_adapters
+    if adapter_cfg is None:
+        return _Network(model=model, model_cfg=run_model_cfg, handle=None, lr_scale=1.0)
+    from mefn.adapters import inject_adapters
 
-        handle = inject_adapters(model, adapter_cfg)
-        model.to(device)
-        if campaign and (handle.mosa is not None or handle.lae is not None):
-            raise ConfigError(
-                f"adapter type {adapter_cfg.type} keeps a step schedule a campaign does not "
-                "save (MoSA, LAE); train it in one piece with -o instead of --campaign"
-            )
-    model_cfg = run_model_cfg(num_classes)
-    if dist_info.main:
-        save_config(model_cfg, out / "model_config.yaml")
-    loss_fn = build_loss(model_cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    base_lr = cfg.lr * (adapter_cfg.lr_scale if adapter_cfg is not None else 1.0)
+    handle = inject_adapters(model, adapter_cfg)
+    model.to(device)
+    if campaign and (handle.mosa is not None or handle.lae is not None):
+        raise ConfigError(
+            f"adapter type {adapter_cfg.type} keeps a step schedule a campaign does not "
+            "save (MoSA, LAE); train it in one piece with -o instead of --campaign"
+        )
+    return _Network(
+        model=model, model_cfg=run_model_cfg, handle=handle, lr_scale=adapter_cfg.lr_scale
+    )
+
+
+def _build_optimisation(cfg: TrainConfig, network: _Network, device: Any) -> _Optimisation:
+    """The model's own loss, AdamW over the trainable parameters, mixed precision on CUDA."""
+    import torch
+
+    from mefn.model import build_loss
+
+    loss_fn = build_loss(network.model_cfg)
+    params = [p for p in network.model.parameters() if p.requires_grad]
+    base_lr = cfg.lr * network.lr_scale
     optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-
     amp_dtype = None
     if device.type == "cuda" and cfg.amp != "off":
         amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return _Optimisation(loss_fn, params, optimizer, scaler, amp_dtype, base_lr)
 
+
+def _start_state(
+    out: Path,
+    cfg: TrainConfig,
+    network: _Network,
+    opt: _Optimisation,
+    resume: bool,
+    campaign: bool,
+    n_cases: tuple[int, int],
+    data_sha256: str,
+    dist_info: _Dist,
+) -> RunState:
+    """A new run's state, or with ``resume`` the checkpoint's (weights, optimiser and scaler
+    loaded); the log rows written after that checkpoint are dropped."""
     if dist_info.main:
         _recover_checkpoints(out)
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    _barrier(dist_info)
     last_state = out / "checkpoints" / "last_state.json"
-    log_path = out / "log.csv"
     state = RunState(config_sha256=config_sha256(cfg), data_sha256=data_sha256)
     if resume and last_state.is_file():
-        state = _read_checkpoint(out, model, optimizer, scaler)
+        state = _read_checkpoint(out, network.model, opt.optimizer, opt.scaler)
         if campaign and state.data_sha256 and state.data_sha256 != data_sha256:
             raise InputError(
-                f"campaign {out} was trained on other cases than the {len(train_cases)} "
-                f"training and {len(val_cases)} validation cases found now; recreate its data "
+                f"campaign {out} was trained on other cases than the {n_cases[0]} "
+                f"training and {n_cases[1]} validation cases found now; recreate its data "
                 "exactly (same phantoms seed and count, see docs/training.md) or start a new "
                 "campaign in another folder"
             )
@@ -918,20 +1073,13 @@ def _run(
             )
         logger.info("resuming %s at epoch %d, step %d", out, state.epoch, state.global_step)
     if dist_info.main:  # rows logged after the checkpoint (or before the first) are redone
-        _truncate_log(log_path, state.epoch)
-    if campaign and state.finished:
-        logger.info("campaign %s finished (%s) at epoch %d", out, state.finished, state.epoch)
-        return TrainResult(
-            output_dir=out,
-            epochs_done=state.epoch,
-            best_dice=state.best_dice,
-            best_epoch=state.best_epoch,
-            stopped=state.finished,
-            seconds=state.seconds,
-        )
-    state.pieces += 1
-    sampler = PatchSampler(
-        my_train,
+        _truncate_log(out / "log.csv", state.epoch)
+    return state
+
+
+def _make_sampler(cfg: TrainConfig, cases: list[CachedCase]) -> PatchSampler:
+    return PatchSampler(
+        cases,
         cfg.patch_size_vox,
         cfg.preprocess,
         cfg.augment,
@@ -942,202 +1090,224 @@ def _run(
         hot_balance=cfg.hot_negative_balance,
     )
 
-    net: Any = model
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+def _wrap_ddp(model: Any, dist_info: _Dist, device: Any) -> Any:
+    """The module the steps call: ``model``, under torchrun wrapped in DistributedDataParallel."""
+    if dist_info.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
 
-    tb = None
-    if dist_info.main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:  # pragma: no cover - tensorboard is a dependency
-            tb = None
-
-    stopped = "epochs"
-    model.train()
-    seconds_before = state.seconds
-    last_checkpoint = time.monotonic()
-    best_weights: dict[str, Any] | None = None  # best validated weights not yet on disk
-
-    def checkpoint_due() -> bool:
-        return (time.monotonic() - last_checkpoint) / 60.0 >= cfg.checkpoint_minutes
-
-    def write_checkpoint() -> None:
-        nonlocal last_checkpoint, best_weights
-        state.seconds = seconds_before + time.monotonic() - t_start
-        if dist_info.main:
-            state.scaler = scaler.state_dict() if scaler.is_enabled() else None
-            _write_checkpoint(out, state, model, optimizer, best_weights)
-        best_weights = None
-        last_checkpoint = time.monotonic()
-
-    epoch = state.epoch
-    while epoch < cfg.epochs:
-        t_epoch = time.monotonic() - state.epoch_seconds
-        if state.step_in_epoch == 0:
-            # Re-seed every epoch from (seed, rank, epoch): a resumed run draws the same
-            # patches and dropout masks as an uninterrupted one.
-            sampler.rng = np.random.default_rng([cfg.seed, dist_info.rank, epoch])
-            torch.manual_seed(cfg.seed * 100_003 + dist_info.rank * 1009 + epoch)
-            state.epoch_sums = {}
-        else:  # resumed mid-epoch: the random streams as they were after its last step
-            _restore_rng(sampler, state.rng or {}, device)
-        sums = state.epoch_sums
-        while state.step_in_epoch < cfg.steps_per_epoch:
-            step = state.global_step
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr * lr_factor(step, total_steps, cfg.warmup_steps)
-            x_np, y_np = sampler.batch(cfg.batch_size)
-            x = torch.from_numpy(x_np).to(device)
-            y = torch.from_numpy(y_np).to(device)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
-                output = net(x)
-                losses = loss_fn(output, y, x, epoch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise CheckpointError(
-                    f"training diverged at step {step} (loss {loss.item()}); lower lr in the config"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if handle is not None:
-                handle.on_step()
-            state.global_step = step + 1
-            state.step_in_epoch += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if progress is not None and dist_info.main:
-                progress(
-                    {
-                        "event": "step",
-                        "epoch": epoch,
-                        "step": step + 1,
-                        "loss": float(loss.detach()),
-                    }
-                )
-            # mid-epoch checkpoints in one process only: under DDP every rank has its streams
-            if (
-                dist_info.world == 1
-                and state.step_in_epoch < cfg.steps_per_epoch
-                and checkpoint_due()
-            ):
-                state.rng = _capture_rng(sampler, device)
-                state.epoch_seconds = time.monotonic() - t_epoch
-                write_checkpoint()
-        epoch += 1
-        state.step_in_epoch, state.rng, state.epoch_seconds = 0, None, 0.0
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "step": state.global_step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.monotonic() - t_epoch, 2),
-        }
-        row.update({k: v / cfg.steps_per_epoch for k, v in sums.items()})
-        val_dice = None
-        out_of_time = (
-            cfg.max_minutes is not None and (time.monotonic() - t_start) / 60.0 >= cfg.max_minutes
-        )
-        # the last epoch (planned or cut by the time budget) is always validated, so the
-        # weights kept are the best of everything validated, the final state included
-        if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs or out_of_time):
-            val_dice = _validate(model, val_cases, cfg, model_cfg.num_classes, device, dist_info)
-            row["val_dice"] = val_dice
-            if val_dice > state.best_dice:
-                state.best_dice, state.best_epoch = val_dice, epoch
-                state.epochs_without_improvement = 0
-                if dist_info.main:
-                    best_weights = {
-                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                    }
-            else:
-                state.epochs_without_improvement += cfg.val_every
-        state.epoch = epoch
-        state.seconds = seconds_before + time.monotonic() - t_start
-        if dist_info.main:
-            _write_log_row(log_path, row)
-            if tb is not None:
-                for k, v in row.items():
-                    if k != "epoch" and isinstance(v, int | float):
-                        tb.add_scalar(k, v, epoch)
-        if progress is not None and dist_info.main:
-            progress({"event": "epoch", **row})
-        if state.epochs_without_improvement >= cfg.early_stop_patience:
-            stopped = "early_stop"
-        elif out_of_time and epoch < cfg.epochs:
-            stopped = "time_budget"
-        ending = stopped != "epochs" or epoch == cfg.epochs
-        if ending and stopped != "time_budget":
-            state.finished = stopped
-        if ending or checkpoint_due():
-            write_checkpoint()
-        if stopped != "epochs":
-            break
-
-    if dist_info.main and (not campaign or state.finished):
-        best = out / "checkpoints" / "best.safetensors"
-        src = best if best.is_file() else out / "checkpoints" / "last.safetensors"
-        weights = _load_tensors(src)
-        card = model_card(
-            cfg,
-            model_cfg,
-            {
-                "training": {
-                    "epochs": epoch,
-                    "steps": state.global_step,
-                    "seconds": round(state.seconds, 1),
-                    "stopped": stopped,
-                    "train_cases": len(train_cases),
-                    "val_cases": len(val_cases),
-                    "data_root": str(cfg.data.root),
-                    "config": to_dict(cfg),
-                    **({"campaign": str(out), "pieces": state.pieces} if campaign else {}),
-                },
-                "validation": {"dice": state.best_dice, "epoch": state.best_epoch},
-            },
-        )
-        if handle is not None and cfg.init_weights:
-            from mefn.adapters import save_adapter
-            from mefn.fileutil import file_sha256
-
-            model.load_state_dict(weights)
-            save_adapter(
-                handle,
-                out / "adapter",
-                base_model_hash=file_sha256(Path(cfg.init_weights)),
-                labels=_labels(model_cfg.num_classes) if handle.num_classes else None,
-            )
-            atomic_write_text(out / "adapter" / "training.json", json.dumps(card, indent=1))
-        else:
-            _save_tensors(weights, out / "model.safetensors", {"format": "mefn-weights/1"})
-            atomic_write_text(out / "model.json", json.dumps(card, indent=1))
-    if tb is not None:
-        tb.close()
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return TrainResult(
-        output_dir=out,
-        epochs_done=epoch,
-        best_dice=float(state.best_dice),
-        best_epoch=int(state.best_epoch),
-        stopped=stopped,
-        seconds=float(state.seconds),
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
     )
+
+
+def _open_tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _run_epoch(loop: _Loop, state: RunState, val_cases: list[CachedCase]) -> str:
+    """One epoch from where ``state`` stands: its steps, validation when due, the log row and
+    the checkpoint when due; how the run stands after it ("epochs": it goes on, unless this
+    was the last planned epoch; "early_stop", "time_budget": it stops)."""
+    cfg = loop.cfg
+    t_epoch = time.monotonic() - state.epoch_seconds
+    lr = _train_steps(loop, state, t_epoch)
+    epoch = state.epoch + 1
+    state.step_in_epoch, state.rng, state.epoch_seconds = 0, None, 0.0
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "step": state.global_step,
+        "lr": lr,
+        "seconds": round(time.monotonic() - t_epoch, 2),
+    }
+    row.update({k: v / cfg.steps_per_epoch for k, v in state.epoch_sums.items()})
+    out_of_time = (
+        cfg.max_minutes is not None and (time.monotonic() - loop.t_start) / 60.0 >= cfg.max_minutes
+    )
+    # the last epoch (planned or cut by the time budget) is always validated, so the
+    # weights kept are the best of everything validated, the final state included
+    if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs or out_of_time):
+        row["val_dice"] = _validate_epoch(loop, state, val_cases, epoch)
+    state.epoch = epoch
+    state.seconds = loop.seconds_before + time.monotonic() - loop.t_start
+    _log_epoch(loop, row)
+    stopped = "epochs"
+    if state.epochs_without_improvement >= cfg.early_stop_patience:
+        stopped = "early_stop"
+    elif out_of_time and epoch < cfg.epochs:
+        stopped = "time_budget"
+    ending = stopped != "epochs" or epoch == cfg.epochs
+    if ending and stopped != "time_budget":
+        state.finished = stopped
+    if ending or _checkpoint_due(loop):
+        _checkpoint(loop, state)
+    return stopped
+
+
+def _train_steps(loop: _Loop, state: RunState, t_epoch: float) -> float:
+    """The epoch's optimiser steps from ``state.step_in_epoch`` on, with mid-epoch
+    checkpoints when due; the learning rate of its last step."""
+    import torch
+
+    cfg, rank = loop.cfg, loop.dist_info.rank
+    if state.step_in_epoch == 0:
+        # Re-seed every epoch from (seed, rank, epoch): a resumed run draws the same
+        # patches and dropout masks as an uninterrupted one.
+        loop.sampler.rng = np.random.default_rng([cfg.seed, rank, state.epoch])
+        torch.manual_seed(cfg.seed * 100_003 + rank * 1009 + state.epoch)
+        state.epoch_sums = {}
+    else:  # resumed mid-epoch: the random streams as they were after its last step
+        _restore_rng(loop.sampler, state.rng or {}, loop.device)
+    lr = loop.opt.optimizer.param_groups[0]["lr"]
+    while state.step_in_epoch < cfg.steps_per_epoch:
+        lr = loop.opt.optimizer.param_groups[0]["lr"]
+        _train_step(loop, state)
+        # mid-epoch checkpoints in one process only: under DDP every rank has its streams
+        if (
+            loop.dist_info.world == 1
+            and state.step_in_epoch < cfg.steps_per_epoch
+            and _checkpoint_due(loop)
+        ):
+            state.rng = _capture_rng(loop.sampler, loop.device)
+            state.epoch_seconds = time.monotonic() - t_epoch
+            _checkpoint(loop, state)
+    return lr
+
+
+def _train_step(loop: _Loop, state: RunState) -> None:
+    """One optimiser step on a fresh batch of patches, then the schedule's; the losses are
+    added to ``state.epoch_sums``."""
+    import torch
+
+    cfg, opt, device = loop.cfg, loop.opt, loop.device
+    step, epoch = state.global_step, state.epoch
+    x_np, y_np = loop.sampler.batch(cfg.batch_size)
+    x = torch.from_numpy(x_np).to(device)
+    y = torch.from_numpy(y_np).to(device)
+    with torch.autocast(
+        device.type, dtype=opt.amp_dtype or torch.float32, enabled=opt.amp_dtype is not None
+    ):
+        output = loop.forward(x)
+        losses = opt.loss_fn(output, y, x, epoch)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise CheckpointError(
+            f"training diverged at step {step} (loss {loss.item()}); lower lr in the config"
+        )
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.unscale_(opt.optimizer)
+    torch.nn.utils.clip_grad_norm_(opt.params, cfg.grad_clip)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    loop.scheduler.step()
+    if loop.network.handle is not None:
+        loop.network.handle.on_step()
+    state.global_step = step + 1
+    state.step_in_epoch += 1
+    for k, v in losses.items():
+        state.epoch_sums[k] = state.epoch_sums.get(k, 0.0) + float(v.detach())
+    if loop.progress is not None and loop.dist_info.main:
+        event = {"event": "step", "epoch": epoch, "step": step + 1, "loss": float(loss.detach())}
+        loop.progress(event)
+
+
+def _validate_epoch(loop: _Loop, state: RunState, val_cases: list[CachedCase], epoch: int) -> float:
+    """Validation Dice after ``epoch``; a new best is kept (its weights until the next
+    checkpoint), else the epochs without improvement grow."""
+    model = loop.network.model
+    num_classes = loop.network.model_cfg.num_classes
+    val_dice = _validate(model, val_cases, loop.cfg, num_classes, loop.device, loop.dist_info)
+    if val_dice > state.best_dice:
+        state.best_dice, state.best_epoch = val_dice, epoch
+        state.epochs_without_improvement = 0
+        if loop.dist_info.main:
+            loop.best_weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+    else:
+        state.epochs_without_improvement += loop.cfg.val_every
+    return val_dice
+
+
+def _log_epoch(loop: _Loop, row: dict[str, Any]) -> None:
+    """The epoch's row into log.csv and TensorBoard (rank 0), and to ``progress``."""
+    if not loop.dist_info.main:
+        return
+    _write_log_row(loop.out / "log.csv", row)
+    if loop.tb is not None:
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, int | float):
+                loop.tb.add_scalar(k, v, row["epoch"])
+    if loop.progress is not None:
+        loop.progress({"event": "epoch", **row})
+
+
+def _checkpoint_due(loop: _Loop) -> bool:
+    return (time.monotonic() - loop.last_checkpoint) / 60.0 >= loop.cfg.checkpoint_minutes
+
+
+def _checkpoint(loop: _Loop, state: RunState) -> None:
+    """The whole resumable state on disk (rank 0): weights, optimiser, scaler, schedule."""
+    state.seconds = loop.seconds_before + time.monotonic() - loop.t_start
+    if loop.dist_info.main:
+        state.scaler = loop.opt.scaler.state_dict() if loop.opt.scaler.is_enabled() else None
+        state.scheduler = loop.scheduler.state_dict()
+        _write_checkpoint(
+            loop.out, state, loop.network.model, loop.opt.optimizer, loop.best_weights
+        )
+    loop.best_weights = None
+    loop.last_checkpoint = time.monotonic()
+
+
+def _final_card(
+    loop: _Loop, state: RunState, stopped: str, n_cases: tuple[int, int], campaign: bool
+) -> dict[str, Any]:
+    """The card of the final weights: the model's, plus how the run trained and validated."""
+    cfg = loop.cfg
+    training = {
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "seconds": round(state.seconds, 1),
+        "stopped": stopped,
+        "train_cases": n_cases[0],
+        "val_cases": n_cases[1],
+        "data_root": str(cfg.data.root),
+        "config": to_dict(cfg),
+        **({"campaign": str(loop.out), "pieces": state.pieces} if campaign else {}),
+    }
+    validation = {"dice": state.best_dice, "epoch": state.best_epoch}
+    return model_card(cfg, loop.network.model_cfg, {"training": training, "validation": validation})
+
+
+def _save_final_weights(loop: _Loop, card: dict[str, Any]) -> None:
+    """The best validated weights (else the last) with their card: ``model.safetensors``,
+    or for an adapter fine-tune the adapter folder tied to the base weights."""
+    cfg, out, handle = loop.cfg, loop.out, loop.network.handle
+    best = out / "checkpoints" / "best.safetensors"
+    weights = _load_tensors(best if best.is_file() else out / "checkpoints" / "last.safetensors")
+    if handle is not None and cfg.init_weights:
+        from mefn.adapters import save_adapter
+        from mefn.fileutil import file_sha256
+
+        loop.network.model.load_state_dict(weights)
+        save_adapter(
+            handle,
+            out / "adapter",
+            base_model_hash=file_sha256(Path(cfg.init_weights)),
+            labels=_labels(loop.network.model_cfg.num_classes) if handle.num_classes else None,
+        )
+        atomic_write_text(out / "adapter" / "training.json", json.dumps(card, indent=1))
+    else:
+        _save_tensors(weights, out / "model.safetensors", {"format": "mefn-weights/1"})
+        atomic_write_text(out / "model.json", json.dumps(card, indent=1))
 
 
 def _truncate_log(path: Path, epochs: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import pytest
 
 from mefn.config import save_config
 from mefn.data.preprocess import PreprocessConfig
-from mefn.errors import ConfigError, InputError
-from mefn.training import DataConfig, TrainConfig, lr_factor, train
+from mefn.errors import CheckpointError, ConfigError, InputError
+from mefn.training import DataConfig, TrainConfig, build_lr_scheduler, lr_factor, train
 
 TINY_MODEL = """\
 architecture: mefn
@@ -73,6 +74,8 @@ def test_train_writes_weights_card_logs(tmp_path, tiny_data):
     assert card["training"]["steps"] == 4
     rows = _log(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    # the lr logged is the one of the epoch's last step
+    assert [float(r["lr"]) for r in rows] == [cfg.lr * lr_factor(s - 1, 4, 1) for s in (2, 4)]
     assert all(float(r["loss"]) > 0 for r in rows) and "val_dice" in rows[0]
     assert (run / "train_config.yaml").is_file() and any((run / "tensorboard").iterdir())
     # a second run into the same folder without --resume is refused
@@ -87,6 +90,8 @@ def test_resume_continues_the_same_run(tmp_path, tiny_data):
     # the same run (same schedule), stopped by its time budget after the first epoch
     first = train(_config(tmp_path, tiny_data, epochs=3, max_minutes=0.0), tmp_path / "split")
     assert first.stopped == "time_budget" and first.epochs_done == 1
+    saved = json.loads((tmp_path / "split" / "checkpoints" / "last_state.json").read_text())
+    assert saved["global_step"] == saved["scheduler"]["last_epoch"] == 2  # the lr schedule's
     resumed = train(_config(tmp_path, tiny_data, epochs=3), tmp_path / "split", resume=True)
     assert resumed.epochs_done == straight.epochs_done == 3
     assert [r["epoch"] for r in _log(tmp_path / "split")] == ["1", "2", "3"]
@@ -233,6 +238,86 @@ def test_lr_schedule_warms_up_then_follows_a_cosine_to_one_percent():
     assert lr_factor(500, total=100, warmup=10) == pytest.approx(0.01)  # held past the end
 
 
+def _old_lr_factor(step: int, total: int, warmup: int) -> float:
+    """The schedule as the loop computed it before it became a torch scheduler."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * 0.99 + 0.01
+
+
+def _optimizer(lr: float):
+    import torch
+
+    return torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=lr)
+
+
+def _lrs(optimizer, scheduler, steps: int) -> list[float]:
+    """The learning rates of the next ``steps`` optimiser steps."""
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(37, 5), (10, 0), (4, 9)])
+def test_lr_scheduler_gives_the_old_lr_at_every_step(total, warmup):
+    optimizer = _optimizer(3e-3)
+    lrs = _lrs(optimizer, build_lr_scheduler(optimizer, total, warmup), total + 6)
+    assert lrs == [3e-3 * _old_lr_factor(s, total, warmup) for s in range(total + 6)]  # exact
+    assert lrs == [3e-3 * lr_factor(s, total, warmup) for s in range(total + 6)]
+
+
+def test_lr_scheduler_resumed_from_its_saved_state_continues_to_the_bit():
+    from mefn.training import RunState, _resume_lr_scheduler
+
+    cfg = TrainConfig(lr=2e-3, epochs=5, steps_per_epoch=7, warmup_steps=6)
+    optimizer = _optimizer(cfg.lr)
+    scheduler = build_lr_scheduler(optimizer, 35, 6)
+    straight = _lrs(optimizer, scheduler, 35)
+    optimizer = _optimizer(cfg.lr)
+    scheduler = build_lr_scheduler(optimizer, 35, 6)
+    before = _lrs(optimizer, scheduler, 11)
+    saved = json.loads(json.dumps(scheduler.state_dict()))  # as last_state.json holds it
+    state = RunState(global_step=11, scheduler=saved)
+    fresh = _optimizer(0.5)  # the optimiser state (param groups) is loaded afterwards anyway
+    after = _lrs(fresh, _resume_lr_scheduler(fresh, cfg, state, cfg.lr), 24)
+    assert before + after == straight
+    # a checkpoint written before the schedule was saved: its step count places it
+    fresh = _optimizer(cfg.lr)
+    older = _resume_lr_scheduler(fresh, cfg, RunState(global_step=11), cfg.lr)
+    assert _lrs(fresh, older, 24) == after
+    # resumed with another peak lr (not a campaign): the new one from the next step on
+    fresh = _optimizer(cfg.lr)
+    other = _resume_lr_scheduler(fresh, replace(cfg, lr=1e-3), state, 1e-3)
+    assert _lrs(fresh, other, 3) == [1e-3 * lr_factor(s, 35, 6) for s in (11, 12, 13)]
+
+
+def test_lr_scheduler_out_of_step_with_its_run_is_refused():
+    from mefn.training import RunState, _resume_lr_scheduler
+
+    state = RunState(global_step=3, scheduler={"last_epoch": 5})
+    with pytest.raises(CheckpointError, match="stands at step 5 but its run at step 3"):
+        _resume_lr_scheduler(_optimizer(1e-3), TrainConfig(), state, 1e-3)
+
+
+def test_training_functions_stay_under_100_lines():
+    import ast
+
+    import mefn.training
+
+    tree = ast.parse(Path(mefn.training.__file__).read_text())
+    lengths = {
+        n.name: n.end_lineno - n.lineno + 1
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno is not None
+    }
+    assert "_run" in lengths and "_train_step" in lengths
+    assert {k: v for k, v in lengths.items() if v > 100} == {}
+
+
 def test_hot_negatives_balanced_over_structures(tmp_path):
     """hot_balance="structure": a small hot gland gets as many hard negatives as a large hot
     organ; "voxel": in proportion to its voxels. Specks under 8 voxels are not structures."""
@@ -307,6 +392,7 @@ def test_campaign_killed_mid_way_resumes_on_the_same_data_order(tmp_path, tiny_d
     state = json.loads((killed / "checkpoints" / "last_state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
     assert state["rng"]["sampler"]["bit_generator"] == "PCG64"
+    assert state["scheduler"]["last_epoch"] == 4
     assert not (killed / "model.safetensors").exists()  # unfinished: no final weights yet
 
     steps: list[int] = []
