@@ -60,7 +60,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mefn.data.phantom_layouts import write_phantoms
+    from mefn.data.phantoms import write_phantoms
     from mefn.errors import ConfigError
 
     if args.n < 1:

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mefn.data.phantom_cache import cache_phantoms, resample_array
-from mefn.data.phantom_layouts import write_phantoms
+from mefn.data.phantoms import write_phantoms
+from mefn.data.phantoms.cache import cache_phantoms, resample_array
 from mefn.data.preprocess import PreprocessConfig
 from mefn.errors import ConfigError
 from mefn.io.volume import Geometry, Volume

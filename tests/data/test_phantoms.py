@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mefn.data.phantom_anatomy import CONTRAST_HU, TISSUE_RANGES, WIDEN, build_anatomy
-from mefn.data.phantom_layouts import case_name, write_phantoms, write_study
-from mefn.data.phantom_lesions import Lesion, LesionShape, recovery_coefficient, sample_lesions
-from mefn.data.phantom_shapes import Capsule, Ellipsoid, Layer, SmoothField, paint_layers
-from mefn.data.phantoms import PhantomStudy, generate_study, render_labels, study_layers
+from mefn.data.phantoms import (
+    PhantomStudy,
+    case_name,
+    generate_study,
+    render_ct,
+    render_labels,
+    study_layers,
+    write_phantoms,
+    write_study,
+)
+from mefn.data.phantoms.anatomy import build_anatomy
+from mefn.data.phantoms.lesions import Lesion, LesionShape, recovery_coefficient, sample_lesions
+from mefn.data.phantoms.shapes import Capsule, Ellipsoid, Layer, SmoothField, paint_layers
+from mefn.data.phantoms.tissues import CONTRAST_HU, TISSUE_RANGES, WIDEN
 from mefn.errors import ConfigError, OutputError
 from mefn.io.sitk_bridge import from_sitk
 from mefn.io.volume import Geometry, Volume
@@ -425,3 +438,208 @@ def test_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="case name must be a plain file name"):
         write_study(study, tmp_path, "nnunet", "a/b")
     assert case_name(study, "hecktor", 9) == "CHUP-002"
+
+
+# --- determinism: recorded outputs ----------------------------------------------------------
+# sha256 (first 16 hex digits) of each array's bytes, the lesion table and the metadata (JSON,
+# sorted keys, without the timing) of studies for both kinds and every field of view, recorded
+# before the generator became a package (issue #23). Any change to the generator that alters
+# a study fails here: if it is meant to, say so in the commit and record the new hashes.
+RECORDED_STUDIES: list[tuple[int, str, dict[str, Any], dict[str, str | None]]] = [
+    (3, "wholebody", {"fov": "full", "max_voxels": 30000}, {
+        "ct": "c97d0c41302862a5", "pet": "3d03223ed791455d", "label_ct": "46520f6cb533c965",
+        "label_pet": "e1ef8e6bf836bb1c", "truth": None, "ctres": "68d1a9106c398d87",
+        "lesions": "4f53cda18c2baa0c", "meta": "c15f0ec054ade363"}),
+    (11, "wholebody", {"small": True}, {
+        "ct": "336995a962e3db15", "pet": "112a35fed71cefd9", "label_ct": "1ca07d93388654c3",
+        "label_pet": "13ace44842fa5a5b", "truth": None, "ctres": "f31efe4a0fe55c6f",
+        "lesions": "4f53cda18c2baa0c", "meta": "464f2243f62ad024"}),
+    (7, "wholebody", {"fov": "crop", "max_voxels": 20000}, {
+        "ct": "df72259525081928", "pet": "eeaea36eb209a3e2", "label_ct": "d61350bd82dd10f2",
+        "label_pet": "3dea740885c7d961", "truth": None, "ctres": "cf2e5c1d13c84c70",
+        "lesions": "3bc6df304e7d851d", "meta": "336b2c933da8c496"}),
+    (21, "wholebody", {"fov": "full", "max_voxels": 25000, "contrast": True, "n_lesions": 4,
+                       "keep_truth": True}, {
+        "ct": "409282b4b5e74ff9", "pet": "e21417d36bd54f9d", "label_ct": "dbf26d09fb11063d",
+        "label_pet": "3daa1b5188717c7a", "truth": "15462ec354329f66", "ctres": "01fac4f88391ce62",
+        "lesions": "d3ea24a8afba5caa", "meta": "fbf21c78d62334cf"}),
+    (5, "headneck", {"fov": "full", "max_voxels": 30000}, {
+        "ct": "04ff45d77934f8b8", "pet": "ba0bf0187d0c1127", "label_ct": "8da82c7419e543bd",
+        "label_pet": "3f597a8f836ad97f", "truth": None, "ctres": "ce6290a9ea9a8b99",
+        "lesions": "dae8aa84c56b09ca", "meta": "032616775e7ca50e"}),
+    (8, "headneck", {"fov": "crop", "max_voxels": 15000, "crop_mm": 60.0}, {
+        "ct": "6af4b3a701544adc", "pet": "f49b28c43d140116", "label_ct": "436e25105f77da68",
+        "label_pet": "319aaaaf078593dc", "truth": None, "ctres": "16b38a73990d832a",
+        "lesions": "91da24cd655c1aac", "meta": "13884d06cca2dac4"}),
+    (13, "headneck", {"fov": "random", "max_voxels": 20000, "noise": False, "n_lesions": 3}, {
+        "ct": "a31afcf098832cd1", "pet": "fa7bdc484af64096", "label_ct": "a2b4f5104be24cc4",
+        "label_pet": "3014d17af08d3e7d", "truth": None, "ctres": "35dc693d6f810f2c",
+        "lesions": "36cca48f0179ccdd", "meta": "11f6cde6ae5e7983"}),
+    (40, "wholebody", {"fov": "random", "max_voxels": 20000, "contrast": False, "n_lesions": 8}, {
+        "ct": "faaf443ba546f389", "pet": "7c8364b4ba9fdb09", "label_ct": "1523cf865965612c",
+        "label_pet": "b7265b6757e9e4ad", "truth": None, "ctres": "bb796e2a3503d885",
+        "lesions": "bf671fc9035d800f", "meta": "8acad600d2e79ee0"}),
+    (2, "wholebody", {"fov": "crop", "max_voxels": 12000, "noise": False, "keep_truth": True}, {
+        "ct": "35117f89f451bd6e", "pet": "fce688cf2f9a0146", "label_ct": "41d8ee97e2fa110f",
+        "label_pet": "07086c9611020f46", "truth": "307ddc91f8097dd8", "ctres": "e00deaf5a84f7fc7",
+        "lesions": "3d0f50cf34cabcbc", "meta": "e7987c7f324ae252"}),
+]  # fmt: skip
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _study_digests(study: PhantomStudy) -> dict[str, str | None]:
+    assert study.scene is not None
+    meta = {k: v for k, v in study.meta.items() if k != "seconds"}
+    ctres = render_ct(study.scene, study.pet.geometry, stream=1)  # as the layouts' CTres
+    arrays = {
+        "ct": study.ct.array,
+        "pet": study.pet.array,
+        "label_ct": study.label_ct.array,
+        "label_pet": study.label_pet.array,
+        "ctres": ctres.array,
+    }
+    out: dict[str, str | None] = {
+        k: _digest(np.ascontiguousarray(a).tobytes()) for k, a in arrays.items()
+    }
+    truth = study.pet_truth
+    out["truth"] = None if truth is None else _digest(np.ascontiguousarray(truth.array).tobytes())
+    out["lesions"] = _digest(json.dumps(study.lesions, sort_keys=True).encode())
+    out["meta"] = _digest(json.dumps(meta, sort_keys=True).encode())
+    return out
+
+
+# The hashes are exact on the kind of CPU and numpy they were recorded with (torch CPU
+# capability AVX2, numpy 2.x): other SIMD paths (AVX-512 exp, sin, ...) may move the last bit of
+# a float. Elsewhere the same studies are checked against these summaries instead (shape, mean
+# and standard deviation of each image; voxels of each label map; lesion count), recorded from
+# the same studies.
+RECORDED_ON = "AVX2"
+RECORDED_SUMMARIES: list[dict[str, Any]] = [
+    {"ct": [[35, 22, 37], -718.483396, 423.081267], "pet": [[23, 17, 38], 0.256818, 1.644579], "ctres": [[23, 17, 38], -778.461888, 388.543391], "label_ct": [[35, 22, 37], 0], "label_pet": [[23, 17, 38], 0], "n_lesions": 0},
+    {"ct": [[87, 51, 90], -694.849432, 442.714602], "pet": [[61, 38, 86], 0.170148, 1.540551], "ctres": [[61, 38, 86], -810.134597, 378.073805], "label_ct": [[87, 51, 90], 0], "label_pet": [[61, 38, 86], 0], "n_lesions": 0},
+    {"ct": [[29, 40, 17], -456.236755, 377.959113], "pet": [[21, 23, 20], 0.810479, 0.540967], "ctres": [[21, 23, 20], -401.164981, 382.656146], "label_ct": [[29, 40, 17], 125], "label_pet": [[21, 23, 20], 66], "n_lesions": 2},
+    {"ct": [[34, 22, 33], -724.28618, 428.258376], "pet": [[25, 16, 30], 0.169475, 0.77427], "ctres": [[25, 16, 30], -846.199059, 344.417264], "label_ct": [[34, 22, 33], 16], "label_pet": [[25, 16, 30], 5], "n_lesions": 4},
+    {"ct": [[48, 32, 19], -800.702789, 371.128228], "pet": [[32, 26, 18], 0.134167, 0.523273], "ctres": [[32, 26, 18], -880.951685, 297.950508], "label_ct": [[48, 32, 19], 15], "label_pet": [[32, 26, 18], 6], "n_lesions": 2},
+    {"ct": [[35, 42, 10], 66.311143, 350.108218], "pet": [[27, 30, 9], 1.049429, 1.208021], "ctres": [[27, 30, 9], 41.314863, 332.072699], "label_ct": [[35, 42, 10], 144], "label_pet": [[27, 30, 9], 32], "n_lesions": 1},
+    {"ct": [[30, 38, 17], 6.603645, 179.664372], "pet": [[20, 26, 19], 0.509216, 0.442803], "ctres": [[20, 26, 19], -108.324042, 366.209195], "label_ct": [[30, 38, 17], 79], "label_pet": [[20, 26, 19], 37], "n_lesions": 3},
+    {"ct": [[32, 36, 17], -455.256618, 377.259784], "pet": [[24, 23, 18], 0.553001, 0.287026], "ctres": [[24, 23, 18], -407.333826, 376.047014], "label_ct": [[32, 36, 17], 21], "label_pet": [[24, 23, 18], 7], "n_lesions": 1},
+    {"ct": [[28, 29, 14], -0.892962, 166.739535], "pet": [[19, 21, 15], 3.639698, 10.737246], "ctres": [[19, 21, 15], -13.346571, 169.036178], "label_ct": [[28, 29, 14], 130], "label_pet": [[19, 21, 15], 33], "n_lesions": 3}
+]  # fmt: skip
+
+
+def _exact_machine() -> bool:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() == RECORDED_ON and np.__version__[0] == "2"
+
+
+@pytest.mark.parametrize(
+    ("index", "seed", "kind", "options", "recorded"),
+    [(i, *row) for i, row in enumerate(RECORDED_STUDIES)],
+    ids=[f"{seed}-{kind}-{opts.get('fov', 'random')}" for seed, kind, opts, _ in RECORDED_STUDIES],
+)
+def test_phantoms_are_deterministic_per_seed_and_match_the_recorded_hashes(
+    index: int, seed: int, kind: str, options: dict[str, Any], recorded: dict[str, str | None]
+) -> None:
+    study = generate_study(seed, kind, **options)  # type: ignore[arg-type]
+    if _exact_machine():
+        assert _study_digests(study) == recorded
+    summary = RECORDED_SUMMARIES[index]
+    assert study.scene is not None
+    ctres = render_ct(study.scene, study.pet.geometry, stream=1)
+    for key, array in (("ct", study.ct.array), ("pet", study.pet.array), ("ctres", ctres.array)):
+        shape, mean, std = summary[key]
+        values = np.asarray(array, dtype=np.float64)
+        assert list(values.shape) == shape
+        assert values.mean() == pytest.approx(mean, rel=1e-4, abs=1e-4)
+        assert values.std() == pytest.approx(std, rel=1e-4, abs=1e-4)
+    for key, array in (("label_ct", study.label_ct.array), ("label_pet", study.label_pet.array)):
+        shape, voxels = summary[key]
+        assert list(array.shape) == shape
+        assert int((np.asarray(array) > 0).sum()) == pytest.approx(voxels, rel=0.01, abs=2)
+    assert len(study.lesions) == summary["n_lesions"]
+
+
+def test_recorded_hashes_cover_both_kinds_and_every_field_of_view() -> None:
+    fovs = {
+        (kind, generate_study(seed, kind, **opts).meta["fov"])  # type: ignore[arg-type]
+        for seed, kind, opts, _ in RECORDED_STUDIES
+        if opts.get("fov") == "random"
+    }
+    fovs |= {
+        (kind, opts["fov"])
+        for _, kind, opts, _ in RECORDED_STUDIES
+        if opts.get("fov") != "random" and "fov" in opts
+    }
+    assert fovs >= {(k, f) for k in ("wholebody", "headneck") for f in ("full", "crop")}
+
+
+# --- the package: no import cycle, old paths kept ------------------------------------------
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the modules of mefn.data.phantoms it imports (anywhere, functions included)."""
+    folder = Path(importlib.import_module("mefn.data.phantoms").__file__).parent  # type: ignore[arg-type]
+    graph: dict[str, set[str]] = {}
+    modules = {f"mefn.data.phantoms.{p.stem}" for p in folder.glob("*.py")}
+    for path in sorted(folder.glob("*.py")):
+        name = (
+            "mefn.data.phantoms" if path.stem == "__init__" else f"mefn.data.phantoms.{path.stem}"
+        )
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # "from package import module" imports that module, else the package's names
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                mods = [m for m in subs if m in modules] or [node.module]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            targets |= {
+                m for m in mods if m == "mefn.data.phantoms" or m.startswith("mefn.data.phantoms.")
+            }
+        graph[name] = {t for t in targets if t != name}
+    return graph
+
+
+def test_phantom_package_has_no_import_cycle() -> None:
+    graph = _package_imports()
+    assert len(graph) >= 10 and "mefn.data.phantoms.anatomy" in graph["mefn.data.phantoms.lesions"]
+    for name, targets in graph.items():
+        if name != "mefn.data.phantoms":  # submodules never import the package's __init__
+            assert "mefn.data.phantoms" not in targets, name
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        assert name not in visiting, f"import cycle: {' -> '.join([*visiting, name])}"
+        if name in done:
+            return
+        visiting.append(name)
+        for target in graph.get(name, ()):
+            visit(target)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def test_old_module_paths_still_import_the_same_objects() -> None:
+    from mefn.data import (
+        phantom_anatomy,
+        phantom_cache,
+        phantom_layouts,
+        phantom_lesions,
+        phantom_shapes,
+    )
+    from mefn.data.phantoms import cache, layouts, lesions, shapes
+
+    assert phantom_layouts.write_phantoms is write_phantoms is layouts.write_phantoms
+    assert phantom_cache.cache_phantoms is cache.cache_phantoms
+    assert phantom_anatomy.build_anatomy is build_anatomy
+    assert phantom_anatomy.TISSUE_RANGES is TISSUE_RANGES
+    assert phantom_lesions.Lesion is lesions.Lesion
+    assert phantom_shapes.paint_layers is shapes.paint_layers
