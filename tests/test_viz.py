@@ -11,6 +11,7 @@ from mefn import viz
 from mefn.errors import GeometryError, InputError, OutputError
 from mefn.io.volume import Geometry
 from mefn.postprocess import lesion_table
+from mefn.viz.calibration import _roi_box
 
 SHAPE = (33, 34, 35)
 # i axis -> superior, j axis -> patient right (-L), k axis -> anterior (-P).
@@ -198,6 +199,46 @@ def test_lesion_rows_sorted_by_uncertainty(case_arrays):
 
 
 # --- calibration -----------------------------------------------------------------------------
+def test_roi_box_is_the_lesion_box_grown_and_clipped():
+    mask = np.zeros(SHAPE, np.uint8)
+    reference = np.zeros(SHAPE, np.uint8)
+    assert _roi_box(mask, reference) == (slice(0, 33), slice(0, 34), slice(0, 35))
+    mask[2, 30, 5] = 1
+    reference[14, 29, 6] = 3
+    # margin 10: i 2..14 -> 0..24 (clipped below), j 29..30 -> 19..33 (clipped above), k 5..6
+    assert viz.ROI_MARGIN_VOX == 10
+    assert _roi_box(mask, reference) == (slice(0, 25), slice(19, 34), slice(0, 17))
+
+
+def test_names_used_through_viz_are_exported_by_the_package():
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [
+        root / "notebooks" / "review_uncertainty.ipynb",
+        root / "mefn" / "cli" / "review.py",
+        Path(__file__),
+    ]
+    used = {
+        n for f in sources for n in re.findall(r"(?<!mefn\.)\bviz\.([A-Za-z]\w*)", f.read_text())
+    }
+    assert {"prepare_review", "review_figure", "slice_figure", "move_point"} <= used
+    assert sorted(used - set(viz.__all__)) == []
+    # each concern module's public names are all re-exported, and defined where they live
+    concerns = ("orientation", "points", "drawing", "plots", "tables", "calibration")
+    exported: set[str] = {"format_u"}
+    for name in (*concerns, "review_data", "page"):
+        module = importlib.import_module(f"mefn.viz.{name}")
+        exported |= set(module.__all__)
+        for public in module.__all__:
+            obj = getattr(module, public)
+            if callable(obj):
+                assert obj.__module__ == module.__name__, public
+    assert sorted(exported) == sorted(viz.__all__)
+
+
 def test_plot_calibration_titles_and_grid_check(case_arrays):
     _, _, _, mask, unc, reference, _, _, _ = case_arrays
     from mefn.metrics.calibration import (
@@ -211,7 +252,7 @@ def test_plot_calibration_titles_and_grid_check(case_arrays):
     titles = [ax.get_title() for ax in fig.axes]
     # the figure shows the metrics of `mefn evaluate`, on the lesion region
     region = np.zeros(mask.shape, bool)
-    region[viz._roi_box(mask, reference)] = True
+    region[_roi_box(mask, reference)] = True
     ece = expected_calibration_error(calibration_counts(reference, mask, unc, region=region))
     assert titles[0] == f"reliability (ECE {ece:.3f}, lesion region)"
     area = risk_coverage(lesion_units(reference, mask, unc))["area"]

@@ -407,16 +407,10 @@ def read_dicom_series(
     return _assemble(series, datasets, folder)
 
 
-def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
-    first = datasets[0]
-    first_path = series.files[0]
-    orient = _vec(first, "ImageOrientationPatient", 6, first_path)
-    row, col = orient[:3], orient[3:]
-    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
-    normal = np.cross(row, col)
-    rows, cols = int(first.Rows), int(first.Columns)
-    spacing_rc = _vec(first, "PixelSpacing", 2, first_path)
-
+def _placed_slices(
+    series: DicomSeries, datasets: list[Any], folder: Path, orient: np.ndarray, rows: int, cols: int
+) -> list[_Slice]:
+    """The slices with their positions, checked for one orientation and one size."""
     slices = []
     for path, ds in zip(series.files, datasets):
         o = _vec(ds, "ImageOrientationPatient", 6, path)
@@ -432,36 +426,78 @@ def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
                 f"({rows}x{cols} vs {ds.Rows}x{ds.Columns} in {path.name})"
             )
         slices.append(_Slice(path, _vec(ds, "ImagePositionPatient", 3, path), ds))
+    return slices
+
+
+def _slice_spacing_mm(
+    slices: Sequence[_Slice], heights: np.ndarray, series: DicomSeries, folder: Path
+) -> float:
+    """The median gap of sorted slice heights (mm); SliceThickness (or 1) for one slice."""
+    if len(slices) == 1:
+        return float(slices[0].ds.get("SliceThickness") or 1.0)
+    gaps = np.diff(heights)
+    if np.any(gaps < 1e-3):
+        dup = slices[int(np.argmin(gaps)) + 1].path.name
+        raise InputError(
+            f"DICOM series {series.uid} in {folder} has two slices at the same position "
+            f"({dup}); a multi-frame or dynamic series must be split first"
+        )
+    dz = float(np.median(gaps))
+    deviation = float(np.max(np.abs(gaps - dz)))
+    if deviation > 0.05 * dz:
+        logger.warning(
+            "DICOM series %s: slice spacing varies %.3f-%.3f mm; using the median %.4f mm",
+            series.uid,
+            gaps.min(),
+            gaps.max(),
+            dz,
+        )
+    if deviation > 0.25 * dz:
+        raise InputError(
+            f"DICOM series {series.uid} in {folder} has uneven slice spacing "
+            f"({gaps.min():.3f}-{gaps.max():.3f} mm); a slice is missing or the series "
+            "mixes acquisitions"
+        )
+    return dz
+
+
+def _convert_to_suv(
+    array: np.ndarray, first: Any, slices: Sequence[_Slice], folder: Path, meta: dict[str, Any]
+) -> None:
+    """Scale a PET array to SUVbw in place, series tags from ``first`` (the first file read),
+    slice tags from the sorted ``slices``; the conversion parameters go into ``meta``."""
+    tags = suv_tags(first)
+    per_slice = [{k: s.ds.get(k) for k in _SLICE_TAGS} for s in slices]
+    conversion = suv_parameters(tags, per_slice)
+    factors = _slice_factors(conversion, per_slice, tags)
+    array *= factors[None, None, :].astype(np.float32)
+    meta["suv"] = conversion.to_json()
+    if conversion.decay_correction == "NONE":  # one factor per slice
+        meta["suv"]["slice_factor_range"] = [float(factors.min()), float(factors.max())]
+    logger.info(
+        "PET %s: %s -> SUVbw, factor %.6g (%s)",
+        folder,
+        conversion.units,
+        conversion.factor,
+        conversion.decay_correction or "no decay",
+    )
+
+
+def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
+    first = datasets[0]
+    first_path = series.files[0]
+    orient = _vec(first, "ImageOrientationPatient", 6, first_path)
+    row, col = orient[:3], orient[3:]
+    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
+    normal = np.cross(row, col)
+    rows, cols = int(first.Rows), int(first.Columns)
+    spacing_rc = _vec(first, "PixelSpacing", 2, first_path)
+
+    slices = _placed_slices(series, datasets, folder, orient, rows, cols)
     slices.sort(key=lambda s: float(s.position @ normal))
     heights = np.array([float(s.position @ normal) for s in slices])
-    if len(slices) > 1:
-        gaps = np.diff(heights)
-        if np.any(gaps < 1e-3):
-            dup = slices[int(np.argmin(gaps)) + 1].path.name
-            raise InputError(
-                f"DICOM series {series.uid} in {folder} has two slices at the same position "
-                f"({dup}); a multi-frame or dynamic series must be split first"
-            )
-        dz = float(np.median(gaps))
-        deviation = float(np.max(np.abs(gaps - dz)))
-        if deviation > 0.05 * dz:
-            logger.warning(
-                "DICOM series %s: slice spacing varies %.3f-%.3f mm; using the median %.4f mm",
-                series.uid,
-                gaps.min(),
-                gaps.max(),
-                dz,
-            )
-        if deviation > 0.25 * dz:
-            raise InputError(
-                f"DICOM series {series.uid} in {folder} has uneven slice spacing "
-                f"({gaps.min():.3f}-{gaps.max():.3f} mm); a slice is missing or the series "
-                "mixes acquisitions"
-            )
-    else:
-        dz = float(first.get("SliceThickness") or 1.0)
+    dz = _slice_spacing_mm(slices, heights, series, folder)
 
-    modality = series.modality
     array = np.empty((cols, rows, len(slices)), dtype=np.float32)
     slopes = []
     for k, s in enumerate(slices):
@@ -487,29 +523,10 @@ def _assemble(series: DicomSeries, datasets: list[Any], folder: Path) -> Volume:
         "manufacturer": str(first.get("Manufacturer", "")),
         "rescale_slopes": sorted(set(slopes)),
     }
-    units: str | None
-    if modality == "CT":
-        units = "HU"
-    elif modality == "PT":
-        tags = suv_tags(first)
-        per_slice = [{k: s.ds.get(k) for k in _SLICE_TAGS} for s in slices]
-        conversion = suv_parameters(tags, per_slice)
-        factors = _slice_factors(conversion, per_slice, tags)
-        array *= factors[None, None, :].astype(np.float32)
-        units = "SUVbw"
-        meta["suv"] = conversion.to_json()
-        if conversion.decay_correction == "NONE":  # one factor per slice
-            meta["suv"]["slice_factor_range"] = [float(factors.min()), float(factors.max())]
-        logger.info(
-            "PET %s: %s -> SUVbw, factor %.6g (%s)",
-            folder,
-            conversion.units,
-            conversion.factor,
-            conversion.decay_correction or "no decay",
-        )
-    else:
-        units = None
-    return Volume(array=array, geometry=geometry, modality=modality, units=units, meta=meta)
+    units = {"CT": "HU", "PT": "SUVbw"}.get(series.modality or "")
+    if series.modality == "PT":
+        _convert_to_suv(array, first, slices, folder, meta)
+    return Volume(array=array, geometry=geometry, modality=series.modality, units=units, meta=meta)
 
 
 def _slice_factors(

@@ -36,12 +36,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mefn.errors import GeometryError, InputError
 from mefn.fileutil import atomic_write_text, check_writable_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mefn.metrics.autopet import AutopetCaseMetrics
+    from mefn.metrics.calibration import CalibrationCounts, LesionUnits
+    from mefn.metrics.lesions import LesionDetection
 
 __all__ = [
     "CasePaths",
@@ -322,6 +327,87 @@ def _probabilities_first(array: np.ndarray, case: str, shape: tuple[int, ...]) -
     return np.moveaxis(arr, -1, 0)
 
 
+@dataclass(frozen=True)
+class _AutopetCase:
+    """One scored AutoPET case: its metrics, lesion detection and (with maps) calibration."""
+
+    record: AutopetCaseMetrics
+    detection: LesionDetection
+    detail: dict[str, Any]
+    counts: CalibrationCounts | None = None  # with an uncertainty map
+    units: LesionUnits | None = None  # with an uncertainty map
+
+
+def _autopet_case(
+    c: CasePaths, year: int, with_maps: bool, reference_roi: str | None
+) -> _AutopetCase:
+    """Read, check and score one case (the per-case part of :func:`evaluate_autopet`)."""
+    from mefn.io.challenge_io import read_autopet_mask, read_nifti_float
+    from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.metrics.calibration import calibration_counts, lesion_units
+    from mefn.metrics.lesions import lesion_detection
+
+    logger.info("AutoPET %s: %s", year, c.case)
+    if _is_dicom_reference(c.reference):
+        pred = read_autopet_mask(c.prediction, c.case)
+        ref = _dicom_reference_like(c.reference, pred, c.case, reference_roi)
+    else:
+        ref = read_autopet_mask(c.reference, c.case)
+        pred = read_autopet_mask(c.prediction, c.case)
+    _same_grid(c.case, "prediction", pred.affine, pred.array.shape, ref.affine, ref.array.shape)
+    rec = autopet_case_metrics(ref.array, pred.array, ref.voxel_volume_ml, year=year, case=c.case)
+    det = lesion_detection(ref.array, pred.array)
+    detail: dict[str, Any] = {**rec.to_dict(), "lesion_detection": det.to_dict()}
+    if not (with_maps and c.uncertainty is not None):
+        return _AutopetCase(rec, det, detail)
+    unc = read_nifti_float(c.uncertainty, c.case, "uncertainty map")
+    _same_grid(c.case, "uncertainty map", unc.affine, unc.array.shape, ref.affine, ref.array.shape)
+    probs = None
+    if c.probabilities is not None:
+        p = read_nifti_float(c.probabilities, c.case, "probability map")
+        probs = _probabilities_first(p.array, c.case, ref.array.shape)
+    counts = calibration_counts(ref.array, pred.array, unc.array, probabilities=probs, n_classes=2)
+    detail["calibration"] = counts.summary()
+    detail["calibration"]["confidence_source"] = "probabilities" if probs is not None else "1 - u"
+    units = lesion_units(ref.array, pred.array, unc.array)
+    return _AutopetCase(rec, det, detail, counts, units)
+
+
+def _autopet_calibration(scored: Sequence[_AutopetCase], out: Path, plots: bool) -> dict[str, Any]:
+    """Calibration pooled over the cases, the risk-coverage curve (and their plots)."""
+    from mefn.metrics.calibration import CalibrationCounts, LesionUnits, risk_coverage
+
+    pooled = CalibrationCounts()
+    units = LesionUnits.empty()
+    for s in scored:
+        if s.counts is not None and s.units is not None:
+            pooled = pooled + s.counts
+            units = units + s.units
+    cal = pooled.summary()
+    sources = {s.detail["calibration"]["confidence_source"] for s in scored}
+    cal["confidence_source"] = sources.pop() if len(sources) == 1 else "mixed"
+    cal["definitions"] = (
+        "voxels pooled over cases, whole volumes; ECE: 15 equal-width right-closed bins on the "
+        "probability of the predicted (mask) class; Brier: mean sum over classes of (p - y)^2; "
+        "NLL: mean -log max(p_true, 1e-12); UEO: max over t in {0,0.01,...,0.99} of "
+        "Dice({u > t}, mask != reference); AUROC: exact tie-aware, u as score of error voxels"
+    )
+    curve = risk_coverage(units)
+    cal["risk_coverage"] = {
+        "rule": "units = 18-connected components of reference | mask, referred by decreasing mean u "
+        "and replaced by the reference; Dice pooled over cases",
+        "coverage": curve["coverage"],
+        "dice": curve["dice"],
+        "area": curve["area"],
+    }
+    if plots:
+        from mefn.metrics.plots import plot_reliability, plot_risk_coverage
+
+        plot_reliability(pooled.reliability(), cal["ece"], out / "reliability.png")
+        plot_risk_coverage(curve, out / "risk_coverage.png")
+    return cal
+
+
 def evaluate_autopet(
     cases: Sequence[CasePaths],
     out_dir: str | os.PathLike[str],
@@ -333,96 +419,26 @@ def evaluate_autopet(
 
     ``reference_roi``: the ROI of RTSTRUCT references holding several.
     """
-    from mefn.io.challenge_io import read_autopet_mask, read_nifti_float
-    from mefn.metrics.autopet import aggregate_autopet, autopet_case_metrics, normalise_year
-    from mefn.metrics.calibration import (
-        CalibrationCounts,
-        LesionUnits,
-        calibration_counts,
-        lesion_units,
-        risk_coverage,
-    )
-    from mefn.metrics.lesions import aggregate_detection, lesion_detection
+    from mefn.metrics.autopet import aggregate_autopet, normalise_year
+    from mefn.metrics.lesions import aggregate_detection
 
     normalise_year(year)
     out = check_writable_dir(out_dir)
     with_maps = bool(cases) and all(c.uncertainty is not None for c in cases)
-    records = []
-    details: list[dict[str, Any]] = []
-    detections = []
-    pooled = CalibrationCounts()
-    units = LesionUnits.empty()
-    for c in cases:
-        logger.info("AutoPET %s: %s", year, c.case)
-        if _is_dicom_reference(c.reference):
-            pred = read_autopet_mask(c.prediction, c.case)
-            ref = _dicom_reference_like(c.reference, pred, c.case, reference_roi)
-        else:
-            ref = read_autopet_mask(c.reference, c.case)
-            pred = read_autopet_mask(c.prediction, c.case)
-        _same_grid(c.case, "prediction", pred.affine, pred.array.shape, ref.affine, ref.array.shape)
-        rec = autopet_case_metrics(
-            ref.array, pred.array, ref.voxel_volume_ml, year=year, case=c.case
-        )
-        det = lesion_detection(ref.array, pred.array)
-        records.append(rec)
-        detections.append(det)
-        detail: dict[str, Any] = {**rec.to_dict(), "lesion_detection": det.to_dict()}
-        if with_maps and c.uncertainty is not None:
-            unc = read_nifti_float(c.uncertainty, c.case, "uncertainty map")
-            _same_grid(
-                c.case, "uncertainty map", unc.affine, unc.array.shape, ref.affine, ref.array.shape
-            )
-            probs = None
-            if c.probabilities is not None:
-                p = read_nifti_float(c.probabilities, c.case, "probability map")
-                probs = _probabilities_first(p.array, c.case, ref.array.shape)
-            counts = calibration_counts(
-                ref.array, pred.array, unc.array, probabilities=probs, n_classes=2
-            )
-            pooled = pooled + counts
-            units = units + lesion_units(ref.array, pred.array, unc.array)
-            detail["calibration"] = counts.summary()
-            detail["calibration"]["confidence_source"] = (
-                "probabilities" if probs is not None else "1 - u"
-            )
-        details.append(detail)
-
+    scored = [_autopet_case(c, year, with_maps, reference_roi) for c in cases]
+    records = [s.record for s in scored]
     summary = aggregate_autopet(records, year)
-    summary["lesion_detection"] = aggregate_detection(detections)
+    summary["lesion_detection"] = aggregate_detection([s.detection for s in scored])
     if with_maps:
-        cal = pooled.summary()
-        sources = {d["calibration"]["confidence_source"] for d in details}
-        cal["confidence_source"] = sources.pop() if len(sources) == 1 else "mixed"
-        cal["definitions"] = (
-            "voxels pooled over cases, whole volumes; ECE: 15 equal-width right-closed bins on the "
-            "probability of the predicted (mask) class; Brier: mean sum over classes of (p - y)^2; "
-            "NLL: mean -log max(p_true, 1e-12); UEO: max over t in {0,0.01,...,0.99} of "
-            "Dice({u > t}, mask != reference); AUROC: exact tie-aware, u as score of error voxels"
-        )
-        curve = risk_coverage(units)
-        cal["risk_coverage"] = {
-            "rule": "units = 18-connected components of reference | mask, referred by decreasing mean u "
-            "and replaced by the reference; Dice pooled over cases",
-            "coverage": curve["coverage"],
-            "dice": curve["dice"],
-            "area": curve["area"],
-        }
-        summary["calibration"] = cal
-        if plots:
-            from mefn.metrics.plots import plot_reliability, plot_risk_coverage
-
-            plot_reliability(pooled.reliability(), cal["ece"], out / "reliability.png")
-            plot_risk_coverage(curve, out / "risk_coverage.png")
+        summary["calibration"] = _autopet_calibration(scored, out, plots)
     if plots and records:
         from mefn.metrics.plots import plot_per_case_dice
 
         plot_per_case_dice(
             [r.case for r in records], [r.dice for r in records], out / "per_case_dice.png"
         )
-
     _write_csv(out / "per_case.csv", AUTOPET_COLUMNS, [r.to_dict() for r in records])
-    _write_json(out / "per_case_details.json", details)
+    _write_json(out / "per_case_details.json", [s.detail for s in scored])
     _write_json(out / "summary.json", summary)
     return summary
 

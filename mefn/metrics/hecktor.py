@@ -10,19 +10,23 @@ Reading, label and spacing checks and resampling live in :mod:`mefn.io.challenge
 
 HECKTOR 2021 (voreille/hecktor ``src/aicrowd_evaluator``): per patient Dice and HD95 (the
 larger of the two directed, surface-area-weighted 95th percentiles of surface distances,
-google-deepmind ``surface-distance``); an empty prediction scores Dice 0 and HD95 0, a
-missing one Dice 0 and HD95 infinite; aggregation: mean Dice, median HD95.
+google-deepmind ``surface-distance``, which the organisers call and so do we:
+``compute_surface_distances`` + ``compute_robust_hausdorff``); an empty prediction scores
+Dice 0 and HD95 0, a missing one Dice 0 and HD95 infinite; aggregation: mean Dice, median
+HD95. Surface distances with an empty mask are formed here (the package's own empty branch
+uses ``np.Inf``, which NumPy 2 removed).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from mefn.errors import ConfigError
 
@@ -110,42 +114,31 @@ def aggregate_hecktor2022(records: Sequence[HecktorCaseMetrics]) -> dict[str, An
 
 # --- HECKTOR 2021: surface distances ----------------------------------------------------------
 
-# Weights of the 2x2x2 neighbourhood code: bit 7 at [0,0,0] ... bit 0 at [1,1,1].
-_NEIGHBOUR_KERNEL = (1 << (7 - np.arange(8))).reshape(2, 2, 2)
 
-
-def _surface_area_table(spacing_mm: Sequence[float]) -> np.ndarray:
-    """Area (mm2) of the marching-cubes surface element of each of the 256 codes.
-
-    The table of the reference implementation is used (package
-    ``surface-distance-based-measures``, module ``surface_distance``) so that weights agree
-    with the organisers' bit for bit.
-    """
+def _surface_distance_module() -> ModuleType:
+    """google-deepmind ``surface-distance`` (package ``surface-distance-based-measures``)."""
     try:
-        from surface_distance import lookup_tables
+        import surface_distance
     except ImportError:
         raise ConfigError(
-            "HD95 needs the surface-element table of google-deepmind surface-distance; "
+            "HD95 needs google-deepmind surface-distance, the organisers' implementation; "
             "install it with `pip install surface-distance-based-measures`"
         ) from None
-    return np.asarray(
-        lookup_tables.create_table_neighbour_code_to_surface_area(list(spacing_mm)),
-        dtype=np.float64,
-    )
+    return surface_distance
 
 
-def surface_distances(
+def _package_distances(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, Any]:
+    """``compute_surface_distances(a, b)``; both masks must be non-empty (the package's empty
+    branch uses ``np.Inf``, gone from NumPy 2)."""
+    package = _surface_distance_module()
+    with warnings.catch_warnings():  # it calls scipy.ndimage.filters / .morphology
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return dict(package.compute_surface_distances(a, b, [float(v) for v in spacing_mm]))
+
+
+def _boolean_pair(
     mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm: Sequence[float]
-) -> dict[str, np.ndarray]:
-    """Directed surface distances A->B and B->A (mm) with the surface-element areas (mm2).
-
-    The DeepMind construction: each 2x2x2 neighbourhood gets an 8-bit code; corners whose
-    code is neither 0 nor 255 are surface elements with the area of their marching-cubes
-    patch; the distance from each element to the other surface comes from a Euclidean
-    distance transform (``sampling=spacing_mm``) of the other surface's elements. Both lists
-    are sorted by (distance, area). An empty mask gives an empty list, and infinite
-    distances from the other side.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(mask_a, dtype=bool)
     b = np.asarray(mask_b, dtype=bool)
     if a.shape != b.shape or a.ndim != 3 or len(spacing_mm) != 3:
@@ -153,62 +146,47 @@ def surface_distances(
             f"surface distances need two 3D masks of one shape and 3 spacings, found "
             f"{a.shape}, {b.shape} and {tuple(spacing_mm)}"
         )
-    union = a | b
+    return a, b
+
+
+def surface_distances(
+    mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Directed surface distances A->B and B->A (mm) with the surface-element areas (mm2).
+
+    ``surface_distance.compute_surface_distances`` (the DeepMind construction: 2x2x2
+    neighbourhood codes, marching-cubes surface-element areas, a Euclidean distance
+    transform with ``sampling=spacing_mm``), renamed: ``a_to_b``, ``b_to_a``, ``areas_a``,
+    ``areas_b``, each list sorted by (distance, area). An empty mask gives an empty list, and
+    infinite distances from the other side.
+    """
+    a, b = _boolean_pair(mask_a, mask_b, spacing_mm)
     empty = np.array([], dtype=np.float64)
-    if not union.any():
-        return {"a_to_b": empty, "b_to_a": empty, "areas_a": empty, "areas_b": empty}
-    idx = np.nonzero(union)
-    lo = [int(i.min()) for i in idx]
-    hi = [int(i.max()) for i in idx]
-    # crop to the bounding box, keeping one voxel of margin after it (the codes shift by -1/2)
-    crop = tuple(slice(lo[d], hi[d] + 2) for d in range(3))
-    pad = [(0, max(0, hi[d] + 2 - a.shape[d])) for d in range(3)]
-    ca = np.pad(a[crop], pad).astype(np.uint8)
-    cb = np.pad(b[crop], pad).astype(np.uint8)
-    table = _surface_area_table(spacing_mm)
-
-    def elements(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        code = ndimage.correlate(m, _NEIGHBOUR_KERNEL.astype(np.uint8), mode="constant", cval=0)
-        return (code != 0) & (code != 255), code
-
-    border_a, code_a = elements(ca)
-    border_b, code_b = elements(cb)
-
-    def distmap(border: np.ndarray) -> np.ndarray:
-        if border.any():
-            return np.asarray(ndimage.distance_transform_edt(~border, sampling=spacing_mm))
-        return np.full(border.shape, np.inf)
-
-    dist_b = distmap(border_b)
-    dist_a = distmap(border_a)
-
-    def sort(d: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.lexsort((w, d))
-        return d[order].astype(np.float64), w[order].astype(np.float64)
-
-    a_to_b, areas_a = sort(dist_b[border_a], table[code_a[border_a]])
-    b_to_a, areas_b = sort(dist_a[border_b], table[code_b[border_b]])
-    return {"a_to_b": a_to_b, "b_to_a": b_to_a, "areas_a": areas_a, "areas_b": areas_b}
-
-
-def _directed_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:
-    """The first sorted distance whose cumulative area fraction reaches ``percent`` %."""
-    if len(distances) == 0:
-        return math.inf
-    cumulative = np.cumsum(areas) / np.sum(areas)
-    i = int(np.searchsorted(cumulative, percent / 100.0))
-    return float(distances[min(i, len(distances) - 1)])
+    if a.any() and b.any():
+        raw = _package_distances(a, b, spacing_mm)
+        keys = ("distances_gt_to_pred", "distances_pred_to_gt", "surfel_areas_gt")
+        a_to_b, b_to_a, areas_a = (np.asarray(raw[k], dtype=np.float64) for k in keys)
+        areas_b = np.asarray(raw["surfel_areas_pred"], dtype=np.float64)
+        return {"a_to_b": a_to_b, "b_to_a": b_to_a, "areas_a": areas_a, "areas_b": areas_b}
+    out = {"a_to_b": empty, "b_to_a": empty, "areas_a": empty, "areas_b": empty}
+    for side, other, mask in (("a", "b", a), ("b", "a", b)):
+        if mask.any():  # its own surface elements (distance 0 to itself), sorted by area
+            areas = _package_distances(mask, mask, spacing_mm)["surfel_areas_gt"]
+            out[f"areas_{side}"] = np.asarray(areas, dtype=np.float64)
+            out[f"{side}_to_{other}"] = np.full(len(areas), math.inf)
+    return out
 
 
 def robust_hausdorff(
     mask_a: np.ndarray, mask_b: np.ndarray, spacing_mm: Sequence[float], percent: float = 95.0
 ) -> float:
-    """Max of the two directed area-weighted ``percent`` percentiles (HD95 at 95)."""
-    sd = surface_distances(mask_a, mask_b, spacing_mm)
-    return max(
-        _directed_percentile(sd["a_to_b"], sd["areas_a"], percent),
-        _directed_percentile(sd["b_to_a"], sd["areas_b"], percent),
-    )
+    """Max of the two directed area-weighted ``percent`` percentiles (HD95 at 95):
+    ``surface_distance.compute_robust_hausdorff``; infinite when either mask is empty."""
+    a, b = _boolean_pair(mask_a, mask_b, spacing_mm)
+    if not (a.any() and b.any()):
+        return math.inf
+    distances = _package_distances(a, b, spacing_mm)
+    return float(_surface_distance_module().compute_robust_hausdorff(distances, percent))
 
 
 def hecktor2021_case_metrics(

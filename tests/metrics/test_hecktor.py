@@ -164,6 +164,44 @@ def test_hd95_identical_and_empty():
     )
 
 
+@needs_table
+def test_surface_distances_with_one_empty_mask():
+    a = np.zeros((7, 8, 9), bool)
+    a[2:4, 3:6, 4:5] = True
+    spacing = (1.5, 1.0, 2.5)
+    own = surface_distances(a, a, spacing)
+    sd = surface_distances(a, np.zeros_like(a), spacing)
+    # a's surface elements, each infinitely far from the empty surface; none the other way
+    assert np.array_equal(sd["areas_a"], own["areas_a"]) and len(sd["areas_a"]) > 0
+    assert np.all(np.isinf(sd["a_to_b"])) and len(sd["a_to_b"]) == len(sd["areas_a"])
+    assert len(sd["b_to_a"]) == 0 and len(sd["areas_b"]) == 0
+    swapped = surface_distances(np.zeros_like(a), a, spacing)
+    assert np.array_equal(swapped["areas_b"], own["areas_a"]) and len(swapped["a_to_b"]) == 0
+    # against itself every distance is 0, so the list is sorted by area alone
+    assert np.all(own["a_to_b"] == 0) and np.all(np.diff(own["areas_a"]) >= 0)
+    assert robust_hausdorff(np.zeros_like(a), a, spacing) == math.inf
+
+
+@needs_table
+def test_hd95_raises_no_warning_of_the_reference_package():
+    import warnings
+
+    a = np.zeros((9, 9, 9), bool)
+    b = np.zeros_like(a)
+    a[2:5, 2:5, 2:5] = True
+    b[3:7, 2:5, 2:6] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hd = robust_hausdorff(a, b, (1.0, 1.0, 1.0), 100.0)
+    # the farthest corner of b's box, (7, 5, 6), lies 2 (i) and 1 (k) beyond a's corner (5, 5, 5)
+    assert hd == pytest.approx(math.sqrt(5.0))
+
+
+def test_surface_distances_shape_error():
+    with pytest.raises(ConfigError, match=r"two 3D masks of one shape .* found \(3, 3, 3\)"):
+        surface_distances(np.zeros((3, 3, 3), bool), np.zeros((3, 3, 4), bool), (1, 1, 1))
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_hd95_agrees_with_the_reference_package():
     sd_pkg = pytest.importorskip("surface_distance")

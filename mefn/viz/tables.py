@@ -1,0 +1,143 @@
+"""The lesion and hot-spot tables: text rows, a lesion picker, plain text, a drawn table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mefn.postprocess import format_u
+from mefn.viz.drawing import _new_figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from mefn.postprocess import HotSpot, LesionTable
+
+__all__ = [
+    "HOT_SPOT_COLUMNS",
+    "LESION_COLUMNS",
+    "format_hot_spots",
+    "format_lesion_table",
+    "lesion_choices",
+    "lesion_rows",
+    "plot_lesion_table",
+]
+
+LESION_COLUMNS: tuple[str, ...] = (
+    "#",
+    "label",
+    "vol mL",
+    "SUVmax",
+    "SUVmean",
+    "TLG",
+    "u mean",
+    "u max",
+    "review",
+)
+
+
+def lesion_rows(table: LesionTable) -> list[tuple[str, ...]]:
+    """The lesions as text rows (columns :data:`LESION_COLUMNS`), most uncertain first."""
+    ordered = sorted(table.lesions, key=lambda lesion: (-lesion.uncertainty_mean, lesion.lesion_id))
+    return [
+        (
+            str(lesion.lesion_id),
+            str(lesion.label),
+            f"{lesion.volume_ml:.2f}",
+            f"{lesion.suv_max:.2f}",
+            f"{lesion.suv_mean:.2f}",
+            f"{lesion.tlg:.1f}",
+            format_u(lesion.uncertainty_mean),
+            f"{lesion.uncertainty_max:.2f}",
+            "REVIEW" if lesion.review else "",
+        )
+        for lesion in ordered
+    ]
+
+
+def lesion_choices(table: LesionTable) -> list[tuple[str, int]]:
+    """(label, lesion id) pairs for a lesion picker, most uncertain first."""
+    ordered = sorted(table.lesions, key=lambda lesion: (-lesion.uncertainty_mean, lesion.lesion_id))
+    return [
+        (
+            f"{lesion.lesion_id}: {lesion.volume_ml:.2f} mL, SUVmax {lesion.suv_max:.1f}, "
+            f"u {format_u(lesion.uncertainty_mean)}{'  REVIEW' if lesion.review else ''}",
+            lesion.lesion_id,
+        )
+        for lesion in ordered
+    ]
+
+
+def format_lesion_table(table: LesionTable) -> str:
+    """The lesion table as aligned plain text, most uncertain lesion first."""
+    rows = [LESION_COLUMNS, *lesion_rows(table)]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(LESION_COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if not table.lesions:
+        lines.append("(no lesion found)")
+    lines.append(
+        f"MTV {table.mtv_ml:.2f} mL, TLG {table.tlg:.1f}; {table.n_review} lesion(s) with "
+        f"mean u >= {format_u(table.review_threshold)} flagged for review"
+    )
+    return "\n".join(lines)
+
+
+HOT_SPOT_COLUMNS: tuple[str, ...] = ("H#", "vol mL", "SUVmax", "contrast", "p lesion", "centre mm")
+
+
+def format_hot_spots(spots: Sequence[HotSpot]) -> str:
+    """The PET hot spots outside the mask as aligned plain text, hottest first."""
+    if not spots:
+        return "no PET hot spot outside the mask"
+    rows = [HOT_SPOT_COLUMNS]
+    for spot in spots:
+        c = spot.centroid_mm
+        rows.append(
+            (
+                f"H{spot.spot_id}",
+                f"{spot.volume_ml:.2f}",
+                f"{spot.suv_max:.2f}",
+                "-" if spot.contrast is None else f"{spot.contrast:.1f}",
+                "-"
+                if spot.lesion_probability_max is None
+                else f"{spot.lesion_probability_max:.3g}",
+                f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f})",
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(HOT_SPOT_COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(
+        f"{len(spots)} PET hot spot(s) the mask leaves out: the model judged them not lesion "
+        "(p lesion: its highest probability there); check them"
+    )
+    return "\n".join(lines)
+
+
+def plot_lesion_table(table: LesionTable, ax: Axes | None = None, max_rows: int = 15) -> Figure:
+    """The lesion table drawn as a figure table, most uncertain first, flagged rows in red."""
+    fig = _new_figure((7, 4)) if ax is None else ax.get_figure()
+    if ax is None:
+        ax = fig.subplots()  # type: ignore[union-attr]
+    assert ax is not None  # for mypy: set just above
+    ax.axis("off")
+    rows = lesion_rows(table)
+    shown = rows[:max_rows]
+    title = (
+        f"lesions by uncertainty (MTV {table.mtv_ml:.1f} mL)\n"
+        f"{table.n_review} flagged for review: mean u >= {format_u(table.review_threshold)}"
+    )
+    if len(rows) > max_rows:
+        title += f"; {len(rows) - max_rows} more not shown"
+    ax.set_title(title, fontsize=9)
+    if not shown:
+        ax.text(0.5, 0.5, "no lesion found", ha="center", va="center", transform=ax.transAxes)
+        return fig  # type: ignore[return-value]
+    mpl_table = ax.table(cellText=shown, colLabels=list(LESION_COLUMNS), loc="upper center")
+    mpl_table.auto_set_font_size(False)
+    mpl_table.set_fontsize(7)
+    for r, row in enumerate(shown, start=1):
+        if row[-1]:
+            for c in range(len(LESION_COLUMNS)):
+                mpl_table[r, c].set_facecolor("#ffd6d6")
+    return fig  # type: ignore[return-value]
