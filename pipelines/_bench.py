@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark pipelines: provenance, peak memory, child runs, doc sections.
 
-Imported by ``pipelines/*.py`` scripts (which put their own folder on ``sys.path``).
+Imported as ``from pipelines import _bench`` by the scripts run as ``python -m pipelines.NAME``
+(and as a top-level ``_bench`` by ``eval_sts.py`` and ``sts_adapters.py``, which still put
+their folder on ``sys.path``): it imports nothing from its siblings.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 def repo_relative(path: str | Path) -> str:
     """``path`` relative to the repository when inside it (reports and cards name no local
     folders); otherwise as given."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+    # the path as written first (``configs/`` may be a link into the package), then resolved
+    for candidate in (Path(os.path.abspath(path)), Path(path).resolve()):
+        if candidate.is_relative_to(REPO):
+            return str(candidate.relative_to(REPO))
+    return str(path)
+
+
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The command that runs ``module`` with ``argv`` (default: this process's arguments),
+    as written in reports: ``python -m pipelines.NAME ARGS``."""
+    return " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def _git(*args: str) -> str:
@@ -101,6 +112,20 @@ def run_child(
     script: Path, flag: str, tag: str, spec: dict[str, Any], threads: int | None = None
 ) -> dict[str, Any]:
     """Run ``script flag <spec json>`` in a fresh process; return the JSON it printed after ``tag``."""
+    return _run_child([str(script)], script.name, tag, [flag, json.dumps(spec)], threads)
+
+
+def run_module_child(
+    module: str, flag: str, tag: str, spec: dict[str, Any], threads: int | None = None
+) -> dict[str, Any]:
+    """Run ``python -m module flag <spec json>`` from the repository root in a fresh process;
+    return the JSON it printed after ``tag``."""
+    return _run_child(["-m", module], module, tag, [flag, json.dumps(spec)], threads)
+
+
+def _run_child(
+    target: list[str], name: str, tag: str, args: list[str], threads: int | None
+) -> dict[str, Any]:
     env = dict(os.environ)
     if threads is not None:
         env.update(
@@ -110,7 +135,7 @@ def run_child(
         )
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(script), flag, json.dumps(spec)],
+        [sys.executable, *target, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -120,7 +145,7 @@ def run_child(
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"{script.name} child failed ({proc.returncode}): " + " | ".join(tail))
+        raise RuntimeError(f"{name} child failed ({proc.returncode}): " + " | ".join(tail))
     result: dict[str, Any] = json.loads(lines[-1][len(tag) :])
     result["process_wall_seconds"] = wall
     return result

@@ -1,8 +1,8 @@
 """Adapter benchmark: fine-tune a 2-class base to head and neck (GTVp, GTVn), every adapter type.
 
-    python pipelines/adapter_benchmark.py                      # the whole table (~110 min, 1 thread)
-    python pipelines/adapter_benchmark.py --cases 5 --steps 40 --types lora lowbit full
-    python pipelines/adapter_benchmark.py --report             # rewrite the doc from saved results
+    python -m pipelines.adapter_benchmark                  # the whole table (~110 min, 1 thread)
+    python -m pipelines.adapter_benchmark --cases 5 --steps 40 --types lora lowbit full
+    python -m pipelines.adapter_benchmark --report         # rewrite the doc from saved results
 
 From the base weights (``--base``, default the bundled ``mefn_default``: background / lesion),
 every adapter type of ``configs/adapters/`` is fine-tuned with new output heads for three
@@ -61,10 +61,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402  (pipelines/ on sys.path above)
+from pipelines import _bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = _bench.REPO
 DEFAULT_OUT = REPO / "runs" / "adapter_benchmark"
 DEFAULT_DOC = REPO / "docs" / "adapters.md"
 ADAPTERS = (
@@ -109,8 +108,8 @@ def rss_mib() -> float:
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    result = _bench.run_child(
-        Path(__file__).resolve(), CHILD_FLAG, RESULT_TAG, spec, threads=int(spec["threads"])
+    result = _bench.run_module_child(
+        "pipelines.adapter_benchmark", CHILD_FLAG, RESULT_TAG, spec, threads=int(spec["threads"])
     )
     result["process_seconds"] = result.pop("process_wall_seconds")
     return result
@@ -353,8 +352,8 @@ def evaluate(run_dir: Path, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """HECKTOR 2022 DSCagg of the run's model on the validation phantoms."""
     from mefn.inference import Predictor
     from mefn.io.discovery import load_case
-    from mefn.io.geometry import resample_to
-    from mefn.metrics.hecktor import aggregate_hecktor2022, hecktor2022_case_metrics
+    from mefn.metrics.hecktor import aggregate_hecktor2022
+    from mefn.metrics.scoring import score_cases
 
     if kind == FULL:
         predictor = Predictor(run_dir, device=spec["device"], threads=int(spec["threads"]))
@@ -371,34 +370,16 @@ def evaluate(run_dir: Path, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         )
     if predictor.num_classes != NUM_CLASSES:
         raise RuntimeError(f"{kind}: the model has {predictor.num_classes} classes, not 3")
-    records, cases = [], []
+    loaders = []
     for ct_name in spec["val"]:
-        ct = Path(ct_name)
-        pet, label_path, case_id = _partners(ct)
-        case = load_case(ct=ct, pet=pet, label=label_path, case_id=case_id)
-        pred = predictor.predict(case)
-        label = case.label
-        if label is None:  # pragma: no cover - the phantoms have labels
-            raise RuntimeError(f"validation phantom {case_id} has no label")
-        if not label.geometry.same_grid(pred.geometry):
-            label = resample_to(label, pred.geometry, "nearest", 0)
-        ref = np.asarray(label.array)
-        dice, n_ref, n_pred = [], [], []
-        for cls in (1, 2):
-            r, p = ref == cls, pred.mask == cls
-            inter, total = int(np.count_nonzero(r & p)), int(r.sum() + p.sum())
-            dice.append(2.0 * inter / total if total else 0.0)  # absent from both: 0 (official)
-            n_ref.append(int(r.sum()))
-            n_pred.append(int(p.sum()))
-        rec = hecktor2022_case_metrics(
-            (dice[0], dice[1]),
-            (n_ref[0], n_ref[1]),
-            (n_pred[0], n_pred[1]),
-            float(np.prod(pred.geometry.spacing_mm)),
-            case_id,
+        pet, label_path, case_id = _partners(Path(ct_name))
+        loaders.append(
+            functools.partial(
+                load_case, ct=Path(ct_name), pet=pet, label=label_path, case_id=case_id
+            )
         )
-        records.append(rec)
-        cases.append(rec.to_dict())
+    records = [s.metrics for s in score_cases(predictor, loaders, "hecktor2022")]
+    cases = [r.to_dict() for r in records]
     summary = aggregate_hecktor2022(records)
     return {
         "dscagg_gtvp": summary["dscagg_gtvp"],
@@ -807,7 +788,7 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 def _command() -> str:
-    return "python pipelines/adapter_benchmark.py " + " ".join(sys.argv[1:])
+    return _bench.command_line("pipelines.adapter_benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

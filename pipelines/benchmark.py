@@ -1,9 +1,9 @@
 """MEFN against DynUNet and MC-dropout DynUNet: inference cost and segmentation/uncertainty quality.
 
-    python pipelines/benchmark.py --quality --inference   # both (~2 h 15 min on 2 quiet cores)
-    python pipelines/benchmark.py --quality               # train + score, see --help for budget
-    python pipelines/benchmark.py --inference --untrained # speed and memory only, ~15 min
-    python pipelines/benchmark.py --report                # rewrite the doc from saved results
+    python -m pipelines.benchmark --quality --inference   # both (~2 h 15 min on 2 quiet cores)
+    python -m pipelines.benchmark --quality               # train + score, see --help for budget
+    python -m pipelines.benchmark --inference --untrained # speed and memory only, ~15 min
+    python -m pipelines.benchmark --report                # rewrite the doc from saved results
 
 Sections (results are saved as JSON under ``--out``, default ``runs/benchmark``, and the
 generated part of ``docs/benchmarks.md`` is rewritten from them after every section):
@@ -20,10 +20,13 @@ weights (speed does not depend on training), saved as weights + card, and run th
 ``Predictor.predict`` in a fresh subprocess per run, on the CPU with ``--threads`` threads
 (torch and SimpleITK) and on the GPU when there is one. Reported: seconds per study (predict:
 resample, sliding window, back to the grid, lesion table; case reading and model loading
-excluded and reported apart), voxels of the output grid per second, peak resident memory of
-the process (``VmHWM``), the network's share of the time, and achieved GFLOP/s = FLOPs of one
-tile (``torch.utils.flop_counter``, convolutions and matrix products) x tiles / network seconds,
-against the machine's float32 ``torch.matmul`` rate measured with the same threads.
+excluded and reported apart), the stages' seconds as ``Prediction.timings`` gives them,
+voxels of the output grid per second, peak resident memory of the process (``VmHWM``), the
+sliding window's share of the time, and achieved GFLOP/s = FLOPs of one tile
+(``torch.utils.flop_counter``, convolutions and matrix products) x tiles / seconds of the
+``network`` stage (the tiles and their blending), against the machine's float32
+``torch.matmul`` rate measured with the same threads. The tiles are counted by running the
+same sliding window over the model grid with a stand-in network that only counts them.
 
 **quality** -- ``mefn phantoms`` writes ``--cases`` training phantoms (seeds 700,000,000 + i)
 and ``--test-cases`` test phantoms (seeds 777,700,000 + i: never used for training, nor by the
@@ -60,10 +63,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402  (pipelines/ on sys.path above)
+from pipelines import _bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = _bench.REPO
 DEFAULT_OUT = REPO / "runs" / "benchmark"
 DEFAULT_DOC = REPO / "docs" / "benchmarks.md"
 MODELS = ("mefn_small", "dynunet_small", "dynunet_mcdropout_small")
@@ -97,8 +99,8 @@ def peak_rss_kib() -> int:
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    return _bench.run_child(
-        Path(__file__).resolve(), CHILD_FLAG, RESULT_TAG, spec, threads=int(spec["threads"])
+    return _bench.run_module_child(
+        "pipelines.benchmark", CHILD_FLAG, RESULT_TAG, spec, threads=int(spec["threads"])
     )
 
 
@@ -234,8 +236,45 @@ def make_study(
     return ct_path, info
 
 
+class TileCounter:
+    """A stand-in network for :func:`mefn.model.sliding_window.sliding_window_predict`: it
+    counts the tiles it is handed and returns zeros, so the real window's tiles are counted
+    on the same path without touching the predictor."""
+
+    def __init__(self, size_divisor: int) -> None:
+        self.size_divisor = size_divisor
+        self.tiles = 0
+        self.tile_shape: list[int] | None = None
+
+    def infer(self, x: Any) -> dict[str, Any]:
+        import torch
+
+        self.tiles += int(x.shape[0])
+        self.tile_shape = [int(s) for s in x.shape[2:]]
+        return {"prob": torch.zeros((x.shape[0], 1, *x.shape[2:]))}
+
+
+def count_tiles(predictor: Any, grid_shape: tuple[int, ...]) -> TileCounter:
+    """The tiles ``predictor``'s sliding window runs over a model grid of ``grid_shape``."""
+    import torch
+
+    from mefn.model.sliding_window import sliding_window_predict
+
+    counter = TileCounter(int(getattr(predictor.net, "size_divisor", 1)))
+    sliding_window_predict(
+        counter,
+        torch.zeros((1, 2, *grid_shape)),
+        predictor.roi,
+        predictor.overlap,
+        predictor.sw_batch_size,
+        torch.device("cpu"),
+    )
+    return counter
+
+
 def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run in a fresh process: read the case, load the model, ``predict`` it ``repeats`` times."""
+    """Run in a fresh process: read the case, load the model, ``predict`` it ``repeats`` times;
+    the stages' seconds are the prediction's own (``Prediction.timings``)."""
     import resource
 
     import torch
@@ -260,80 +299,93 @@ def child_infer(spec: dict[str, Any]) -> dict[str, Any]:
         tta_axes=(),  # one pass: the sliding-window cost, whatever the card's default
     )
     t_load = time.perf_counter() - t0
-    infer = predictor.net.infer
-    counts = {"tiles": 0, "net_s": 0.0, "tile_shape": None}
-
-    def counted(x: Any) -> Any:
-        t = time.perf_counter()
-        out = infer(x)
-        if cuda:
-            torch.cuda.synchronize()
-        counts["net_s"] = float(counts["net_s"]) + time.perf_counter() - t
-        counts["tiles"] = int(counts["tiles"]) + int(x.shape[0])
-        counts["tile_shape"] = [int(s) for s in x.shape[2:]]
-        return out
-
-    predictor.net.infer = counted  # type: ignore[method-assign]
-    # time the stages around the network: resampling in and out, the lesion table
-    import mefn.data.preprocess as preprocess_module
-    import mefn.inference as inference_module
-
-    stages = {"resample_in": 0.0, "resample_out": 0.0, "lesion_table": 0.0}
-
-    def timed(stage: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                stages[stage] += time.perf_counter() - t
-
-        return wrapper
-
-    inference_module.resample_case = timed("resample_in", inference_module.resample_case)  # type: ignore[attr-defined]
-    preprocess_module.to_output_grid = timed("resample_out", preprocess_module.to_output_grid)  # type: ignore[assignment]
-    inference_module.lesion_table = timed("lesion_table", inference_module.lesion_table)  # type: ignore[attr-defined]
     runs = []
     for _ in range(int(spec.get("repeats", 1))):
-        counts.update(tiles=0, net_s=0.0)
-        stages.update(resample_in=0.0, resample_out=0.0, lesion_table=0.0)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         prediction = predictor.predict(case)
         seconds = time.perf_counter() - t0
+        timings = prediction.timings
         runs.append(
             {
                 "seconds": seconds,
-                "net_seconds": counts["net_s"],
-                "tiles": counts["tiles"],
+                "net_seconds": timings["network"],
                 "gpu_peak_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
-                **{f"{k}_seconds": v for k, v in stages.items()},
+                "resample_in_seconds": timings["resample"],
+                "resample_out_seconds": timings["to_output_grid"],
+                "lesion_table_seconds": timings["lesion_table"],
+                "timings": dict(timings),
                 "lesions": len(prediction.lesions.lesions),
                 "mask_voxels": int(np.count_nonzero(prediction.mask)),
             }
         )
+        del prediction
     peak_kib = peak_rss_kib()
+    grid = model_grid(case.target_geometry, predictor.preprocess.spacing_mm)
+    tiles = count_tiles(predictor, grid.shape)
+    for run in runs:
+        run["tiles"] = tiles.tiles
     # FLOPs of one tile, on the plain convolution path (the direct oneDNN call is invisible to
     # the counter); for MC dropout ``infer`` runs all its passes, so they are all counted.
     from torch.utils.flop_counter import FlopCounterMode
 
-    tile = torch.zeros(1, 2, *counts["tile_shape"], device=predictor.device)  # type: ignore[misc]
+    tile = torch.zeros(1, 2, *(tiles.tile_shape or predictor.roi), device=predictor.device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter, torch.backends.mkldnn.flags(enabled=False):
-        infer(tile)
+        predictor.net.infer(tile)
     return {
         "read_seconds": t_read,
         "load_seconds": t_load,
         "runs": runs,
-        "tile_shape": counts["tile_shape"],
+        "tile_shape": tiles.tile_shape,
         "tile_gflop": counter.get_total_flops() / 1e9,
         "peak_rss_gib": peak_kib / 1024**2,
         "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "model_grid_voxels": int(
-            model_grid(case.target_geometry, predictor.preprocess.spacing_mm).n_voxels
+        "model_grid_voxels": int(grid.n_voxels),
+    }
+
+
+def inference_row(
+    res_list: list[dict[str, Any]], output_voxels: int, matmul_rate: float, weights: str
+) -> dict[str, Any]:
+    """One model's figures on one study and device, from its child processes' results:
+    medians over the processes (GPU: the second predict in the process, after cuDNN
+    autotuning; CPU: the one), peak memory the largest."""
+    last = [r["runs"][-1] for r in res_list]
+    seconds = statistics.median(r["seconds"] for r in last)
+    net_seconds = statistics.median(r["net_seconds"] for r in last)
+    first = res_list[0]
+    tiles = last[0]["tiles"]
+    gflop = first["tile_gflop"] * tiles
+    return {
+        "output_voxels": output_voxels,
+        "seconds": seconds,
+        "seconds_all": [r["seconds"] for r in last],
+        "net_seconds": net_seconds,
+        "read_seconds": statistics.median(r["read_seconds"] for r in res_list),
+        "load_seconds": statistics.median(r["load_seconds"] for r in res_list),
+        "voxels_per_s": output_voxels / seconds,
+        "peak_rss_gib": max(r["peak_rss_gib"] for r in res_list),
+        "gpu_peak_gib": last[0]["gpu_peak_gib"],
+        "tiles": tiles,
+        "tile_shape": first["tile_shape"],
+        "tile_gflop": first["tile_gflop"],
+        "weights": weights,
+        "resample_seconds": statistics.median(
+            r["resample_in_seconds"] + r["resample_out_seconds"] for r in last
         ),
+        "lesion_table_seconds": statistics.median(r["lesion_table_seconds"] for r in last),
+        "timings": {
+            stage: statistics.median(r["timings"][stage] for r in last)
+            for stage in last[0]["timings"]
+        },
+        "lesions": last[0]["lesions"],
+        "mask_voxels": last[0]["mask_voxels"],
+        "gflop": gflop,
+        "gflops_achieved": gflop / net_seconds if net_seconds > 0 else math.nan,
+        "matmul_gflops": matmul_rate,
     }
 
 
@@ -383,45 +435,9 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         f"peak RSS {res['peak_rss_gib']:.2f} GiB, load {_bench.load_average():.1f}"
                     )
             for model, res_list in results.items():
-                # GPU: the second predict in the process (after cuDNN autotuning); CPU: the one
-                seconds = statistics.median(r["runs"][-1]["seconds"] for r in res_list)
-                net_seconds = statistics.median(r["runs"][-1]["net_seconds"] for r in res_list)
-                first = res_list[0]
-                tiles = first["runs"][-1]["tiles"]
-                gflop = first["tile_gflop"] * tiles
-                rows.append(
-                    {
-                        "device": device,
-                        "study": kind,
-                        "model": model,
-                        "output_voxels": info["output_voxels"],
-                        "seconds": seconds,
-                        "seconds_all": [r["runs"][-1]["seconds"] for r in res_list],
-                        "net_seconds": net_seconds,
-                        "read_seconds": statistics.median(r["read_seconds"] for r in res_list),
-                        "load_seconds": statistics.median(r["load_seconds"] for r in res_list),
-                        "voxels_per_s": info["output_voxels"] / seconds,
-                        "peak_rss_gib": max(r["peak_rss_gib"] for r in res_list),
-                        "gpu_peak_gib": first["runs"][-1]["gpu_peak_gib"],
-                        "tiles": tiles,
-                        "tile_shape": first["tile_shape"],
-                        "tile_gflop": first["tile_gflop"],
-                        "weights": "trained" if trained[model] else "untrained",
-                        "resample_seconds": statistics.median(
-                            r["runs"][-1]["resample_in_seconds"]
-                            + r["runs"][-1]["resample_out_seconds"]
-                            for r in res_list
-                        ),
-                        "lesion_table_seconds": statistics.median(
-                            r["runs"][-1]["lesion_table_seconds"] for r in res_list
-                        ),
-                        "lesions": first["runs"][-1]["lesions"],
-                        "mask_voxels": first["runs"][-1]["mask_voxels"],
-                        "gflop": gflop,
-                        "gflops_achieved": gflop / net_seconds if net_seconds > 0 else math.nan,
-                        "matmul_gflops": rates[device],
-                    }
-                )
+                weights_kind = "trained" if trained[model] else "untrained"
+                row = inference_row(res_list, info["output_voxels"], rates[device], weights_kind)
+                rows.append({"device": device, "study": kind, "model": model, **row})
     return {
         "command": _command(),
         "threads": args.threads,
@@ -536,49 +552,29 @@ def evaluate_one(
 ) -> dict[str, Any]:
     """Segment ``entries`` with the run's weights; AutoPET 2022, detection, calibration."""
     from mefn.inference import Predictor
-    from mefn.io.discovery import load_case
-    from mefn.io.geometry import resample_to
-    from mefn.metrics.autopet import aggregate_autopet, autopet_case_metrics
-    from mefn.metrics.calibration import CalibrationCounts, calibration_counts
-    from mefn.metrics.lesions import aggregate_detection, lesion_detection
+    from mefn.metrics.scoring import CalibrationPool, case_loaders, score_cases
 
     predictor = Predictor(run_dir, device=device, threads=threads)
-    records, detections, cases = [], [], []
-    counts, near = CalibrationCounts(), CalibrationCounts()
-    subset_summary: dict[str, Any] | None = None
+    pool = CalibrationPool({"all": None, "near": lesion_region})
     t0 = time.perf_counter()
-    for i, entry in enumerate(entries):
-        case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
-        pred = predictor.predict(case, keep_extra=True)
-        label = case.label
-        if label is None:
-            raise RuntimeError(f"test phantom {entry.case_id} has no label")
-        if not label.geometry.same_grid(pred.geometry):
-            label = resample_to(label, pred.geometry, "nearest", 0)
-        ref = (np.asarray(label.array) > 0).astype(np.uint8)
-        rec = autopet_case_metrics(ref, pred.mask, pred.geometry.spacing_mm, 2022, entry.case_id)
-        det = lesion_detection(ref, pred.mask)
-        counts = counts + calibration_counts(ref, pred.mask, pred.uncertainty, pred.probabilities)
-        near = near + calibration_counts(
-            ref,
-            pred.mask,
-            pred.uncertainty,
-            pred.probabilities,
-            region=lesion_region(ref, pred.mask),
-        )
-        records.append(rec)
-        detections.append(det)
-        cases.append({**rec.to_dict(), "lesion_f1": det.f1, "seconds": pred.seconds})
-        if i + 1 == subset:
-            subset_summary = _quality_summary(
-                records, detections, counts, near, aggregate_autopet, aggregate_detection
-            )
-    summary = _quality_summary(
-        records, detections, counts, near, aggregate_autopet, aggregate_detection
+    scores = score_cases(
+        predictor,
+        case_loaders(entries),
+        "autopet2022",
+        detection=True,
+        calibration=pool,
+        keep_extra=True,
     )
+    cases = []
+    for s in scores:
+        assert s.metrics is not None and s.detection is not None  # asked for above
+        cases.append({**s.metrics.to_dict(), "lesion_f1": s.detection.f1, "seconds": s.seconds})
+    summary = _quality_summary(scores, pool.summary())
     return {
         "summary": summary,
-        "subset": subset_summary or summary,
+        "subset": _quality_summary(scores[:subset], pool.summary(subset))
+        if 0 < subset <= len(scores)
+        else summary,
         "subset_cases": min(subset, len(entries)),
         "cases": cases,
         "seconds": time.perf_counter() - t0,
@@ -597,20 +593,14 @@ def lesion_region(reference: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.binary_dilation(seed, iterations=NEAR_LESION_VOXELS))
 
 
-def _quality_summary(
-    records: list[Any],
-    detections: list[Any],
-    counts: Any,
-    near: Any,
-    agg_autopet: Any,
-    agg_det: Any,
-) -> dict[str, Any]:
-    autopet = agg_autopet(records, 2022)
-    det = agg_det(detections)
-    cal = counts.summary()
-    cal_near = near.summary()
+def _quality_summary(scores: list[Any], calibration: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from mefn.metrics.scoring import aggregate_scores
+
+    agg = aggregate_scores(scores)
+    autopet, det = agg["metric"], agg["detection"]
+    cal, cal_near = calibration["all"], calibration["near"]
     return {
-        "n_cases": len(records),
+        "n_cases": len(scores),
         "n_cases_with_lesions": autopet["n_cases_with_lesions"],
         "dice": autopet["dice_mean"],
         "fpv_ml": autopet["fpv_ml_mean"],
@@ -861,8 +851,10 @@ def render_report(
             "",
             "s / study: `Predictor.predict` on the case in memory (resampling in and out, "
             "sliding window, lesion table); reading the files and loading the weights are "
-            "excluded. On the GPU, the second predict in the process. GFLOP/s: FLOPs of the "
-            "network over the time spent inside it.",
+            "excluded. On the GPU, the second predict in the process. Network, resample and "
+            "lesion table s: the stages of `Prediction.timings` (`network`: the sliding window, "
+            "tiles and their blending; resample: `resample` in plus `to_output_grid` out). "
+            "GFLOP/s: FLOPs of the tiles over the network stage's seconds.",
             "",
         ]
     if quality:
@@ -941,12 +933,7 @@ def _quality_row(label: str, res: dict[str, Any], which: str) -> str:
 
 
 def _command() -> str:
-    args = [a for a in sys.argv[1:]]
-    return (
-        "python pipelines/benchmark.py " + " ".join(args)
-        if args
-        else "python pipelines/benchmark.py"
-    )
+    return _bench.command_line("pipelines.benchmark")
 
 
 def _load(path: Path) -> dict[str, Any] | None:

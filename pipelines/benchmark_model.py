@@ -1,8 +1,8 @@
 """Parameters, FLOPs and CPU forward time of MEFN against the DynUNet baseline.
 
-    python pipelines/benchmark_model.py                         # mefn_small vs dynunet_small
-    python pipelines/benchmark_model.py --size 96 --runs 7 --threads 2
-    python pipelines/benchmark_model.py --configs mefn_small dynunet_small --train-step
+    python -m pipelines.benchmark_model                         # mefn_small vs dynunet_small
+    python -m pipelines.benchmark_model --size 96 --runs 7 --threads 2
+    python -m pipelines.benchmark_model --configs mefn_small dynunet_small --train-step
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the plain
 ``aten.convolution`` path (one multiply-add = 2 FLOPs; convolutions and matrix products only).

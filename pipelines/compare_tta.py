@@ -1,11 +1,11 @@
 """Score test-time mirroring (``mefn segment --tta``) against plain inference on phantoms.
 
-    python pipelines/compare_tta.py [--tta none,x,xyz] [--max-cases 16] [--test 0]
+    python -m pipelines.compare_tta [--tta none,x,xyz] [--max-cases 16] [--test 0]
                                     [--model default] [--config configs/train/phantoms_small.yaml]
 
 Segments the validation split of the training config (the phantoms the bundled weights chose
 their post-processing on; never the test phantoms unless ``--test N`` asks for the first N of
-``pipelines/train_phantoms.py``'s fresh test seeds) once per mirroring setting, with the
+``pipelines.train_phantoms``' fresh test seeds) once per mirroring setting, with the
 weights' own post-processing (the card's ``lesion_threshold`` and ``min_lesion_ml``; note that
 the card chose them for its own ``tta_axes``), and prints and writes the mean
 AutoPET 2022 figures per setting (Dice and FNV over cases with lesions, FPV over all) and the
@@ -17,21 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import REPO, git_commit, repo_relative  # noqa: E402
+from pipelines._bench import REPO, command_line, git_commit, repo_relative
 
 
 def _cases(cfg: Any, max_cases: int, n_test: int) -> list[tuple[str, Any]]:
     """(name, loader) pairs: the validation split's cases, then fresh test phantoms."""
-    from train_phantoms import TEST_SEED0, fresh_phantom, validation_entries
-
     from mefn.io.discovery import load_case
+    from pipelines.train_phantoms import TEST_SEED0, fresh_phantom, validation_entries
 
     out: list[tuple[str, Any]] = [
         (
@@ -82,8 +79,7 @@ def main() -> int:
         settings = {name: parse_tta_axes(name) for name in args.tta.split(",")}
     except InputError as exc:
         raise SystemExit(f"--tta: {exc}") from None
-    from mefn.io.geometry import resample_to
-    from mefn.metrics.autopet import autopet_case_metrics
+    from mefn.metrics.scoring import score_cases
     from mefn.training import load_train_config
 
     cfg = load_train_config(args.config)
@@ -97,15 +93,10 @@ def main() -> int:
         case = load()
         split = where.split(":")[0]
         for name, predictor in predictors.items():
-            t0 = time.monotonic()
-            pred = predictor.predict(case)
-            seconds = time.monotonic() - t0
-            ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
-            m = autopet_case_metrics(
-                ref.astype(np.uint8), pred.mask, pred.geometry.spacing_mm, year=2022
-            )
+            (scored,) = score_cases(predictor, [case], "autopet2022")
+            m = scored.metrics
             rows[name].setdefault(split, []).append(
-                {**m.to_dict(), "case": where, "seconds": seconds}
+                {**m.to_dict(), "case": where, "seconds": scored.seconds, "timings": scored.timings}
             )
             records[name].setdefault(split, []).append(m)
             print(f"[tta] {where} {name}: {m}", flush=True)
@@ -120,7 +111,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(predictors.values()))
     result = {
-        "command": "python pipelines/compare_tta.py " + " ".join(sys.argv[1:]),
+        "command": command_line("pipelines.compare_tta"),
         "model": repo_relative(first.weights_path),
         "model_sha256": first.base_hash,
         "min_lesion_ml": first.min_lesion_ml,

@@ -7,7 +7,7 @@ References are found in either release:
 Predictions are ``PRED/<case>.nii.gz`` or ``PRED/<case>_mask.nii.gz``; uncertainty maps
 ``<case>_uncertainty.nii.gz`` in --uncertainty-dir (often PRED itself).
 
-    python pipelines/eval_autopet.py ROOT PRED -o OUT [--year 2024] [--uncertainty-dir PRED]
+    python -m pipelines.eval_autopet ROOT PRED -o OUT [--year 2024] [--uncertainty-dir PRED]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 References: ``ROOT/labelsTr/<Centre>-<nnn>.nii.gz`` (or ROOT itself when it holds the label
 files); predictions: ``PRED/<case>.nii.gz`` or ``PRED/<case>_mask.nii.gz`` on the CT grid.
 
-    python pipelines/eval_hecktor.py ROOT PRED -o OUT
+    python -m pipelines.eval_hecktor ROOT PRED -o OUT
 """
 
 from __future__ import annotations

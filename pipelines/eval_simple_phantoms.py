@@ -1,7 +1,7 @@
 """Score weights on simple PET/CT phantoms written apart from mefn's phantom generator.
 
-    python pipelines/eval_simple_phantoms.py                      # bundled weights, card settings
-    python pipelines/eval_simple_phantoms.py --tta none --lesion-threshold 0.4 --min-lesion-ml 0.5
+    python -m pipelines.eval_simple_phantoms                      # bundled weights, card settings
+    python -m pipelines.eval_simple_phantoms --tta none --lesion-threshold 0.4 --min-lesion-ml 0.5
 
 The weights are trained on ``mefn.data.phantoms`` studies only; these two phantoms share no code
 with that generator, so they check that what was learnt is hot lesions, not the generator:
@@ -24,8 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,7 @@ import numpy as np
 if TYPE_CHECKING:
     from mefn.io.case import Case
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import git_commit  # noqa: E402  (pipelines/ on sys.path above)
+from pipelines._bench import command_line, git_commit
 
 Vec3 = tuple[float, float, float]
 
@@ -221,11 +219,25 @@ def lesion_names(kind: str) -> list[str]:
     return [lesion.name for lesion in TORSO_LESIONS]
 
 
+def phantom_case(kind: str, scan: Scan, paint: dict[str, Any]) -> Case:
+    """The phantom of :func:`image`, its lesion labels (on the PET grid, the output grid) as
+    the case's reference."""
+    from mefn.io.volume import Volume
+
+    case, label = image(kind, scan, **paint)
+    return replace(case, label=Volume(label, case.pet.geometry, modality="SEG", units="label"))
+
+
 def score(mask: np.ndarray, label: np.ndarray, spacing: Vec3, kind: str) -> dict[str, Any]:
     """AutoPET 2022 metrics of the phantom, and per lesion: detected, share of voxels found."""
     from mefn.metrics.autopet import autopet_case_metrics
 
     m = autopet_case_metrics((label > 0).astype(np.uint8), mask, spacing, 2022)
+    return {**m.to_dict(), "lesions": lesion_recall(mask, label, kind)}
+
+
+def lesion_recall(mask: np.ndarray, label: np.ndarray, kind: str) -> list[dict[str, Any]]:
+    """Per lesion of the phantom: its voxels, whether it is detected, the share found."""
     per_lesion = []
     for k, name in enumerate(lesion_names(kind), start=1):
         inside = label == k
@@ -238,7 +250,7 @@ def score(mask: np.ndarray, label: np.ndarray, spacing: Vec3, kind: str) -> dict
                 "recall": float(found.mean()) if found.size else float("nan"),
             }
         )
-    return {**m.to_dict(), "lesions": per_lesion}
+    return per_lesion
 
 
 def main() -> int:
@@ -270,21 +282,25 @@ def main() -> int:
         min_lesion_ml=args.min_lesion_ml,
         pet_check=pet_check_overrides(args),
     )
+    from mefn.metrics.scoring import score_cases
+
     rows = []
     for name, kind, scan, paint in PHANTOMS:
-        case, label = image(kind, scan, **paint)
-        t0 = time.perf_counter()
-        pred = predictor.predict(case)
-        seconds = time.perf_counter() - t0
-        spacing = case.pet.geometry.spacing_mm
-        row = {"phantom": name, **score(pred.mask, label, spacing, kind)}
-        row["seconds"] = round(seconds, 2)
+        (scored,) = score_cases(
+            predictor,
+            [phantom_case(kind, scan, paint)],
+            "autopet2022",
+            extra=lambda _c, p, ref, kind=kind: {"lesions": lesion_recall(p.mask, ref, kind)},
+        )
+        row = {"phantom": name, **scored.metrics.to_dict(), **scored.extra}
+        row["seconds"] = round(scored.seconds, 2)
+        row["timings"] = scored.timings
         rows.append(row)
         found = sum(les["detected"] for les in row["lesions"])
         print(
             f"{name:28s} Dice {row['dice']:.3f}  FPV {row['fpv_ml']:6.2f} mL  "
             f"FNV {row['fnv_ml']:6.2f} mL  lesions found {found}/{len(row['lesions'])}  "
-            f"({seconds:.1f} s)",
+            f"({scored.seconds:.1f} s)",
             flush=True,
         )
         missed = [les["lesion"] for les in row["lesions"] if not les["detected"]]
@@ -306,7 +322,7 @@ def main() -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         record = {
-            "command": " ".join(["python", "pipelines/eval_simple_phantoms.py", *sys.argv[1:]]),
+            "command": command_line("pipelines.eval_simple_phantoms"),
             "commit": git_commit(),
             "settings": predictor.settings(),
             "definitions": "AutoPET 2022 per phantom (every phantom has lesions)",

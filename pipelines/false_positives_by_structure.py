@@ -1,6 +1,6 @@
 """Where a model's false positives lie: per phantom structure, on the validation split.
 
-    python pipelines/false_positives_by_structure.py [--model default] [--tta none]
+    python -m pipelines.false_positives_by_structure [--model default] [--tta none]
         [--max-cases 16] [--config configs/train/phantoms_small_stage2.yaml] [-o runs/fp]
 
 Segments the validation phantoms of the training config with the weights' own post-processing
@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import REPO, git_commit  # noqa: E402
+from pipelines._bench import REPO, command_line, git_commit
 
 #: Below this SUV a false lesion's hottest voxel has no uptake to speak of.
 NO_UPTAKE_SUV = 0.5
@@ -82,14 +81,12 @@ def main() -> int:
 
     from dataclasses import replace
 
-    from train_phantoms import validation_entries
-
     from mefn.data.phantoms import study_layers
     from mefn.inference import Predictor, parse_tta_axes
-    from mefn.io.discovery import load_case
-    from mefn.io.geometry import resample_to
+    from mefn.metrics.scoring import case_loaders, score_cases
     from mefn.postprocess import PetCheck
     from mefn.training import load_train_config
+    from pipelines.train_phantoms import validation_entries
 
     cfg = load_train_config(args.config)
     root = Path(cfg.data.root)
@@ -107,15 +104,12 @@ def main() -> int:
     volume: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     rows = []
-    for entry in validation_entries(cfg, args.max_cases):
-        if entry.case_id not in studies:
-            raise SystemExit(f"{entry.case_id} is not in {root / 'phantoms.json'}")
-        case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
-        assert case.label is not None
-        pred = predictor.predict(case)
-        ref = resample_to(case.label, pred.geometry, interpolation="nearest").array
-        layers = list(study_layers(studies[entry.case_id], **index["options"]))
+
+    def classify(case: Any, pred: Any, ref: np.ndarray) -> dict[str, Any]:
+        """Name the structure under each false lesion of one case; pool it."""
+        layers = list(study_layers(studies[case.case_id], **index["options"]))
         voxel_ml = pred.geometry.voxel_volume_ml
+        found = 0
         for voxel, n in false_lesions(ref, pred.mask, pred.suv):
             if pred.suv[voxel] < NO_UPTAKE_SUV:
                 name = "no uptake"
@@ -123,15 +117,28 @@ def main() -> int:
                 name = structure_at(layers, pred.geometry.index_to_world(np.asarray(voxel)))
             volume[name] += n * voxel_ml
             count[name] += 1
-            rows.append({"case": entry.case_id, "structure": name, "volume_ml": n * voxel_ml})
-        print(f"[fp] {entry.case_id}: {sum(r['case'] == entry.case_id for r in rows)}", flush=True)
+            found += 1
+            rows.append({"case": case.case_id, "structure": name, "volume_ml": n * voxel_ml})
+        return {"false_lesions": found}
+
+    entries = validation_entries(cfg, args.max_cases)
+    for entry in entries:
+        if entry.case_id not in studies:
+            raise SystemExit(f"{entry.case_id} is not in {root / 'phantoms.json'}")
+    score_cases(
+        predictor,
+        case_loaders(entries),
+        None,
+        extra=classify,
+        progress=lambda _i, s: print(f"[fp] {s.case_id}: {s.extra['false_lesions']}", flush=True),
+    )
     order = sorted(volume, key=lambda k: -volume[k])
     for name in order:
         print(f"{name:28s} {volume[name]:8.2f} mL in {count[name]} false lesion(s)")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     record = {
-        "command": " ".join(["python", "pipelines/false_positives_by_structure.py", *sys.argv[1:]]),
+        "command": command_line("pipelines.false_positives_by_structure"),
         "commit": git_commit(),
         "settings": predictor.settings(),
         "cases": args.max_cases,

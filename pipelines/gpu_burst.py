@@ -1,8 +1,8 @@
 """A GPU burst: phantoms on every CPU core, a larger MEFN trained with AMP for a fixed wall-clock
 budget, calibrated, weights and card in one folder.
 
-    python pipelines/gpu_burst.py runs/burst                    # 96 phantoms, 8 minutes of training
-    python pipelines/gpu_burst.py runs/burst --minutes 20 --n 160
+    python -m pipelines.gpu_burst runs/burst                    # 96 phantoms, 8 minutes of training
+    python -m pipelines.gpu_burst runs/burst --minutes 20 --n 160
     mefn segment CASE -o out --model runs/burst                 # the weights it wrote
 
 Steps: (1) ``--n`` whole-body phantoms (seeds from ``--seed``, as ``mefn phantoms --layout
@@ -13,7 +13,7 @@ measure the machine's speed, and ``epochs`` is set so the cosine schedule ends w
 with ``configs/train/phantoms_burst.yaml`` (model ``mefn_burst``: 2.5 mm grid, twice
 mefn_small's width, one level deeper; bf16 autocast on CUDA, fp32 on a CPU); (4) on the
 validation split, in model space, the lesion threshold and lesion floor are chosen as
-``train_phantoms.py`` chooses them (without a PET check: no cc3d here) and written into the
+``pipelines.train_phantoms`` chooses them (without a PET check: no cc3d here) and written into the
 card; (5) ``<out>/model.safetensors`` + ``<out>/model.json``, loadable by ``mefn segment
 --model <out>``. Progress goes to stdout as it happens.
 
@@ -43,8 +43,7 @@ if TYPE_CHECKING:
     from mefn.data.cache import CachedCase
     from mefn.training import TrainConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_phantoms import (  # noqa: E402  (pipelines/ on sys.path above)
+from pipelines.train_phantoms import (
     FPV_LIMIT_ML,
     LESION_THRESHOLD_CANDIDATES,
     MIN_LESION_CANDIDATES_ML,

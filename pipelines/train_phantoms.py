@@ -1,12 +1,12 @@
 """Train the bundled default weights on synthetic phantoms, then score them on fresh phantoms.
 
-    python pipelines/train_phantoms.py                       # the whole recipe, about 2 h on 2 cores
-    python pipelines/train_phantoms.py --resume              # continue an interrupted run
-    python pipelines/train_phantoms.py --evaluate-only       # re-score runs/phantoms_small
+    python -m pipelines.train_phantoms                       # the whole recipe, about 2 h on 2 cores
+    python -m pipelines.train_phantoms --resume              # continue an interrupted run
+    python -m pipelines.train_phantoms --evaluate-only       # re-score runs/phantoms_small
 
 Steps: (1) write ``--n`` training phantoms (seeds from ``--seed``) in the nnU-Net layout;
 (2) ``mefn.training.train`` with ``configs/train/phantoms_small.yaml``; (3) on the validation
-split and the simple phantoms of ``eval_simple_phantoms.py``, choose the lesion threshold, the
+split and the simple phantoms of ``pipelines.eval_simple_phantoms``, choose the lesion threshold, the
 PET check (mefn.postprocess.PetCheck), the lesion floor and the review threshold for
 segmentation with test-time mirroring (``--tta``,
 default xyz), all stored in the card so ``mefn segment`` uses what was calibrated; (4) segment
@@ -19,6 +19,7 @@ time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -37,10 +38,8 @@ if TYPE_CHECKING:
     from mefn.io.volume import Volume
     from mefn.training import TrainConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import git_commit, repo_relative  # noqa: E402  (pipelines/ on sys.path above)
+from pipelines._bench import REPO, git_commit, repo_relative
 
-REPO = Path(__file__).resolve().parents[1]
 TEST_SEED0 = 10_000_000  # test phantoms: seeds far from any training seed
 
 
@@ -124,36 +123,44 @@ def evaluate(
     spacing), so the summary says how much of the Dice the model grid leaves reachable.
     """
     from mefn.inference import Predictor
-    from mefn.metrics.autopet import autopet_case_metrics
     from mefn.metrics.lesions import predicted_lesion_errors
+    from mefn.metrics.scoring import score_cases
 
     predictor = Predictor(run_dir, device="cpu", tta_axes=tta_axes)
-    rows = []
-    metrics = []
-    for i in range(n_test):
-        seed = TEST_SEED0 + i
+    seeds = [TEST_SEED0 + i for i in range(n_test)]
+    n_lesions: dict[str, int] = {}  # case id -> lesions painted (the study is not kept)
+
+    def load(seed: int) -> Case:
         study, case = fresh_phantom(seed)
-        pred = predictor.predict(case)
-        ref = (study.label_pet.array > 0).astype(np.uint8)
-        m = autopet_case_metrics(ref, pred.mask, study.pet.geometry.spacing_mm, year=2022)
-        metrics.append(m)
-        u, fp, _ = predicted_lesion_errors(ref, pred.mask, pred.uncertainty)
-        flags = u >= predictor.review_threshold
-        rows.append(
-            {
-                "seed": seed,
-                "lesions": len(study.lesions),
-                **m.to_dict(),
-                "grid_ceiling_dice": grid_ceiling_dice(
-                    study.label_pet, predictor.preprocess.spacing_mm
-                ),
-                "predicted_lesions": len(u),
-                "false_positive_lesions": int(sum(fp)),
-                "flagged_false_positive": int((flags & fp).sum()),
-                "flagged_true": int((flags & ~fp).sum()),
-            }
+        n_lesions[case.case_id] = len(study.lesions)
+        return case
+
+    def lesion_flags(case: Case, pred: Any, label: np.ndarray) -> dict[str, Any]:
+        assert case.label is not None  # fresh phantoms are labelled
+        u, fp, _ = predicted_lesion_errors(
+            (label > 0).astype(np.uint8), pred.mask, pred.uncertainty
         )
-        print(f"[test] {seed}: {m}", flush=True)
+        flags = u >= predictor.review_threshold
+        return {
+            "grid_ceiling_dice": grid_ceiling_dice(case.label, predictor.preprocess.spacing_mm),
+            "predicted_lesions": len(u),
+            "false_positive_lesions": int(sum(fp)),
+            "flagged_false_positive": int((flags & fp).sum()),
+            "flagged_true": int((flags & ~fp).sum()),
+        }
+
+    scores = score_cases(
+        predictor,
+        [functools.partial(load, seed) for seed in seeds],
+        "autopet2022",
+        extra=lesion_flags,
+        progress=lambda i, s: print(f"[test] {seeds[i]}: {s.metrics}", flush=True),
+    )
+    metrics = [s.metrics for s in scores]
+    rows = [
+        {"seed": seed, "lesions": n_lesions[s.case_id], **s.metrics.to_dict(), **s.extra}
+        for seed, s in zip(seeds, scores)
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "test_phantoms.json").write_text(json.dumps(rows, indent=1, default=float))
     with_lesions = [r for r, m in zip(rows, metrics) if m.has_lesions]
@@ -181,7 +188,7 @@ def evaluate(
 
 def reproduce_command(config: str, run: str, init_weights: str | None, tta: str = "xyz") -> str:
     """The command that reproduces a run, with the run its ``init_weights`` come from first."""
-    cmd = "python pipelines/train_phantoms.py"
+    cmd = "python -m pipelines.train_phantoms"
     default = REPO / "configs/train/phantoms_small.yaml"
     if Path(config).resolve() != default.resolve():
         cmd += f" --config {repo_relative(config)} --run {repo_relative(run)}"
@@ -345,6 +352,41 @@ def _mean_scores(metrics: list[Any]) -> dict[str, float]:
     }
 
 
+def _score_settings(
+    predictor: Any,
+    cases: list[Any],
+    settings: list[Setting],
+    lesions: dict[Setting, list[tuple[np.ndarray, np.ndarray]]] | None,
+    names: list[str],
+) -> dict[Setting, dict[str, float]]:
+    """Segment ``cases`` once each (probabilities kept) and score every post-processing
+    setting on them (:func:`_settings_metrics`): the mean AutoPET 2022 scores per setting.
+    A case's prediction is dropped once scored (a whole validation split would not fit)."""
+    from mefn.metrics.scoring import score_cases
+
+    per_case: dict[Setting, list[Any]] = {k: [] for k in settings}
+
+    def every_setting(case: Any, pred: Any, ref: np.ndarray) -> dict[str, Any]:
+        if pred.probabilities is None:  # pragma: no cover - keep_extra keeps them
+            raise RuntimeError(f"{case.case_id}: the prediction kept no probabilities")
+        geo = pred.geometry
+        _settings_metrics(
+            pred.probabilities, ref > 0, pred.uncertainty, pred.suv, geo.spacing_mm,
+            geo.voxel_volume_ml, per_case, lesions,
+        )  # fmt: skip
+        return {}
+
+    score_cases(
+        predictor,
+        cases,
+        None,
+        extra=every_setting,
+        keep_extra=True,
+        progress=lambda i, _s: print(f"[calibrate] {names[i]}: scored", flush=True),
+    )
+    return {key: _mean_scores(metrics) for key, metrics in per_case.items()}
+
+
 def calibrate_postprocessing(
     run_dir: Path,
     cfg: TrainConfig,
@@ -365,8 +407,7 @@ def calibrate_postprocessing(
     (mefn.postprocess.choose_review_threshold).
     """
     from mefn.inference import Predictor
-    from mefn.io.discovery import load_case
-    from mefn.io.geometry import resample_to
+    from mefn.metrics.scoring import case_loaders
     from mefn.postprocess import choose_review_threshold
 
     val = validation_entries(cfg, max_cases)
@@ -388,40 +429,17 @@ def calibrate_postprocessing(
         for name in PET_CHECK_CANDIDATES
         for v in MIN_LESION_CANDIDATES_ML
     ]
-    # per setting: each case's AutoPET metrics and each predicted lesion's (mean u, false?);
-    # a case's prediction is dropped once scored (a whole validation split would not fit)
-    per_case: dict[Setting, list[Any]] = {k: [] for k in settings}
+    # per setting: each predicted lesion's (mean u, false?) on the validation split
     lesions: dict[Setting, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in settings}
-    for entry in val:
-        case = load_case(ct=entry.ct, pet=entry.pet, label=entry.label, case_id=entry.case_id)
-        if case.label is None:
-            raise SystemExit(f"validation case {entry.case_id} has no label")
-        pred = predictor.predict(case, keep_extra=True)
-        assert pred.probabilities is not None
-        ref = resample_to(case.label, pred.geometry, interpolation="nearest").array > 0
-        geo = pred.geometry
-        _settings_metrics(
-            pred.probabilities, ref, pred.uncertainty, pred.suv, geo.spacing_mm,
-            geo.voxel_volume_ml, per_case, lesions,
-        )  # fmt: skip
-        print(f"[calibrate] {entry.case_id}: scored", flush=True)
-    scores = {key: _mean_scores(metrics) for key, metrics in per_case.items()}
+    names = [e.case_id for e in val]
+    scores = _score_settings(predictor, case_loaders(val), settings, lesions, names)
     simple: dict[Setting, dict[str, float]] | None = None
     if simple_phantoms:
-        from eval_simple_phantoms import PHANTOMS, image
+        from pipelines.eval_simple_phantoms import PHANTOMS, phantom_case
 
-        simple_cases: dict[Setting, list[Any]] = {k: [] for k in settings}
-        for name, kind, scan, paint in PHANTOMS:
-            case, label = image(kind, scan, **paint)
-            pred = predictor.predict(case, keep_extra=True)
-            assert pred.probabilities is not None
-            geo = pred.geometry
-            _settings_metrics(
-                pred.probabilities, label > 0, pred.uncertainty, pred.suv, geo.spacing_mm,
-                geo.voxel_volume_ml, simple_cases, None,
-            )  # fmt: skip
-            print(f"[calibrate] simple phantom {name}: scored", flush=True)
-        simple = {key: _mean_scores(metrics) for key, metrics in simple_cases.items()}
+        phantoms = [functools.partial(phantom_case, *p[1:]) for p in PHANTOMS]
+        names = [f"simple phantom {p[0]}" for p in PHANTOMS]
+        simple = _score_settings(predictor, phantoms, settings, None, names)
     for key in settings:
         extra = f"; simple phantoms {simple[key]}" if simple else ""
         print(f"[calibrate] threshold, PET check, floor {key}: {scores[key]}{extra}", flush=True)

@@ -194,10 +194,18 @@ def tiny_phantom_config(folder: Path) -> Path:
 
 
 def load_pipeline(script: Path) -> ModuleType:
-    """A ``pipelines/`` script imported as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"mefn_pipeline_{script.stem}", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """``pipelines/<name>.py`` imported as ``pipelines.<name>``, as ``python -m`` runs it.
+
+    The repository root is not on pytest's path (only ``tests/`` is), so the ``pipelines``
+    package is registered from the folder beside ``script`` first; its scripts then import
+    their siblings (``from pipelines import _bench``) as they do when run."""
+    folder = Path(script).resolve().parent
+    if "pipelines" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "pipelines", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec is not None and spec.loader is not None
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["pipelines"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"pipelines.{Path(script).stem}")

@@ -135,7 +135,7 @@ def test_report_table_and_doc_section(bench, tmp_path: Path) -> None:
         "python": "3.11",
         "date_utc": "today",
     }
-    results["command"] = "python pipelines/adapter_benchmark.py --steps 60"
+    results["command"] = "python -m pipelines.adapter_benchmark --steps 60"
     text = bench.render_report(results)
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert table[0] == (
@@ -146,7 +146,7 @@ def test_report_table_and_doc_section(bench, tmp_path: Path) -> None:
     # dora failed at 5 cases and has not run at 10 yet (a report written part-way)
     assert table[-1].startswith("| dora |") and table[-1].endswith("| failed | not run |")
     assert "- met: an adapter within 0.02 DSCagg" in text and "dora failed: child failed" in text
-    assert "`python pipelines/adapter_benchmark.py --steps 60`" in text
+    assert "`python -m pipelines.adapter_benchmark --steps 60`" in text
     doc = tmp_path / "adapters.md"
     doc.write_text("# Adapters\n\n## Benchmark\n\nHand-written text.\n")
     bench.write_doc(doc, text)
@@ -164,7 +164,10 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     argv = ["--base", str(weights), "--out", str(out), "--doc", str(doc), "--types", "lowbit"]
     argv += ["full", "--cases", "2", "--steps", "2", "--val-cases", "2", "--patch", "32"]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "pipelines.adapter_benchmark", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| lowbit | " in proc.stdout and "target " in proc.stdout
@@ -188,6 +191,9 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     assert table[0].endswith("| DSCagg n=2 |") and len(table) == 3  # header, two rows
     # a second invocation finds both runs done and only rewrites the report
     again = subprocess.run(
-        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "pipelines.adapter_benchmark", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert again.returncode == 0 and again.stdout.count("done already") == 2

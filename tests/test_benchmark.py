@@ -14,6 +14,7 @@ from support import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pipelines" / "benchmark.py"
+MODULE = "pipelines.benchmark"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_doc_keeps_hand_written_text(bench, tmp_path):
     }
     quality = _quality(0.6, 0.5, 0.9, 0.01)
     quality.update(
-        command="python pipelines/benchmark.py --quality",
+        command="python -m pipelines.benchmark --quality",
         load_before=2.0,
         load_after=2.1,
         budget={
@@ -140,16 +141,28 @@ def test_doc_keeps_hand_written_text(bench, tmp_path):
 
 def test_child_peak_memory_is_its_own(bench, tmp_path):
     # A child of a big parent must not report the parent's size (ru_maxrss would).
-    code = (
-        "import importlib.util, sys; "
-        f"s = importlib.util.spec_from_file_location('b', {str(SCRIPT)!r}); "
-        "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
-        "print(m.peak_rss_kib())"
-    )
+    code = "import pipelines.benchmark as m; print(m.peak_rss_kib())"
     ballast = np.ones(300 * 1024 * 1024 // 8)  # 300 MiB, written so it is resident
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     del ballast
     assert int(out.stdout.strip()) < 250 * 1024  # numpy import only: well under 300 MiB
+
+
+def test_tiles_are_counted_on_the_predictors_own_window(bench):
+    """A stand-in network counts the tiles of the sliding window the Predictor would run."""
+    from types import SimpleNamespace
+
+    predictor = SimpleNamespace(
+        net=SimpleNamespace(size_divisor=4), roi=(32, 32, 32), overlap=0.25, sw_batch_size=2
+    )
+    # 68 x 68 x 82 voxels (the tiny run's grid), 32^3 windows at 24-voxel steps
+    counted = bench.count_tiles(predictor, (68, 68, 82))
+    assert counted.tiles == 3 * 3 * 4 and counted.tile_shape == [32, 32, 32]
+    # a grid smaller than the window along z: padded to the divisor, one window there
+    small = bench.count_tiles(predictor, (40, 33, 10))
+    assert small.tiles == 2 * 2 * 1 and small.tile_shape == [32, 32, 12]
 
 
 @pytest.mark.slow
@@ -163,7 +176,7 @@ def test_tiny_run_of_both_sections(tmp_path):
     quality += ["--ablation-test-cases", "1", "--mc-test-cases", "1", "--steps", "2"]
     quality += ["--batch", "1", "--val-cases", "1"]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *common, *inference, *quality],
+        [sys.executable, "-m", MODULE, *common, *inference, *quality],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -175,6 +188,11 @@ def test_tiny_run_of_both_sections(tmp_path):
     assert set(rows) == {"mefn_small", "dynunet_small", "dynunet_mcdropout_small"}
     # 816 x 816 x 978 mm at 12 mm: 68 x 68 x 82 voxels, 32^3 windows at 24-voxel steps
     assert all(r["tiles"] == 3 * 3 * 4 for r in rows.values())
+    # the stages come from Prediction.timings, within the time of the whole predict
+    for r in rows.values():
+        assert {"resample", "network", "to_output_grid", "lesion_table"} <= set(r["timings"])
+        assert r["net_seconds"] == r["timings"]["network"] > 0
+        assert sum(r["timings"].values()) <= r["seconds"] * 1.05
     assert all(r["weights"] == "trained" for r in rows.values())  # quality ran first
     assert all(0 < r["peak_rss_gib"] < 4 for r in rows.values())
     # ten dropout passes: ten times the FLOPs of the plain DynUNet
@@ -196,7 +214,7 @@ def test_tiny_run_of_both_sections(tmp_path):
     assert "MEFN time / DynUNet time" in proc.stdout
     # a second run finds every model trained and scored, and only rewrites the doc
     again = subprocess.run(
-        [sys.executable, str(SCRIPT), *common, *quality],
+        [sys.executable, "-m", MODULE, *common, *quality],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -279,7 +297,7 @@ def test_budget_flags_must_be_positive(bench, capsys, flag, value, message):
 
 def test_no_section_is_a_usage_error():
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-m", MODULE], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert proc.returncode == 2
     assert "choose at least one of --inference, --quality, --report" in proc.stderr

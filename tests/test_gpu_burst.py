@@ -59,11 +59,11 @@ def test_small_components_and_thresholds(burst):
 
 @pytest.mark.slow  # a fresh interpreter importing torch and MONAI: about 10-20 s on two cores
 def test_burst_path_imports_without_simpleitk_nibabel_cc3d(tmp_path):
-    script = str(BURST)
     code = (
         "import runpy, sys; sys.argv = ['gpu_burst.py', '--help'];\n"
         "import mefn.training, mefn.data.phantom_cache, mefn.model.sliding_window\n"
-        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "try:\n    runpy.run_module('pipelines.gpu_burst', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
         "try:\n    import mefn.inference\nexcept ImportError as exc:\n    print('inference:', exc)\n"
     )
     proc = subprocess.run(
@@ -89,8 +89,8 @@ def test_burst_end_to_end_on_the_cpu_then_segment(tmp_path):
     )
     out = tmp_path / "burst"
     proc = subprocess.run(
-        [sys.executable, str(BURST), str(out), "--config", str(tmp_path / "burst.yaml"),
-         "--n", "3", "--workers", "2", "--minutes", "1", "--small", "--device", "cpu"],
+        [sys.executable, "-m", "pipelines.gpu_burst", str(out),
+         "--config", str(tmp_path / "burst.yaml"), "--n", "3", "--workers", "2", "--minutes", "1", "--small", "--device", "cpu"],
         capture_output=True, text=True, env=_without(tmp_path), cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

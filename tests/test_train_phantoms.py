@@ -49,7 +49,7 @@ def test_grid_ceiling_of_an_empty_label_is_nan(tp: ModuleType) -> None:
 def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
     default = str(REPO / "configs/train/phantoms_small.yaml")
     assert tp.reproduce_command(default, str(REPO / "runs/x"), None) == (
-        "python pipelines/train_phantoms.py"
+        "python -m pipelines.train_phantoms"
     )
     cmd = tp.reproduce_command(
         str(REPO / "configs/train/phantoms_small_stage2.yaml"),
@@ -57,13 +57,13 @@ def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
         "runs/phantoms_small/model.safetensors",
     )
     assert cmd == (
-        "(after the run that wrote runs/phantoms_small/model.safetensors) python "
-        "pipelines/train_phantoms.py --config configs/train/phantoms_small_stage2.yaml "
+        "(after the run that wrote runs/phantoms_small/model.safetensors) python -m "
+        "pipelines.train_phantoms --config configs/train/phantoms_small_stage2.yaml "
         "--run runs/phantoms_stage2"
     )
     # a mirroring other than the default is part of the recipe
     assert tp.reproduce_command(default, str(REPO / "runs/x"), None, "none") == (
-        "python pipelines/train_phantoms.py --tta none"
+        "python -m pipelines.train_phantoms --tta none"
     )
 
 
