@@ -1,6 +1,6 @@
 """Segment the real sarcoma FDG PET/CT studies (TCIA Soft-tissue-Sarcoma crops) and score them.
 
-    python pipelines/eval_sts.py [--data ../shared/data/sts] [--model default] [--adapter DIR]
+    python -m pipelines.eval_sts [--data ../shared/data/sts] [--model default] [--adapter DIR]
                                  [--cases STS_001,STS_004] [--tta none] [-o runs/sts]
 
 ``--data`` is the folder of cases (``<case>/CT/image.nii.gz``, ``CT/mask.nii.gz``,
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from pipelines._bench import REPO
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sts"
 FOUND_DICE = 0.3
 

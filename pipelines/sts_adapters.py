@@ -1,9 +1,9 @@
 """Which adapter adapts MEFN to real sarcoma PET/CT: every type, cross-validated by patient.
 
-    python pipelines/sts_adapters.py --stage screen        # every type on fold 0
-    python pipelines/sts_adapters.py --stage folds         # all 5 folds: full, scratch, 3 best
-    python pipelines/sts_adapters.py --report              # rewrite the table from the results
-    python pipelines/sts_adapters.py --stage screen --types compacter full --steps 100
+    python -m pipelines.sts_adapters --stage screen      # every type on fold 0
+    python -m pipelines.sts_adapters --stage folds       # all 5 folds: full, scratch, 3 best
+    python -m pipelines.sts_adapters --report            # rewrite the table from the results
+    python -m pipelines.sts_adapters --stage screen --types compacter full --steps 100
 
 Data: the 25 real FDG PET/CT crops of ``../shared/data/sts`` (TCIA Soft-tissue-Sarcoma,
 Vallieres et al. 2015, DOI 10.7937/K9/TCIA.2015.7GO2GSKS, CC BY 3.0; IBSI crops), split by
@@ -45,10 +45,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402  (pipelines/ on sys.path above)
+from pipelines import _bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = _bench.REPO
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sts"
 DEFAULT_OUT = REPO / "campaigns" / "sts_adapters"
 DEFAULT_DOC = REPO / "docs" / "adapters.md"
@@ -188,8 +187,6 @@ def describe(run_dir: Path, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 def evaluate(run_dir: Path, kind: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Dice of each held-out case on its CT grid (``eval_sts.score_case``), one pass (no
     test-time mirroring), the card's other post-processing."""
-    import eval_sts
-
     from mefn.data.datasets import load_folds
     from mefn.inference import Predictor
 
@@ -205,7 +202,9 @@ def evaluate(run_dir: Path, kind: str, spec: dict[str, Any]) -> list[dict[str, A
         )
     held_out = load_folds(FOLDS)[int(spec["fold"])]
     data = Path(spec["data"])
-    return [eval_sts.score_case(predictor, data / case) for case in held_out]
+    from pipelines.eval_sts import score_case
+
+    return [score_case(predictor, data / case) for case in held_out]
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,8 +239,8 @@ def run_one(out: Path, kind: str, fold: int, spec: dict[str, Any]) -> dict[str, 
         log(f"{kind} fold {fold}: saved with another step budget; run again")
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"{kind} fold {fold}: {'scoring' if kind == FROZEN else 'training'} ...")
-    result = _bench.run_child(
-        Path(__file__).resolve(),
+    result = _bench.run_module_child(
+        "pipelines.sts_adapters",
         CHILD_FLAG,
         RESULT_TAG,
         {**spec, "kind": kind, "fold": fold, "run_dir": str(run_dir)},
@@ -289,6 +288,19 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _budgets(results: dict[str, Any]) -> str:
+    """The step budgets of the runs in the table (one number when they agree)."""
+    found = sorted(
+        {
+            int(r.get("steps_budget") or r.get("steps") or 0)
+            for folds in results.values()
+            for r in folds.values()
+        }
+        - {0}
+    )
+    return "/".join(str(b) for b in found) or "no"
+
+
 def render_report(results: dict[str, Any], spec: dict[str, Any], command: str) -> str:
     base = int(spec["base_parameters"])
     lines = [
@@ -300,7 +312,7 @@ def render_report(results: dict[str, Any], spec: dict[str, Any], command: str) -
         "Machine: {cpu} ({cores} cores, torch CPU capability {cpu_capability}), torch {torch}, "
         "mefn {mefn} (commit {commit}), {date_utc}.  ".format(**_bench.machine_info()),
         f"Base: `{Path(spec['base_weights']).name}` ({base:,} parameters). Budget per run: "
-        f"{spec['steps']} steps of 2 patches of 48^3 voxels at 4 mm, seed 0, "
+        f"{_budgets(results)} steps of 2 patches of 48^3 voxels at 4 mm, seed 0, "
         f"{spec['threads']} thread(s). Data: 25 real FDG PET/CT crops (TCIA Soft-tissue-Sarcoma, "
         "Vallieres et al. 2015, CC BY 3.0), fixed folds `configs/datasets/sts_folds.yaml`, 5 "
         "held-out cases per fold, Dice on the CT grid against `CT/mask.nii.gz`. Plain SUV >= 2.5 "
@@ -389,9 +401,7 @@ def _write(args: argparse.Namespace, results: dict[str, Any], spec: dict[str, An
 
 
 def _command() -> str:
-    return "python pipelines/sts_adapters.py " + " ".join(
-        a for a in sys.argv[1:] if not a.startswith(CHILD_FLAG)
-    )
+    return _bench.command_line("pipelines.sts_adapters")
 
 
 if __name__ == "__main__":
