@@ -12,7 +12,7 @@ else
 PYTEST_MARK := -m "not slow"
 endif
 
-.PHONY: venv demo test test-all lint typecheck format clean
+.PHONY: venv demo notebook test test-all lint typecheck format clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@$(PY) -m mefn.demo --out $(DEMO_DIR)
+	@$(VENV)/bin/mefn demo --out $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mefn pipelines tests
@@ -46,6 +46,17 @@ test-all: lint typecheck
 format: $(STAMP)
 	$(VENV)/bin/ruff format mefn pipelines tests
 	$(VENV)/bin/ruff check --fix mefn pipelines tests
+
+# The review notebook opened in JupyterLab on the demo's outputs (`make demo` first when they
+# are missing); JupyterLab is the optional extra `notebook`, installed into .venv on first use.
+NOTEBOOK := notebooks/review_uncertainty.ipynb
+notebook: $(STAMP)
+	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet -e ".[notebook]"
+	@test -f $(DEMO_DIR)/segmentation/demo_mask.nii.gz || $(MAKE) demo
+	MEFN_REVIEW_CASE=$(abspath $(DEMO_DIR))/input/demo_0000.nii.gz \
+	MEFN_REVIEW_OUTPUTS=$(abspath $(DEMO_DIR))/segmentation \
+	MEFN_REVIEW_REFERENCE=$(abspath $(DEMO_DIR))/input/demo_reference_mask.nii.gz \
+	$(VENV)/bin/jupyter lab $(NOTEBOOK)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

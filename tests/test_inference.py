@@ -154,3 +154,95 @@ def test_hot_spot_listing_comes_from_the_card_and_can_be_overridden(tmp_path) ->
     card_path.write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="card's hot_spots .* not a valid hot-spot check"):
         Predictor(weights, device="cpu")
+
+
+STAGES = (
+    "resample",
+    "network",
+    "to_output_grid",
+    "mask",
+    "suv",
+    "pet_check",
+    "lesion_floor",
+    "lesion_table",
+    "hot_spots",
+)
+
+
+def _tiny_case(tmp_path):
+    from support import ct_pet_pair
+
+    from mefn.io.discovery import load_case
+    from mefn.io.sitk_bridge import write_volume
+
+    ct, pet = ct_pet_pair()
+    write_volume(ct, tmp_path / "t_0000.nii.gz")
+    write_volume(pet, tmp_path / "t_0001.nii.gz")
+    return load_case(tmp_path / "t_0000.nii.gz")
+
+
+def test_predict_times_every_stage_and_reports_them(tmp_path) -> None:
+    case = _tiny_case(tmp_path)
+    predictor = Predictor(make_tiny_weights(tmp_path), device="cpu", pet_check={"min_suv": 1.0})
+    prediction = predictor.predict(case)
+    timings = prediction.timings
+    assert tuple(timings) == STAGES
+    assert all(isinstance(s, float) and s >= 0.0 for s in timings.values())
+    # the stages are disjoint parts of predict: together no longer than the whole
+    assert sum(timings.values()) <= prediction.seconds + 0.01
+    assert timings["network"] > 0.0
+    report = prediction.report(case)
+    assert report["timings"] == {k: round(v, 3) for k, v in timings.items()}
+
+
+def test_predict_looks_up_its_stages_where_the_benchmark_times_them(tmp_path, monkeypatch) -> None:
+    """pipelines/benchmark.py wraps mefn.inference.resample_case and .lesion_table and
+    mefn.data.preprocess.to_output_grid: predict must call those very names."""
+    import mefn.data.preprocess as preprocess_module
+    import mefn.inference as inference_module
+
+    calls: dict[str, int] = {}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*a, **k)
+
+        return wrapper
+
+    for module, name in (
+        (inference_module, "resample_case"),
+        (inference_module, "lesion_table"),
+        (preprocess_module, "to_output_grid"),
+    ):
+        monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    Predictor(make_tiny_weights(tmp_path), device="cpu").predict(_tiny_case(tmp_path))
+    # to_output_grid: the probabilities, then the uncertainty
+    assert calls == {"resample_case": 1, "to_output_grid": 2, "lesion_table": 1}
+
+
+def test_names_moved_out_of_inference_still_import_from_it() -> None:
+    import mefn.inference as inference_module
+    from mefn import outputs, registry
+
+    used_elsewhere = {  # every name imported from mefn.inference in mefn/, pipelines/, tests/
+        "Prediction",
+        "Predictor",
+        "list_adapters",
+        "list_models",
+        "output_paths",
+        "parse_tta_axes",
+        "resolve_weights",
+        "save_prediction",
+        "sliding_window_predict",
+    }
+    moved = {"resolve_adapter", "adapter_card", "WEIGHTS_DIR", "ADAPTERS_DIR", "resolve_pet_check"}
+    assert used_elsewhere | moved <= set(inference_module.__all__)
+    assert all(hasattr(inference_module, name) for name in inference_module.__all__)
+    n_moved = 0
+    for name in inference_module.__all__:
+        for module in (registry, outputs):
+            if name in module.__all__:  # the same object, not a copy
+                assert getattr(inference_module, name) is getattr(module, name), name
+                n_moved += 1
+    assert n_moved == 13

@@ -32,6 +32,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "train",
     "finetune",
     "review",
+    "demo",
 )
 
 

@@ -28,10 +28,19 @@ def add_parser(sub: Any) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="case files or folders")
-    p.add_argument("--ct", help="CT image (with --pet)")
-    p.add_argument("--pet", help="PET image in SUV or a PET DICOM series (with --ct)")
-    p.add_argument(
+    _add_io_arguments(p.add_argument_group("inputs and outputs"))
+    _add_model_arguments(p.add_argument_group("model"))
+    _add_postprocess_arguments(p.add_argument_group("post-processing"))
+    _add_hot_spot_arguments(p.add_argument_group("hot spots (PET uptake the mask leaves out)"))
+    _add_performance_arguments(p.add_argument_group("performance"))
+    p.set_defaults(func=run)
+
+
+def _add_io_arguments(g: Any) -> None:
+    g.add_argument("inputs", nargs="*", metavar="INPUT", help="case files or folders")
+    g.add_argument("--ct", help="CT image (with --pet)")
+    g.add_argument("--pet", help="PET image in SUV or a PET DICOM series (with --ct)")
+    g.add_argument(
         "--pet-series",
         metavar="UID|DESCRIPTION",
         help="the PET series to use when a DICOM study holds several: its SeriesInstanceUID, "
@@ -39,128 +48,38 @@ def add_parser(sub: Any) -> None:
         "use over several studies); default: the attenuation-corrected series (CorrectedImage "
         "lists ATTN), then the one with most slices",
     )
-    p.add_argument(
+    g.add_argument(
         "-o", "--output", default="mefn_output", help="output folder (default %(default)s)"
     )
-    p.add_argument(
-        "--model",
-        default="default",
-        help="bundled weights name, .safetensors file or training folder",
-    )
-    p.add_argument(
-        "--adapter",
-        help="adapter folder from `mefn finetune`, or a bundled adapter name (--list-models), "
-        "applied to the model",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument(
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g.add_argument(
         "--extra",
         action="store_true",
         help="also write class probabilities and the CT and PET opinions' uncertainty",
     )
-    p.add_argument(
+    g.add_argument(
         "--dicom",
         action="store_true",
         help="also write <case>_seg.dcm (DICOM SEG of the mask) and <case>_uncertainty_pm.dcm "
         "(DICOM Parametric Map of the uncertainty), referencing the CT series; DICOM input only",
     )
-    p.add_argument("--sw-batch-size", type=int, default=1, help="tiles per forward pass")
-    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, in [0, 1)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and SimpleITK)")
-    p.add_argument(
-        "--review-threshold",
-        type=float,
-        default=None,
-        help="flag lesions whose mean uncertainty reaches this (default: the threshold "
-        "calibrated for the weights, in their card; 0.3 if the card has none)",
+
+
+def _add_model_arguments(g: Any) -> None:
+    g.add_argument(
+        "--model",
+        default="default",
+        help="bundled weights name, .safetensors file or training folder",
     )
-    p.add_argument(
-        "--min-lesion-ml",
-        type=float,
-        default=None,
-        help="drop predicted lesions smaller than this (default: the value chosen for the "
-        "weights, in their card; 0 if the card has none)",
+    g.add_argument(
+        "--adapter",
+        help="adapter folder from `mefn finetune`, or a bundled adapter name (--list-models), "
+        "applied to the model",
     )
-    p.add_argument(
-        "--lesion-threshold",
-        type=float,
-        default=None,
-        metavar="P",
-        help="a voxel is lesion when its probability of not being background reaches P "
-        "(default: the threshold chosen for the weights, in their card; the argmax if the "
-        "card has none; lower finds more and larger lesions, and more false positives)",
+    g.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)"
     )
-    p.add_argument(
-        "--min-lesion-suv",
-        type=float,
-        default=None,
-        metavar="SUV",
-        help="drop predicted lesions whose SUVmax is below this (0: no check; default: the "
-        "weights' card)",
-    )
-    p.add_argument(
-        "--min-lesion-contrast",
-        type=float,
-        default=None,
-        metavar="C",
-        help="drop predicted lesions whose SUVmax is below C times the median SUV 4-12 mm "
-        "around them (beyond the growth zone with --pet-refine; 0: no check; default: the "
-        "weights' card)",
-    )
-    p.add_argument(
-        "--pet-refine",
-        default=None,
-        metavar="F",
-        help="redraw each lesion on the PET: the voxels near it above background + F x "
-        "(SUVmax - background), holes filled (none: the network's outline; default: the "
-        "weights' card)",
-    )
-    p.add_argument(
-        "--pet-refine-mm",
-        type=float,
-        default=None,
-        metavar="MM",
-        help="how far --pet-refine may grow a lesion beyond the network's outline (default: "
-        "the weights' card, else 8)",
-    )
-    p.add_argument(
-        "--hot-spot-suv",
-        type=float,
-        default=None,
-        metavar="SUV",
-        help="list PET hot spots the mask does not touch: regions with SUV >= this (default: "
-        "the weights' card, else 2.5)",
-    )
-    p.add_argument(
-        "--hot-spot-contrast",
-        type=float,
-        default=None,
-        metavar="C",
-        help="... whose SUVmax reaches C times the median SUV 4-12 mm around them (default: "
-        "the weights' card, else 2)",
-    )
-    p.add_argument(
-        "--hot-spot-ml",
-        type=float,
-        default=None,
-        metavar="ML",
-        help="... and that hold at least ML millilitres (default: the weights' card, else 0.2)",
-    )
-    p.add_argument(
-        "--hot-spot-covered",
-        type=float,
-        default=None,
-        metavar="F",
-        help="... of which the mask covers less than this fraction (0: only regions the mask "
-        "does not touch; default: the weights' card, else 0.5)",
-    )
-    p.add_argument(
-        "--no-hot-spots", action="store_true", help="do not look for hot spots outside the mask"
-    )
-    p.add_argument(
+    g.add_argument(
         "--tta",
         nargs="?",
         const="xyz",
@@ -172,10 +91,111 @@ def add_parser(sub: Any) -> None:
         "the setting in the weights' card, which their lesion threshold, lesion floor and "
         "review threshold were calibrated with)",
     )
-    p.add_argument(
+    g.add_argument(
         "--list-models", action="store_true", help="list bundled weights and adapters and exit"
     )
-    p.set_defaults(func=run)
+
+
+def _add_postprocess_arguments(g: Any) -> None:
+    g.add_argument(
+        "--review-threshold",
+        type=float,
+        default=None,
+        help="flag lesions whose mean uncertainty reaches this (default: the threshold "
+        "calibrated for the weights, in their card; 0.3 if the card has none)",
+    )
+    g.add_argument(
+        "--min-lesion-ml",
+        type=float,
+        default=None,
+        help="drop predicted lesions smaller than this (default: the value chosen for the "
+        "weights, in their card; 0 if the card has none)",
+    )
+    g.add_argument(
+        "--lesion-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="a voxel is lesion when its probability of not being background reaches P "
+        "(default: the threshold chosen for the weights, in their card; the argmax if the "
+        "card has none; lower finds more and larger lesions, and more false positives)",
+    )
+    g.add_argument(
+        "--min-lesion-suv",
+        type=float,
+        default=None,
+        metavar="SUV",
+        help="drop predicted lesions whose SUVmax is below this (0: no check; default: the "
+        "weights' card)",
+    )
+    g.add_argument(
+        "--min-lesion-contrast",
+        type=float,
+        default=None,
+        metavar="C",
+        help="drop predicted lesions whose SUVmax is below C times the median SUV 4-12 mm "
+        "around them (beyond the growth zone with --pet-refine; 0: no check; default: the "
+        "weights' card)",
+    )
+    g.add_argument(
+        "--pet-refine",
+        default=None,
+        metavar="F",
+        help="redraw each lesion on the PET: the voxels near it above background + F x "
+        "(SUVmax - background), holes filled (none: the network's outline; default: the "
+        "weights' card)",
+    )
+    g.add_argument(
+        "--pet-refine-mm",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="how far --pet-refine may grow a lesion beyond the network's outline (default: "
+        "the weights' card, else 8)",
+    )
+
+
+def _add_hot_spot_arguments(g: Any) -> None:
+    g.add_argument(
+        "--hot-spot-suv",
+        type=float,
+        default=None,
+        metavar="SUV",
+        help="list PET hot spots the mask does not touch: regions with SUV >= this (default: "
+        "the weights' card, else 2.5)",
+    )
+    g.add_argument(
+        "--hot-spot-contrast",
+        type=float,
+        default=None,
+        metavar="C",
+        help="... whose SUVmax reaches C times the median SUV 4-12 mm around them (default: "
+        "the weights' card, else 2)",
+    )
+    g.add_argument(
+        "--hot-spot-ml",
+        type=float,
+        default=None,
+        metavar="ML",
+        help="... and that hold at least ML millilitres (default: the weights' card, else 0.2)",
+    )
+    g.add_argument(
+        "--hot-spot-covered",
+        type=float,
+        default=None,
+        metavar="F",
+        help="... of which the mask covers less than this fraction (0: only regions the mask "
+        "does not touch; default: the weights' card, else 0.5)",
+    )
+    g.add_argument(
+        "--no-hot-spots", action="store_true", help="do not look for hot spots outside the mask"
+    )
+
+
+def _add_performance_arguments(g: Any) -> None:
+    g.add_argument("--sw-batch-size", type=int, default=1, help="tiles per forward pass")
+    g.add_argument("--overlap", type=float, default=None, help="sliding-window overlap, in [0, 1)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (torch and SimpleITK)")
 
 
 def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
@@ -285,35 +305,65 @@ def pet_check_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mefn.errors import InputError, MefnError, one_line
+    """Check the flags, resolve the inputs, build the predictor, segment every case, then
+    the summary and the cohort tables; each step fails before the next one writes."""
     from mefn.inference import parse_tta_axes
 
     tta_axes = None if args.tta is None else parse_tta_axes(args.tta)
-
     if args.list_models:
-        from mefn.inference import list_adapters, list_models
-
-        for name in list_models():
-            print(name)
-        for name in list_adapters():
-            print(f"{name} (adapter: --adapter {name})")
+        _print_models()
         return 0
+    pet_overrides, spot_overrides = _check_flags(args)
+    from mefn.fileutil import check_writable_dir
+    from mefn.io.discovery import load_case
+
+    jobs = _resolve_inputs(args)  # every input before any weights load: bad paths fail fast
+    # One case: read and check it first, so a case that cannot be segmented (a PET without
+    # uptake, no overlap...) fails with its own exit code and leaves nothing behind.
+    first_case = load_case(files=jobs[0]) if len(jobs) == 1 else None
+    outdir = check_writable_dir(args.output)  # created once the inputs are known to exist
+    # torchrun: each process takes its share of the cases, each case written once.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    jobs = jobs[rank::world]
+    if not args.overwrite:
+        _refuse_existing_outputs(jobs, outdir, args)
+    predictor = _build_predictor(args, tta_axes, pet_overrides, spot_overrides, world)
+    failures = _segment_cases(predictor, jobs, first_case, outdir, args)
+    return _finish(len(jobs), failures, outdir, args.quiet)
+
+
+def _print_models() -> None:
+    """``--list-models``: the bundled weights, then the bundled adapters."""
+    from mefn.inference import list_adapters, list_models
+
+    for name in list_models():
+        print(name)
+    for name in list_adapters():
+        print(f"{name} (adapter: --adapter {name})")
+
+
+def _check_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The flags that need no file, checked before any output folder is made: (PET-check
+    overrides, hot-spot overrides)."""
+    from mefn.errors import InputError
+    from mefn.postprocess import check_lesion_threshold
+
     if (args.ct is None) != (args.pet is None):
         raise InputError("--ct and --pet go together; give both or neither")
     if not args.inputs and not (args.ct and args.pet):
         raise InputError("no input given: pass INPUT paths, or --ct CT --pet PET")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
-    from mefn.postprocess import check_lesion_threshold
+    check_lesion_threshold(args.lesion_threshold)
+    return pet_check_overrides(args), hot_spot_overrides(args)
 
-    check_lesion_threshold(args.lesion_threshold)  # before any output folder is made
-    pet_overrides = pet_check_overrides(args)  # checked here too
-    spot_overrides = hot_spot_overrides(args)
 
-    from mefn.fileutil import check_writable_dir
-    from mefn.io.discovery import find_case_files, find_cases, load_case
+def _resolve_inputs(args: argparse.Namespace) -> list[Any]:
+    """The cases' files (:class:`mefn.io.discovery.CaseFiles`) of --ct/--pet and of every
+    INPUT (a folder of many cases gives them all); with --dicom, each must be DICOM."""
+    from mefn.errors import InputError
+    from mefn.io.discovery import find_case_files, find_cases
 
-    # Resolve every input before loading any weights: bad paths fail fast.
     jobs: list[Any] = []
     if args.ct:
         jobs.append(find_case_files(None, ct=args.ct, pet=args.pet, pet_series=args.pet_series))
@@ -330,36 +380,44 @@ def run(args: argparse.Namespace) -> int:
             if not many:
                 raise
             jobs.extend(many)
-
     if args.dicom:  # DICOM outputs reference the CT series: refuse other inputs now
         from mefn.io.dicom_export import require_dicom_ct
 
         for job in jobs:
             require_dicom_ct(job)
+    return jobs
 
-    # One case: read and check it first, so a case that cannot be segmented (a PET without
-    # uptake, no overlap...) fails with its own exit code and leaves nothing behind.
-    first_case = load_case(files=jobs[0]) if len(jobs) == 1 else None
-    outdir = check_writable_dir(args.output)  # created once the inputs are known to exist
-    # torchrun: each process takes its share of the cases, each case written once.
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    jobs = jobs[rank::world]
 
-    from mefn.inference import Predictor, output_paths, save_prediction
+def _refuse_existing_outputs(jobs: list[Any], outdir: Path, args: argparse.Namespace) -> None:
+    """Without --overwrite, an output of any case already there stops the run before the
+    weights load."""
+    from mefn.errors import InputError
+    from mefn.inference import output_paths
 
-    if not args.overwrite:
-        for job in jobs:
-            paths = output_paths(outdir, job.case_id, extra=args.extra, dicom=args.dicom)
-            for p in paths.values():
-                if p.exists():
-                    raise InputError(
-                        f"{p} already exists; pass --overwrite to replace it or choose another -o"
-                    )
+    for job in jobs:
+        paths = output_paths(outdir, job.case_id, extra=args.extra, dicom=args.dicom)
+        for p in paths.values():
+            if p.exists():
+                raise InputError(
+                    f"{p} already exists; pass --overwrite to replace it or choose another -o"
+                )
+
+
+def _build_predictor(
+    args: argparse.Namespace,
+    tta_axes: tuple[int, ...] | None,
+    pet_overrides: dict[str, Any],
+    spot_overrides: dict[str, Any],
+    world: int,
+) -> Any:
+    """The :class:`mefn.inference.Predictor` of the flags (under torchrun, ``--device cuda``
+    is each process's own GPU)."""
+    from mefn.inference import Predictor
 
     device = args.device
     if device == "cuda" and world > 1:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    predictor = Predictor(
+    return Predictor(
         args.model,
         adapter=args.adapter,
         device=device,
@@ -374,14 +432,22 @@ def run(args: argparse.Namespace) -> int:
         hot_spots=spot_overrides,
     )
 
+
+def _segment_cases(
+    predictor: Any, jobs: list[Any], first_case: Any, outdir: Path, args: argparse.Namespace
+) -> list[tuple[str, str]]:
+    """Segment and save every case, the next one loading in a background thread meanwhile;
+    a case that fails is reported and skipped. Returns the failures: (case, message)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from tqdm import tqdm
 
+    from mefn.errors import MefnError, one_line
+    from mefn.inference import save_prediction
+    from mefn.io.discovery import load_case
+
     failures: list[tuple[str, str]] = []
-    quiet = args.quiet
-    show_bar = sys.stderr.isatty() and not quiet and len(jobs) > 1
-    # Load the next case in a background thread while the current one is segmented.
+    show_bar = sys.stderr.isatty() and not args.quiet and len(jobs) > 1
     with ThreadPoolExecutor(max_workers=1) as pool:
         # one pending load at a time; each result is dropped after use, so a cohort of
         # thousands of cases never holds more than two in memory
@@ -413,21 +479,33 @@ def run(args: argparse.Namespace) -> int:
                 failures.append((job.case_id, one_line(exc)))
                 print(f"mefn segment: error: {job.case_id}: {failures[-1][1]}", file=sys.stderr)
                 continue
-            table = prediction.lesions
-            if not quiet:
-                print(
-                    f"{case.case_id}: {len(table.lesions)} lesion(s), MTV {table.mtv_ml:.2f} mL, "
-                    f"TLG {table.tlg:.1f}, {table.n_review} flagged for review, "
-                    f"{len(prediction.hot_spots)} hot spot(s) outside the mask, "
-                    f"{prediction.seconds:.1f} s -> {paths['mask']}"
-                )
-                if len(jobs) == 1:
-                    report = prediction.report(case)
-                    _print_table(report, sys.stdout)
-                    _print_hot_spots(report, sys.stdout)
-    if len(jobs) > 1 and not quiet:
-        print(f"segmented {len(jobs) - len(failures)} of {len(jobs)} case(s) into {outdir}")
-    if len(jobs) > len(failures):
+            if not args.quiet:
+                _print_case(case, prediction, paths["mask"], with_tables=len(jobs) == 1)
+    return failures
+
+
+def _print_case(case: Any, prediction: Any, mask_path: Path, with_tables: bool) -> None:
+    """One line per case; for a single case, its lesion and hot-spot tables too."""
+    table = prediction.lesions
+    print(
+        f"{case.case_id}: {len(table.lesions)} lesion(s), MTV {table.mtv_ml:.2f} mL, "
+        f"TLG {table.tlg:.1f}, {table.n_review} flagged for review, "
+        f"{len(prediction.hot_spots)} hot spot(s) outside the mask, "
+        f"{prediction.seconds:.1f} s -> {mask_path}"
+    )
+    if with_tables:
+        report = prediction.report(case)
+        _print_table(report, sys.stdout)
+        _print_hot_spots(report, sys.stdout)
+
+
+def _finish(n_jobs: int, failures: list[tuple[str, str]], outdir: Path, quiet: bool) -> int:
+    """The run's summary and cohort tables; the exit code (1 when a case failed)."""
+    from mefn.errors import MefnError, one_line
+
+    if n_jobs > 1 and not quiet:
+        print(f"segmented {n_jobs - len(failures)} of {n_jobs} case(s) into {outdir}")
+    if n_jobs > len(failures):
         # Cohort tables (one case too) of every report in the folder, earlier runs' included:
         # the same call as `mefn report OUTDIR`, so the two always give the same bytes.
         from mefn.cohort import rebuild_cohort_tables

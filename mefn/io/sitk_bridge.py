@@ -12,7 +12,14 @@ from mefn.errors import OutputError
 from mefn.fileutil import atomic_path
 from mefn.io.volume import Geometry, Volume
 
-__all__ = ["array_from_sitk", "geometry_from_sitk", "to_sitk", "from_sitk", "write_volume"]
+__all__ = [
+    "array_from_sitk",
+    "geometry_from_sitk",
+    "set_threads",
+    "to_sitk",
+    "from_sitk",
+    "write_volume",
+]
 
 
 def geometry_from_sitk(image: sitk.Image) -> Geometry:
@@ -73,3 +80,8 @@ def write_volume(
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
     return path
+
+
+def set_threads(threads: int) -> None:
+    """SimpleITK's default number of threads for every filter (a process-wide setting)."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

@@ -92,6 +92,8 @@ def test_nnunet_pair_and_report_figures(tmp_path, tiny_weights):
         == 0
     )
     report = _check_outputs(out, "case A", ct)
+    assert {"resample", "network", "to_output_grid", "lesion_table"} <= set(report["timings"])
+    assert sum(report["timings"].values()) <= report["seconds"] + 0.02
     for extra in ("probabilities", "uncertainty_ct", "uncertainty_pet"):
         assert (out / f"case A_{extra}.nii.gz").is_file()
     prob = sitk.ReadImage(str(out / "case A_probabilities.nii.gz"))
@@ -415,6 +417,30 @@ def test_usage_errors(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / "o").exists()
     assert _run("segment", "--list-models") == 0
+
+
+def test_help_groups_the_flags_by_concern(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    sections: dict[str, str] = {}  # section heading -> its text, from the help's blank lines
+    for block in text.split("\n\n"):
+        head, _, body = block.partition("\n")
+        if head.endswith(":") and not head.startswith(" "):
+            sections[head[:-1]] = body
+    expected = {
+        "inputs and outputs": ("INPUT", "--ct", "--pet-series", "--output", "--dicom"),
+        "model": ("--model", "--adapter", "--device", "--tta", "--list-models"),
+        "post-processing": ("--review-threshold", "--lesion-threshold", "--pet-refine-mm"),
+        "hot spots (PET uptake the mask leaves out)": ("--hot-spot-suv", "--no-hot-spots"),
+        "performance": ("--sw-batch-size", "--overlap", "--threads"),
+    }
+    assert list(sections) == ["options", *expected]
+    for heading, flags in expected.items():
+        for flag in flags:
+            assert f"  {flag}" in sections[heading] or f", {flag}" in sections[heading], flag
+    assert "--hot-spot-suv" not in sections["post-processing"]
 
 
 # --- DICOM outputs (--dicom) -----------------------------------------------------------------
