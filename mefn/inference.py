@@ -40,13 +40,11 @@ from mefn.io.volume import Geometry
 from mefn.model.sliding_window import sliding_window_predict
 from mefn.outputs import output_paths, save_prediction
 from mefn.postprocess import (
-    DEFAULT_REVIEW_THRESHOLD,
     HotSpot,
     HotSpotCheck,
     LesionTable,
     PetCheck,
     apply_pet_check,
-    check_lesion_threshold,
     find_hot_spots,
     lesion_table,
     mask_from_probabilities,
@@ -69,6 +67,7 @@ from mefn.registry import (
     resolve_pet_check,
     resolve_weights,
 )
+from mefn.settings import PostprocessSettings
 
 __all__ = [
     "ADAPTERS_DIR",
@@ -263,26 +262,42 @@ class Predictor:
         self.roi: tuple[int, int, int] = (roi[0], roi[1], roi[2])
         self.overlap = float(overlap if overlap is not None else self.card.get("sw_overlap", 0.25))
         self.sw_batch_size = sw_batch_size
-        # The card's post-processing was chosen for the base weights' own heads; an adapter
-        # with new heads (another task) starts from the plain defaults instead.
-        calibrated: dict[str, Any] = {} if new_heads else self.card
-        if tuned:  # the adapter's card chose its own: those stand for the base card's
-            calibrated = {**calibrated, **tuned}
-        if review_threshold is None:
-            review_threshold = float(calibrated.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
-        self.review_threshold = review_threshold
-        if min_lesion_ml is None:  # the card's calibrated value, else keep every lesion
-            min_lesion_ml = float(calibrated.get("min_lesion_ml", 0.0))
-        self.min_lesion_ml = min_lesion_ml
-        if lesion_threshold is None:  # the card's calibrated value, else the argmax
-            lesion_threshold = calibrated.get("lesion_threshold")
-        self.lesion_threshold = check_lesion_threshold(lesion_threshold)
-        if tta_axes is None:  # the mirroring the card's post-processing was calibrated with
-            tta_axes = calibrated.get("tta_axes", ())
-        self.tta_axes = _check_tta_axes(tta_axes)
-        self.pet_check = resolve_pet_check(calibrated.get("pet_check"), pet_check)
-        # what counts as an obvious PET hot spot does not depend on the heads: always the card's
-        self.hot_spots = resolve_hot_spot_check(self.card.get("hot_spots"), hot_spots)
+        self.postprocess = _postprocess_settings(
+            self.card,
+            new_heads,
+            tuned,
+            tta_axes=None if tta_axes is None else tuple(tta_axes),
+            lesion_threshold=lesion_threshold,
+            min_lesion_ml=min_lesion_ml,
+            review_threshold=review_threshold,
+            pet_check=pet_check,
+            hot_spots=hot_spots,
+        )
+
+    # the settings in use, one attribute each (read-only: build another Predictor to change)
+    @property
+    def tta_axes(self) -> tuple[int, ...]:
+        return self.postprocess.tta_axes
+
+    @property
+    def lesion_threshold(self) -> float | None:
+        return self.postprocess.lesion_threshold
+
+    @property
+    def min_lesion_ml(self) -> float:
+        return self.postprocess.min_lesion_ml
+
+    @property
+    def review_threshold(self) -> float:
+        return self.postprocess.review_threshold
+
+    @property
+    def pet_check(self) -> PetCheck:
+        return self.postprocess.pet_check
+
+    @property
+    def hot_spots(self) -> HotSpotCheck:
+        return self.postprocess.hot_spots
 
     def _apply_adapter(self, net: Any, adapter: str | Path) -> tuple[Any, bool, dict[str, Any]]:
         """Load ``adapter`` into ``net``: (the network to run, whether the adapter brings new
@@ -334,12 +349,7 @@ class Predictor:
             "spacing_mm": list(self.preprocess.spacing_mm),
             "roi_size_vox": list(self.roi),
             "overlap": self.overlap,
-            "review_threshold": self.review_threshold,
-            "min_lesion_ml": self.min_lesion_ml,
-            "lesion_threshold": self.lesion_threshold,
-            "tta_axes": list(self.tta_axes),
-            "pet_check": self.pet_check.to_json(),
-            "hot_spots": self.hot_spots.to_json(),
+            **self.postprocess.to_json(),
         }
 
     def predict_model_space(
@@ -488,12 +498,20 @@ def _load_network(model_cfg: Any, weights: Path) -> Any:
     return net
 
 
-def _check_tta_axes(tta_axes: Sequence[int]) -> tuple[int, ...]:
-    """Mirroring axes, sorted and without repeats; each must be 0, 1 or 2 (x, y, z)."""
-    axes = tuple(sorted({int(a) for a in tta_axes}))
-    if any(a not in (0, 1, 2) for a in axes):
-        raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")
-    return axes
+def _postprocess_settings(
+    card: dict[str, Any], new_heads: bool, tuned: dict[str, Any], **overrides: Any
+) -> PostprocessSettings:
+    """The card's post-processing, then the adapter's card's, then the caller's overrides.
+
+    The card's choices were made for the base weights' own heads: an adapter with new heads
+    (another task) starts from the defaults, but keeps the card's hot-spot listing, which
+    does not depend on the heads."""
+    settings = PostprocessSettings.from_card(card)
+    if new_heads:
+        settings = PostprocessSettings(hot_spots=settings.hot_spots)
+    if tuned:
+        settings = PostprocessSettings.from_card({"postprocess": tuned}, base=settings)
+    return settings.with_overrides(**overrides)
 
 
 def _suv_on_grid(case: Case, target: Geometry) -> np.ndarray:

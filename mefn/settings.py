@@ -1,0 +1,150 @@
+"""The post-processing settings of a segmentation, in one frozen object.
+
+Weights come with the post-processing chosen for them on validation cases (their card); an
+adapter's card may choose its own; the user overrides any of it (``mefn segment`` options,
+``Predictor`` arguments). :class:`PostprocessSettings` is built from those layers in that
+order and is what :class:`mefn.inference.Predictor` applies and reports.
+
+A card holds the settings either as one ``"postprocess"`` mapping or, as the bundled card
+does, as loose top-level keys (:data:`CARD_KEYS`); both read the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mefn.errors import CheckpointError, InputError
+from mefn.postprocess import (
+    DEFAULT_REVIEW_THRESHOLD,
+    HotSpotCheck,
+    PetCheck,
+    check_lesion_threshold,
+)
+from mefn.registry import resolve_hot_spot_check, resolve_pet_check
+
+__all__ = ["CARD_KEYS", "PostprocessSettings", "check_tta_axes"]
+
+#: the card keys of the post-processing (in a ``"postprocess"`` mapping or at the top level)
+CARD_KEYS = (
+    "tta_axes",
+    "lesion_threshold",
+    "min_lesion_ml",
+    "review_threshold",
+    "pet_check",
+    "hot_spots",
+)
+
+
+def check_tta_axes(tta_axes: Sequence[int]) -> tuple[int, ...]:
+    """Mirroring axes, sorted and without repeats; each must be 0, 1 or 2 (x, y, z)."""
+    axes = tuple(sorted({int(a) for a in tta_axes}))
+    if any(a not in (0, 1, 2) for a in axes):
+        raise InputError(f"tta_axes must be among 0, 1, 2 (x, y, z), found {tuple(tta_axes)}")
+    return axes
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """What happens between the network's maps and the mask, lesion table and hot spots.
+
+    tta_axes: test-time mirroring along these model-grid axes (every combination, averaged;
+    ``()``: one pass). lesion_threshold: a voxel is lesion when its probability of not being
+    background reaches it (None: the argmax). min_lesion_ml: smaller lesions are dropped.
+    review_threshold: lesions whose mean uncertainty reaches it are flagged. pet_check: what a
+    lesion must show on PET (:class:`~mefn.postprocess.PetCheck`). hot_spots: which PET hot
+    spots outside the mask are listed (:class:`~mefn.postprocess.HotSpotCheck`).
+    """
+
+    tta_axes: tuple[int, ...] = ()
+    lesion_threshold: float | None = None
+    min_lesion_ml: float = 0.0
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD
+    pet_check: PetCheck = field(default_factory=PetCheck)
+    hot_spots: HotSpotCheck = field(default_factory=HotSpotCheck)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tta_axes", check_tta_axes(self.tta_axes))
+        check_lesion_threshold(self.lesion_threshold)
+        for name in ("min_lesion_ml", "review_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be a number >= 0, found {value!r}")
+
+    @classmethod
+    def from_card(
+        cls, card: Mapping[str, Any], base: PostprocessSettings | None = None
+    ) -> PostprocessSettings:
+        """``base`` (default: the defaults) with the settings a card names; a malformed card
+        value is a :class:`CheckpointError` (the card is at fault, not the user)."""
+        values = card.get("postprocess")
+        if values is None:
+            values = {k: card[k] for k in CARD_KEYS if k in card}
+        if not isinstance(values, Mapping):
+            raise CheckpointError(
+                f"the card's postprocess {values!r} is not a mapping of {', '.join(CARD_KEYS)}; "
+                "fix or retrain the card"
+            )
+        unknown = sorted(set(values) - set(CARD_KEYS))
+        if unknown:
+            raise CheckpointError(
+                f"the card's postprocess names unknown settings {unknown}; expected some of "
+                f"{', '.join(CARD_KEYS)}; fix or retrain the card"
+            )
+        start = base or cls()
+        try:
+            return start._merged(values, card_check=True)
+        except InputError as exc:
+            raise CheckpointError(
+                f"the card's post-processing is not valid ({exc}); fix or retrain the card"
+            ) from None
+
+    def with_overrides(self, **overrides: Any) -> PostprocessSettings:
+        """These settings with the user's overrides; ``None`` leaves a setting as it is, a
+        dict for ``pet_check`` or ``hot_spots`` replaces only the fields it names."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(CARD_KEYS))
+        if unknown:
+            raise InputError(
+                f"unknown post-processing settings {unknown}; expected some of "
+                f"{', '.join(CARD_KEYS)}"
+            )
+        return self._merged(given, card_check=False)
+
+    def _merged(self, values: Mapping[str, Any], card_check: bool) -> PostprocessSettings:
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "pet_check":
+                changes[key] = _checked_part(resolve_pet_check, self.pet_check, value, card_check)
+            elif key == "hot_spots":
+                changes[key] = _checked_part(
+                    resolve_hot_spot_check, self.hot_spots, value, card_check
+                )
+            elif key == "tta_axes":
+                changes[key] = tuple(value or ())
+            elif key == "lesion_threshold":
+                changes[key] = None if value is None else float(value)
+            else:
+                changes[key] = float(value)
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tta_axes": list(self.tta_axes),
+            "lesion_threshold": self.lesion_threshold,
+            "min_lesion_ml": self.min_lesion_ml,
+            "review_threshold": self.review_threshold,
+            "pet_check": self.pet_check.to_json(),
+            "hot_spots": self.hot_spots.to_json(),
+        }
+
+
+def _checked_part(resolve: Any, current: Any, value: Any, card_check: bool) -> Any:
+    """A PET check or hot-spot check: ``current`` with ``value`` (a mapping of fields or a
+    whole check) applied, through the card resolver's own checks."""
+    if card_check:
+        # a card's entry names fields of the check: the same validation as a card's own
+        return resolve({**current.to_json(), **value} if isinstance(value, Mapping) else value)
+    return resolve(current.to_json(), value)

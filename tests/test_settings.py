@@ -1,0 +1,65 @@
+"""PostprocessSettings: built from a card (loose keys or a postprocess mapping) and overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from mefn.errors import CheckpointError, InputError
+from mefn.postprocess import HotSpotCheck, PetCheck
+from mefn.settings import PostprocessSettings
+
+
+def test_defaults_and_loose_card_keys_read_like_a_postprocess_mapping() -> None:
+    assert PostprocessSettings() == PostprocessSettings.from_card({})
+    loose = {
+        "tta_axes": [2, 0, 2],
+        "lesion_threshold": 0.4,
+        "min_lesion_ml": 0.5,
+        "review_threshold": 0.0014,
+        "pet_check": {"min_suv": 1.0, "min_contrast": 2.0},
+        "model": {"architecture": "mefn"},  # not a post-processing key: ignored
+    }
+    settings = PostprocessSettings.from_card(loose)
+    assert settings.tta_axes == (0, 2)  # sorted, without repeats
+    assert settings.lesion_threshold == 0.4 and settings.min_lesion_ml == 0.5
+    assert settings.review_threshold == 0.0014
+    assert settings.pet_check == PetCheck(min_suv=1.0, min_contrast=2.0)
+    assert settings.hot_spots == HotSpotCheck()
+    nested = {k: v for k, v in loose.items() if k != "model"}
+    assert PostprocessSettings.from_card({"postprocess": nested}) == settings
+    assert PostprocessSettings.from_card({"postprocess": settings.to_json()}) == settings
+
+
+def test_a_card_over_a_base_replaces_only_what_it_names_and_overrides_come_last() -> None:
+    base = PostprocessSettings.from_card(
+        {"tta_axes": [0, 1, 2], "pet_check": {"min_suv": 1.0, "min_contrast": 2.0}}
+    )
+    adapter = PostprocessSettings.from_card(
+        {"postprocess": {"tta_axes": [], "pet_check": {"refine_fraction": 0.4}}}, base=base
+    )
+    assert adapter.tta_axes == ()
+    assert adapter.pet_check == PetCheck(1.0, 2.0, 0.4, 8.0)
+    chosen = adapter.with_overrides(
+        lesion_threshold=0.3, tta_axes=None, pet_check={"min_suv": 0.0}, hot_spots={"min_suv": 3}
+    )
+    assert chosen.lesion_threshold == 0.3 and chosen.tta_axes == ()  # None: left as it is
+    assert chosen.pet_check == PetCheck(0.0, 2.0, 0.4, 8.0)
+    assert chosen.hot_spots == HotSpotCheck(min_suv=3.0)
+    assert adapter.with_overrides(pet_check=PetCheck()).pet_check == PetCheck()
+
+
+def test_a_bad_card_is_the_cards_fault_and_a_bad_override_the_callers() -> None:
+    with pytest.raises(CheckpointError, match=r"unknown settings \['tta'\]"):
+        PostprocessSettings.from_card({"postprocess": {"tta": [0]}})
+    with pytest.raises(CheckpointError, match="postprocess 3 is not a mapping"):
+        PostprocessSettings.from_card({"postprocess": 3})
+    with pytest.raises(CheckpointError, match="tta_axes must be among 0, 1, 2"):
+        PostprocessSettings.from_card({"tta_axes": [3]})
+    with pytest.raises(CheckpointError, match="card's pet_check"):
+        PostprocessSettings.from_card({"pet_check": {"min_suv": -1}})
+    with pytest.raises(InputError, match=r"unknown post-processing settings \['floor'\]"):
+        PostprocessSettings().with_overrides(floor=1.0)
+    with pytest.raises(InputError, match="min_lesion_ml must be a number >= 0, found -1"):
+        PostprocessSettings().with_overrides(min_lesion_ml=-1.0)
+    with pytest.raises(InputError, match="override names unknown fields"):
+        PostprocessSettings().with_overrides(hot_spots={"min_sv": 1.0})
