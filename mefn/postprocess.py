@@ -7,6 +7,7 @@ Connected components use 18-connectivity (faces and edges), as the AutoPET evalu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -167,6 +168,31 @@ class PetCheck:
         return asdict(self)
 
 
+def _padded_boxes(
+    components: np.ndarray, spacing: np.ndarray, gap: float
+) -> Iterator[tuple[int, tuple[slice, ...]]]:
+    """Each component's number and its bounding box grown by ``gap`` and the background
+    shell (and a voxel), clipped to the array: room for :func:`_background` around it."""
+    margin = np.ceil((gap + BACKGROUND_SHELL_MM) / spacing).astype(int) + 1
+    for index, found in enumerate(ndimage.find_objects(components), start=1):
+        if found is None:
+            continue
+        yield (
+            index,
+            tuple(
+                slice(max(s.start - m, 0), min(s.stop + m, n))
+                for s, m, n in zip(found, margin, components.shape)
+            ),
+        )
+
+
+def _background(values: np.ndarray, distance: np.ndarray, gap: float) -> float:
+    """The median of ``values`` in the shell of BACKGROUND_SHELL_MM starting ``gap`` mm out
+    (``distance``: mm from the component); 0 where the shell is empty."""
+    shell = (distance > gap) & (distance <= gap + BACKGROUND_SHELL_MM)
+    return float(np.median(values[shell])) if shell.any() else 0.0
+
+
 def apply_pet_check(
     mask: np.ndarray, suv: np.ndarray, spacing_mm: tuple[float, float, float], check: PetCheck
 ) -> np.ndarray:
@@ -184,22 +210,14 @@ def apply_pet_check(
     out = mask.copy() if check.refine_fraction is None else np.zeros_like(mask)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     gap = max(BACKGROUND_GAP_MM, check.refine_mm if check.refine_fraction is not None else 0.0)
-    margin = np.ceil((gap + BACKGROUND_SHELL_MM) / spacing).astype(int) + 1
-    for index, found in enumerate(ndimage.find_objects(components), start=1):
-        if found is None:
-            continue
-        box = tuple(
-            slice(max(s.start - m, 0), min(s.stop + m, n))
-            for s, m, n in zip(found, margin, mask.shape)
-        )
+    for index, box in _padded_boxes(components, spacing, gap):
         lesion = components[box] == index
         values = suv[box]
         peak = float(values[lesion].max())
         keep = peak >= check.min_suv
         if keep and (check.min_contrast or check.refine_fraction is not None):
             distance = ndimage.distance_transform_edt(~lesion, sampling=spacing)
-            shell = (distance > gap) & (distance <= gap + BACKGROUND_SHELL_MM)
-            background = float(np.median(values[shell])) if shell.any() else 0.0
+            background = _background(values, distance, gap)
             keep = peak >= check.min_contrast * max(background, 0.0)
         if not keep:
             if check.refine_fraction is None:
@@ -511,24 +529,16 @@ def label_hot_spots(
     else:
         candidate &= covered == 0
     spacing = np.asarray(geometry.spacing_mm, dtype=np.float64)
-    margin = np.ceil((BACKGROUND_GAP_MM + BACKGROUND_SHELL_MM) / spacing).astype(int) + 1
     rows: list[dict[str, object]] = []
-    for index, found in enumerate(ndimage.find_objects(components), start=1):
-        if found is None or not candidate[index]:
+    for index, box in _padded_boxes(components, spacing, BACKGROUND_GAP_MM):
+        if not candidate[index]:
             continue
-        box = tuple(
-            slice(max(s.start - m, 0), min(s.stop + m, size))
-            for s, m, size in zip(found, margin, mask.shape)
-        )
         region = components[box] == index
         values = suv[box]
         inside = values[region].astype(np.float64)
         peak = float(inside.max())
         distance = ndimage.distance_transform_edt(~region, sampling=spacing)
-        shell = (distance > BACKGROUND_GAP_MM) & (
-            distance <= BACKGROUND_GAP_MM + BACKGROUND_SHELL_MM
-        )
-        background = float(np.median(values[shell])) if shell.any() else 0.0
+        background = _background(values, distance, BACKGROUND_GAP_MM)
         if peak < check.min_contrast * max(background, 0.0):
             continue
         lo = np.asarray([b.start for b in box])

@@ -55,6 +55,7 @@ __all__ = [
     "check_campaign_config",
     "load_train_config",
     "lr_factor",
+    "make_sampler",
     "resolve_model_config",
     "train",
     "train_on_cases",
@@ -949,7 +950,7 @@ def _run(
         network=network,
         opt=opt,
         scheduler=_resume_lr_scheduler(opt.optimizer, cfg, state, opt.base_lr),
-        sampler=_make_sampler(cfg, train_cases[dist_info.rank :: dist_info.world] or train_cases),
+        sampler=make_sampler(cfg, train_cases[dist_info.rank :: dist_info.world] or train_cases),
         forward=_wrap_ddp(network.model, dist_info, device),
         dist_info=dist_info,
         device=device,
@@ -1077,14 +1078,18 @@ def _start_state(
     return state
 
 
-def _make_sampler(cfg: TrainConfig, cases: list[CachedCase]) -> PatchSampler:
+def make_sampler(
+    cfg: TrainConfig, cases: list[CachedCase], seed: int | None = None
+) -> PatchSampler:
+    """The patch sampler training under ``cfg`` draws from ``cases`` (its random generator
+    seeded with ``seed``, by default ``cfg.seed``)."""
     return PatchSampler(
         cases,
         cfg.patch_size_vox,
         cfg.preprocess,
         cfg.augment,
         cfg.pos_fraction,
-        np.random.default_rng(cfg.seed),
+        np.random.default_rng(cfg.seed if seed is None else seed),
         hot_negative_fraction=cfg.hot_negative_fraction,
         hot_suv=cfg.hot_negative_suv,
         hot_balance=cfg.hot_negative_balance,

@@ -129,12 +129,10 @@ def build_recipe(
     path: str, entries: list[Any], cache_root: Path, args: argparse.Namespace
 ) -> Recipe:
     """Model, loss, optimiser and sampler of the training config at ``path``, seeded."""
-    import numpy as np
     import torch
 
-    from mefn.data.augment import PatchSampler
     from mefn.model import build_loss, build_model
-    from mefn.training import load_train_config, resolve_model_config
+    from mefn.training import load_train_config, make_sampler, resolve_model_config
 
     cfg = load_train_config(path)
     if args.patch:
@@ -145,17 +143,7 @@ def build_recipe(
     torch.manual_seed(args.seed)
     model = build_model(model_cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sampler = PatchSampler(
-        _cases(entries, cfg.preprocess, cache_root),
-        cfg.patch_size_vox,
-        cfg.preprocess,
-        cfg.augment,
-        cfg.pos_fraction,
-        np.random.default_rng(args.seed),
-        hot_negative_fraction=cfg.hot_negative_fraction,
-        hot_suv=cfg.hot_negative_suv,
-        hot_balance=cfg.hot_negative_balance,
-    )
+    sampler = make_sampler(cfg, _cases(entries, cfg.preprocess, cache_root), seed=args.seed)
     return Recipe(
         name=f"{Path(path).stem} ({cfg.model})",
         cfg=cfg,

@@ -39,6 +39,44 @@ PET_TAGS: dict[str, Any] = {
 # Bq/mL that make SUV 1 with PET_TAGS: 70000 g / (368.08e6 Bq * 2^(-3600/6586.2)).
 BQML_PER_SUV = 368.08e6 * 2.0 ** (-3600.0 / 6586.2) / 70000.0
 
+# the SUV reference objects of shared/data/suv_dro
+DRO_IDS = (
+    "DRO_0_0",
+    "DRO_1_0",
+    "DRO_2_0",
+    "DRO_2_3",
+    "DRO_2_4",
+    "DRO_3_0",
+    "DRO_3_2",
+    "DRO_4_0",
+    "DRO_5_0",
+)
+
+
+def dro_row(shared_data: Path, dro: str) -> dict[str, str]:
+    """The row of reference object ``dro`` in ``suv_dro/DRO_list.csv`` (expected SUVs)."""
+    import csv
+
+    with open(shared_data / "suv_dro" / "DRO_list.csv", newline="") as fh:
+        return next(r for r in csv.DictReader(fh) if r["ID"] == dro)
+
+
+def new_dataset(sop_class_uid: str) -> Any:
+    """An empty pydicom Dataset of ``sop_class_uid`` with its file meta (explicit VR little
+    endian) and a fresh SOPInstanceUID, ready for ``pydicom.dcmwrite``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
 
 def write_series(
     folder: Path,
@@ -62,9 +100,9 @@ def write_series(
     in shuffled order so readers must sort by position.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     nx, ny, nz = stored.shape
@@ -82,17 +120,9 @@ def write_series(
     for n, k in enumerate(order):
         if k in skip:
             continue
-        meta = FileMetaDataset()
-        sop_class = (
+        ds = new_dataset(
             "1.2.840.10008.5.1.4.1.1.128" if modality == "PT" else "1.2.840.10008.5.1.4.1.1.2"
         )
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.Modality = modality
         ds.SeriesInstanceUID = uid
         ds.StudyInstanceUID = study
@@ -154,6 +184,8 @@ TINY_MODEL: dict[str, Any] = {
     "depth": 3,
     "attention_heads": 2,
 }
+# the same model as a model-config YAML file's text
+TINY_MODEL_YAML = "".join(f"{key}: {value}\n" for key, value in TINY_MODEL.items())
 
 
 def make_tiny_weights(folder: Path, model: dict[str, Any] | None = None) -> Path:

@@ -7,18 +7,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from support import load_pipeline
+from support import TINY_MODEL_YAML, load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pipelines" / "benchmark_training.py"
 
-TINY_MODEL = """\
-architecture: mefn
-num_classes: 2
-base_width: 4
-depth: 3
-attention_heads: 2
-{extra}"""
+TINY_MODEL = TINY_MODEL_YAML + "{extra}"
 
 TINY_TRAIN = """\
 model: {model}

@@ -12,22 +12,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import TINY_MODEL_YAML
 
 from mefn.config import save_config
 from mefn.data.preprocess import PreprocessConfig
 from mefn.errors import CheckpointError, ConfigError, InputError
 from mefn.training import DataConfig, TrainConfig, build_lr_scheduler, lr_factor, train
 
-TINY_MODEL = """\
-architecture: mefn
-num_classes: 2
-base_width: 4
-depth: 3
-attention_heads: 2
+TINY_MODEL = (
+    TINY_MODEL_YAML
+    + """\
 loss:
   kl_anneal_epochs: 2
   uncertainty_anneal_epochs: 2
 """
+)
 
 
 @pytest.fixture(scope="module")

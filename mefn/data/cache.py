@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,13 @@ from mefn.data.preprocess import PreprocessConfig, model_grid, resample_case
 from mefn.io.case import Case
 from mefn.io.volume import Geometry
 
-__all__ = ["CachedCase", "cache_case", "load_cached_case", "preprocess_fingerprint"]
+__all__ = [
+    "CachedCase",
+    "cache_case",
+    "load_cached_case",
+    "preprocess_fingerprint",
+    "write_cache_entry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +98,36 @@ def cache_case(
     ct, pet, label = resample_case(case, grid, with_label=True)
     if label is None:
         label = np.zeros(grid.shape, np.uint8)
+    write_cache_entry(
+        folder,
+        ct,
+        pet,
+        label,
+        {
+            "case_id": case.case_id,
+            "fingerprint": fingerprint,
+            "grid": grid.to_json(),
+            "preprocess": to_dict(cfg),
+        },
+        seed,
+    )
+    logger.debug("cached %s on %s", case.case_id, grid.shape)
+    return load_cached_case(folder)
+
+
+def write_cache_entry(
+    folder: Path,
+    ct: np.ndarray,
+    pet: np.ndarray,
+    label: np.ndarray,
+    meta: dict[str, Any],
+    seed: int = 0,
+) -> None:
+    """Store one case already on its model grid as the cache folder ``folder``: the arrays,
+    the sampling indices (drawn with ``seed``) and ``meta`` as ``meta.json``.
+
+    Written into ``<folder>.tmp`` and renamed, so a reader never sees half an entry.
+    """
     rng = np.random.default_rng(seed)
     fg: dict[str, np.ndarray] = {}
     flat = label.ravel()
@@ -104,32 +141,21 @@ def cache_case(
         body = np.arange(flat.size)
     if body.size > MAX_BODY_INDICES:
         body = np.sort(rng.choice(body, MAX_BODY_INDICES, replace=False))
+    # hard-negative candidates: physiological uptake outside every label
+    hot = np.flatnonzero((pet.ravel() > HOT_MIN_SUV) & (flat == 0))
+    if hot.size > MAX_HOT_INDICES:
+        hot = np.sort(rng.choice(hot, MAX_HOT_INDICES, replace=False))
+    hot_suv = pet.ravel()[hot].astype(np.float32)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / "ct_hu.npy", ct.astype(np.float16))
     np.save(tmp / "suv.npy", np.minimum(pet, 60000).astype(np.float16))
     np.save(tmp / "label.npy", label)
-    # hard-negative candidates: physiological uptake outside every label
-    hot = np.flatnonzero((pet.ravel() > HOT_MIN_SUV) & (flat == 0))
-    if hot.size > MAX_HOT_INDICES:
-        hot = np.sort(rng.choice(hot, MAX_HOT_INDICES, replace=False))
-    hot_suv = pet.ravel()[hot].astype(np.float32)
     np.savez(tmp / "indices.npz", body=body, hot=hot, hot_suv=hot_suv, **fg)  # type: ignore[arg-type]
-    (tmp / "meta.json").write_text(
-        json.dumps(
-            {
-                "case_id": case.case_id,
-                "fingerprint": fingerprint,
-                "grid": grid.to_json(),
-                "preprocess": to_dict(cfg),
-            }
-        )
-    )
+    (tmp / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    logger.debug("cached %s on %s", case.case_id, grid.shape)
-    return load_cached_case(folder)
 
 
 def load_cached_case(folder: Path) -> CachedCase:

@@ -284,6 +284,46 @@ def _short(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _build(
+    what: str,
+    factory: Any,
+    sources: Sequence[Any],
+    algorithm: AlgorithmInfo,
+    *,
+    series_number: int,
+    content_label: str,
+    content: str,
+    series: str,
+    **kwargs: Any,
+) -> Any:
+    """``factory`` (a highdicom class) on ``sources`` with the series, content and device
+    attributes every mefn output carries; ``content`` and ``series`` name it in the
+    content and series descriptions. A failure becomes an InputError naming ``what``."""
+    import highdicom as hd
+
+    try:
+        return factory(
+            source_images=sources,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="mefn",
+            manufacturer_model_name=_short(algorithm.model_name),
+            software_versions=algorithm.software_version,
+            device_serial_number=algorithm.serial,
+            content_label=content_label,
+            content_description=_short(f"mefn {algorithm.model_name} {content}"),
+            series_description=_short(f"mefn {series} ({algorithm.model_name})"),
+            **kwargs,
+        )
+    except (ValueError, AttributeError) as exc:
+        raise InputError(
+            f"cannot build a {what} on CT series {sources[0].SeriesInstanceUID} "
+            f"({type(exc).__name__}: {exc}); the CT headers are incomplete"
+        ) from None
+
+
 # --- the objects ------------------------------------------------------------------------------
 
 
@@ -356,29 +396,19 @@ def write_dicom_seg(
     # A label map whose values are the segment numbers; labels without a segment number
     # in the mask simply give empty segments.
     pixel = frames.astype(np.uint8 if max(named) < 256 else np.uint16, copy=False)
-    try:
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=pixel,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="mefn",
-            manufacturer_model_name=_short(algorithm.model_name),
-            software_versions=algorithm.software_version,
-            device_serial_number=algorithm.serial,
-            content_label="MEFN_MASK",
-            content_description=_short(f"mefn {algorithm.model_name} tumour mask"),
-            series_description=_short(f"mefn mask ({algorithm.model_name})"),
-        )
-    except (ValueError, AttributeError) as exc:
-        raise InputError(
-            f"cannot build a DICOM SEG on CT series {sources[0].SeriesInstanceUID} "
-            f"({type(exc).__name__}: {exc}); the CT headers are incomplete"
-        ) from None
+    seg = _build(
+        "DICOM SEG",
+        hd.seg.Segmentation,
+        sources,
+        algorithm,
+        series_number=SEG_SERIES_NUMBER,
+        content_label="MEFN_MASK",
+        content="tumour mask",
+        series="mask",
+        pixel_array=pixel,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+    )
     return _save(seg, path)
 
 
@@ -417,33 +447,23 @@ def write_parametric_map(
         intercept=0.0,
         quantity_definition=_code(_UNCERTAINTY),
     )
-    try:
-        pm = hd.pm.ParametricMap(
-            source_images=sources,
-            pixel_array=frames,
-            series_instance_uid=hd.UID(),
-            series_number=PM_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="mefn",
-            manufacturer_model_name=_short(algorithm.model_name),
-            software_versions=algorithm.software_version,
-            device_serial_number=algorithm.serial,
-            contains_recognizable_visual_features=False,
-            real_world_value_mappings=[mapping],
-            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
-            content_label="MEFN_UNCERTAINTY",
-            content_description=_short(f"mefn {algorithm.model_name} voxel uncertainty"),
-            series_description=_short(f"mefn uncertainty ({algorithm.model_name})"),
-            coding_schemes=[
-                hd.coding_schemes.CodingSchemeIdentificationItem(
-                    designator=PRIVATE_SCHEME, name="mefn private codes"
-                )
-            ],
-        )
-    except (ValueError, AttributeError) as exc:
-        raise InputError(
-            f"cannot build a DICOM Parametric Map on CT series {sources[0].SeriesInstanceUID} "
-            f"({type(exc).__name__}: {exc}); the CT headers are incomplete"
-        ) from None
+    pm = _build(
+        "DICOM Parametric Map",
+        hd.pm.ParametricMap,
+        sources,
+        algorithm,
+        series_number=PM_SERIES_NUMBER,
+        content_label="MEFN_UNCERTAINTY",
+        content="voxel uncertainty",
+        series="uncertainty",
+        pixel_array=frames,
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        coding_schemes=[
+            hd.coding_schemes.CodingSchemeIdentificationItem(
+                designator=PRIVATE_SCHEME, name="mefn private codes"
+            )
+        ],
+    )
     return _save(pm, path)

@@ -166,14 +166,19 @@ def _dcmread(path: Path, what: str, stop_before_pixels: bool = True) -> Any:
         ) from None
 
 
-def _rtstruct_dataset(path: Path) -> Any:
-    ds = _dcmread(path, "RTSTRUCT")
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality != "RTSTRUCT":
+def _read_of_modality(path: Path, what: str, modality: str, expected: str) -> Any:
+    """The DICOM file ``path`` (header only), which must be of ``modality``."""
+    ds = _dcmread(path, what)
+    found = str(ds.get("Modality", "") or "").upper()
+    if found != modality:
         raise InputError(
-            f"{path} is a DICOM {modality or 'object without Modality'}, expected an RTSTRUCT"
+            f"{path} is a DICOM {found or 'object without Modality'}, expected {expected}"
         )
     return ds
+
+
+def _rtstruct_dataset(path: Path) -> Any:
+    return _read_of_modality(path, "RTSTRUCT", "RTSTRUCT", "an RTSTRUCT")
 
 
 def _roi_names(ds: Any) -> dict[int, str]:
@@ -278,12 +283,7 @@ def read_rtstruct(
 def _seg_read(path: Path) -> Any:
     import highdicom as hd
 
-    ds = _dcmread(path, "DICOM SEG")
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality != "SEG":
-        raise InputError(
-            f"{path} is a DICOM {modality or 'object without Modality'}, expected a SEG"
-        )
+    _read_of_modality(path, "DICOM SEG", "SEG", "a SEG")
     try:
         return hd.seg.segread(path)
     except Exception as exc:  # highdicom raises ValueError, AttributeError... on bad files

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import DRO_IDS, dro_row, new_dataset
 
 from mefn.cli import main
 from mefn.io.readers import read_volume
@@ -15,23 +16,13 @@ from mefn.io.readers import read_volume
 def _write_ct(folder: Path, stored: np.ndarray, extra: dict | None = None) -> Path:
     """A tiny axial CT series (2 x 2.5 x 3 mm), intercept -1024."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True)
     series = generate_uid()
     nx, ny, nz = stored.shape
     for k in range(nz):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = (
-            meta.MediaStorageSOPClassUID,
-            meta.MediaStorageSOPInstanceUID,
-        )
+        ds = new_dataset("1.2.840.10008.5.1.4.1.1.2")
         ds.Modality, ds.SeriesInstanceUID = "CT", series
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [-10.0, 20.0, 100.0 - 3.0 * k]  # written head to feet
@@ -105,28 +96,13 @@ def test_convert_real_pet_to_suv(shared_data: Path, tmp_path: Path) -> None:
 
 # --- SUV reference objects and DecayCorrection NONE -------------------------------------------
 
-DRO_IDS = (
-    "DRO_0_0",
-    "DRO_1_0",
-    "DRO_2_0",
-    "DRO_2_3",
-    "DRO_2_4",
-    "DRO_3_0",
-    "DRO_3_2",
-    "DRO_4_0",
-    "DRO_5_0",
-)
-
 
 @pytest.mark.parametrize("dro", DRO_IDS)
 def test_convert_reproduces_every_suv_reference_object(
     shared_data: Path, tmp_path: Path, dro: str
 ) -> None:
-    import csv
-
     root = shared_data / "suv_dro"
-    with open(root / "DRO_list.csv", newline="") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["ID"] == dro)
+    row = dro_row(shared_data, dro)
     out = tmp_path / f"{dro}.nii.gz"
     assert main(["convert", str(root / dro / "PT"), "-o", str(out)]) == 0
     vol = read_volume(out)

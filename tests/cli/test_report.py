@@ -23,7 +23,8 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 def _write_case(folder: Path, name: str, seed: int, pet_origin_z: float = -12.0) -> None:
     """An nnU-Net pair: CT (HU) on a flipped 2 x 2 x 3 mm grid, PET (SUV) 4 x 4 x 5 mm with a
-    hot block."""
+    hot block; ``folder`` is made when absent."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ct = rng.normal(40, 10, (33, 30, 19)).astype(np.float32)
     pet = rng.gamma(4, 0.25, (17, 15, 11)).astype(np.float32)
@@ -51,7 +52,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_two_case_segment_then_report_gives_identical_bytes(tmp_path, tiny_weights, capsys):
     images = tmp_path / "imagesTs"
-    images.mkdir()
     _write_case(images, "pt_02", seed=2)
     _write_case(images, "pt_01", seed=1)
     out = tmp_path / "out"
@@ -99,12 +99,10 @@ def test_two_case_segment_then_report_gives_identical_bytes(tmp_path, tiny_weigh
 
 def test_failed_cases_are_left_out_and_earlier_reports_kept(tmp_path, tiny_weights, capsys):
     first = tmp_path / "first"
-    first.mkdir()
     _write_case(first, "early", seed=3)
     out = tmp_path / "out"
     assert _segment(first, out, tiny_weights, quiet=True) == 0
     second = tmp_path / "second"
-    second.mkdir()
     _write_case(second, "late", seed=4)
     _write_case(second, "far", seed=5, pet_origin_z=5000.0)  # does not overlap its CT
     assert _segment(second, out, tiny_weights, quiet=True) == 1
@@ -118,7 +116,6 @@ def test_failed_cases_are_left_out_and_earlier_reports_kept(tmp_path, tiny_weigh
 
 def test_a_foreign_report_fails_the_tables_not_the_cases(tmp_path, tiny_weights, capsys):
     images = tmp_path / "in"
-    images.mkdir()
     _write_case(images, "c1", seed=6)
     out = tmp_path / "out"
     out.mkdir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from support import DRO_IDS, dro_row
 
 from mefn.errors import InputError
 from mefn.io.dicom import DicomSeries, find_dicom_series, read_dicom_series, select_series
@@ -120,27 +120,9 @@ def test_folder_without_dicom(tmp_path: Path) -> None:
 # --- real data --------------------------------------------------------------------------------
 
 
-def _dro_rows(root: Path) -> list[dict[str, str]]:
-    with open(root / "suv_dro" / "DRO_list.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-DRO_IDS = [
-    "DRO_0_0",
-    "DRO_1_0",
-    "DRO_2_0",
-    "DRO_2_3",
-    "DRO_2_4",
-    "DRO_3_0",
-    "DRO_3_2",
-    "DRO_4_0",
-    "DRO_5_0",
-]
-
-
 @pytest.mark.parametrize("dro", DRO_IDS)
 def test_suv_dro_min_median_max(shared_data: Path, dro: str) -> None:
-    row = next(r for r in _dro_rows(shared_data) if r["ID"] == dro)
+    row = dro_row(shared_data, dro)
     folder = shared_data / "suv_dro" / dro
     vol = read_dicom_series(folder / "PT")
     mask = read_volume(folder / "mask" / "DRO_mask.nii.gz")

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,16 +27,13 @@ from scipy import ndimage
 
 from mefn.config import to_dict
 from mefn.data.cache import (
-    HOT_MIN_SUV,
-    MAX_BODY_INDICES,
-    MAX_FG_INDICES,
-    MAX_HOT_INDICES,
     CachedCase,
     load_cached_case,
     preprocess_fingerprint,
+    write_cache_entry,
 )
 from mefn.data.phantoms import streams
-from mefn.data.phantoms.layouts import study_seed
+from mefn.data.phantoms.layouts import run_in_study_order, study_seed
 from mefn.data.phantoms.render import render_ct
 from mefn.data.phantoms.study import generate_study
 from mefn.data.preprocess import AIR_HU, PreprocessConfig, model_grid
@@ -91,55 +86,6 @@ def resample_array(
     return out
 
 
-def _write_entry(
-    folder: Path,
-    case_id: str,
-    ct: np.ndarray,
-    pet: np.ndarray,
-    label: np.ndarray,
-    grid: Geometry,
-    cfg: PreprocessConfig,
-    recipe: dict[str, Any],
-    lesions: int,
-) -> None:
-    """One cached case in the format of mefn.data.cache.cache_case (same index sampling)."""
-    rng = np.random.default_rng(0)
-    fg: dict[str, np.ndarray] = {}
-    flat = label.ravel()
-    for cls in (int(c) for c in np.unique(flat) if c != 0):
-        idx = np.flatnonzero(flat == cls)
-        if idx.size > MAX_FG_INDICES:
-            idx = np.sort(rng.choice(idx, MAX_FG_INDICES, replace=False))
-        fg[f"fg_{cls}"] = idx
-    body = np.flatnonzero(((ct > -500) | (pet > 0.1)).ravel())
-    if body.size == 0:
-        body = np.arange(flat.size)
-    if body.size > MAX_BODY_INDICES:
-        body = np.sort(rng.choice(body, MAX_BODY_INDICES, replace=False))
-    hot = np.flatnonzero((pet.ravel() > HOT_MIN_SUV) & (flat == 0))
-    if hot.size > MAX_HOT_INDICES:
-        hot = np.sort(rng.choice(hot, MAX_HOT_INDICES, replace=False))
-    hot_suv = pet.ravel()[hot].astype(np.float32)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "ct_hu.npy", ct.astype(np.float16))
-    np.save(tmp / "suv.npy", np.minimum(pet, 60000).astype(np.float16))
-    np.save(tmp / "label.npy", label)
-    np.savez(tmp / "indices.npz", body=body, hot=hot, hot_suv=hot_suv, **fg)  # type: ignore[arg-type]
-    meta = {
-        "case_id": case_id,
-        "fingerprint": preprocess_fingerprint(cfg),
-        "grid": grid.to_json(),
-        "preprocess": to_dict(cfg),
-        "phantom": recipe,
-        "lesions": lesions,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
 def _cache_one(
     cache_dir: Path,
     seed: int,
@@ -173,7 +119,15 @@ def _cache_one(
     pet = resample_array(study.pet, grid, 1, 0.0)
     binary = study.label_pet.with_array((study.label_pet.array > 0).astype(np.uint8))
     label = resample_array(binary, grid, 0, 0)
-    _write_entry(folder, case_id, ct, pet, label, grid, cfg, recipe, len(study.lesions))
+    meta = {
+        "case_id": case_id,
+        "fingerprint": preprocess_fingerprint(cfg),
+        "grid": grid.to_json(),
+        "preprocess": to_dict(cfg),
+        "phantom": recipe,
+        "lesions": len(study.lesions),
+    }
+    write_cache_entry(folder, ct, pet, label, meta)
     return CachedPhantom(
         index, case_id, folder, len(study.lesions), grid.shape, time.perf_counter() - start,
         reused=False,
@@ -212,18 +166,7 @@ def cache_phantoms(
         if progress is not None:
             progress(phantom.index + 1, n, phantom)
 
-    if workers == 1 or n == 1:
-        for i in range(n):
-            done(_cache_one(root, seed, i, kind, preprocess, options))
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(
-            max_workers=min(workers, n), mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            futures = [
-                pool.submit(_cache_one, root, seed, i, kind, preprocess, options) for i in range(n)
-            ]
-            for future in futures:
-                done(future.result())
+    calls = [(root, seed, i, kind, preprocess, options) for i in range(n)]
+    for phantom in run_in_study_order(_cache_one, calls, workers):
+        done(phantom)
     return [load_cached_case(p.folder) for p in results]

@@ -21,11 +21,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -47,9 +47,33 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 LAYOUTS = ("autopet", "nnunet", "hecktor")
 HECKTOR_CENTRES = ("CHUM", "CHUP", "CHUS", "CHUV", "HGJ", "HMR", "MDA", "USZ")
+
+
+def run_in_study_order(
+    fn: Callable[..., _T], calls: Sequence[tuple[Any, ...]], workers: int
+) -> Iterator[_T]:
+    """``fn(*args)`` for each ``args`` of ``calls``, yielded in the order of ``calls``.
+
+    In this process when ``workers`` is 1 or there is one call; otherwise in up to
+    ``workers`` spawned processes (a fresh interpreter per worker, safe whatever threads the
+    caller runs), the results still in call order, as the serial path gives them.
+    """
+    if workers == 1 or len(calls) == 1:
+        for args in calls:
+            yield fn(*args)
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(calls)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        for future in futures:
+            yield future.result()
 
 
 def study_seed(seed: int, index: int) -> int:
@@ -247,21 +271,9 @@ def write_phantoms(
         if progress is not None:
             progress(i + 1, n, written.name, written, seconds)
 
-    if workers == 1 or n == 1:
-        for i in range(n):
-            done(i, *_write_one(out, layout, kind, seed, i, options))
-    else:
-        import multiprocessing
-
-        # spawn: a fresh interpreter per worker, safe whatever threads the caller runs
-        with ProcessPoolExecutor(
-            max_workers=min(workers, n), mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            futures = [
-                pool.submit(_write_one, out, layout, kind, seed, i, options) for i in range(n)
-            ]
-            for i, future in enumerate(futures):  # in study order, as the serial path
-                done(i, *future.result())
+    calls = [(out, layout, kind, seed, i, options) for i in range(n)]
+    for i, result in enumerate(run_in_study_order(_write_one, calls, workers)):
+        done(i, *result)
     if layout == "nnunet":
         _write_nnunet_dataset(out, n)
     record = {
