@@ -186,22 +186,22 @@ def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):
     _check_outputs(out, case_id, pet)
 
 
-def test_dicom_folder_and_explicit_paths(tmp_path, tiny_weights):
-    ct, pet = _volumes(flip=False)
-    dicom = tmp_path / "study"
+def _write_ct_pet_series(folder: Path, ct, pet, ct_direction, ct_tags: dict) -> None:
+    """``ct`` (HU) and ``pet`` (SUV, stored as Bq/mL with slope 0.5) as DICOM series in
+    ``folder/ct`` and ``folder/pet``; the CT's rows and columns along ``ct_direction``."""
     write_series(
-        dicom / "ct",
+        folder / "ct",
         np.round(ct.array + 1024).astype(np.int16),
         "CT",
         spacing=ct.spacing_mm,
         origin=ct.geometry.origin_mm,
-        row=np.array([1.0, 0, 0]),
-        col=np.array([0, 1.0, 0]),
+        row=np.asarray(ct_direction)[:, 0],
+        col=np.asarray(ct_direction)[:, 1],
         intercept=-1024.0,
-        tags={"SeriesDescription": "CT"},
+        tags=ct_tags,
     )
     write_series(
-        dicom / "pet",
+        folder / "pet",
         np.round(pet.array * BQML_PER_SUV / 0.5).astype(np.int16),
         "PT",
         spacing=pet.spacing_mm,
@@ -211,6 +211,12 @@ def test_dicom_folder_and_explicit_paths(tmp_path, tiny_weights):
         slopes=[0.5] * pet.shape[2],
         tags=dict(PET_TAGS),
     )
+
+
+def test_dicom_folder_and_explicit_paths(tmp_path, tiny_weights):
+    ct, pet = _volumes(flip=False)
+    dicom = tmp_path / "study"
+    _write_ct_pet_series(dicom, ct, pet, np.eye(3), {"SeriesDescription": "CT"})
     out = tmp_path / "out"
     assert _run("segment", str(dicom), "-o", str(out), "--model", str(tiny_weights)) == 0
     (mask_path,) = out.glob("*_mask.nii.gz")
@@ -454,28 +460,8 @@ def _dicom_study(folder: Path) -> list:
 
     ct, pet = _volumes(oblique=True)
     direction = ct.geometry.direction_matrix
-    write_series(
-        folder / "ct",
-        np.round(ct.array + 1024).astype(np.int16),
-        "CT",
-        spacing=ct.spacing_mm,
-        origin=ct.geometry.origin_mm,
-        row=direction[:, 0],
-        col=direction[:, 1],
-        intercept=-1024.0,
-        tags={"SeriesDescription": "CT", "FrameOfReferenceUID": generate_uid()},
-    )
-    write_series(
-        folder / "pet",
-        np.round(pet.array * BQML_PER_SUV / 0.5).astype(np.int16),
-        "PT",
-        spacing=pet.spacing_mm,
-        origin=pet.geometry.origin_mm,
-        row=np.array([1.0, 0, 0]),
-        col=np.array([0, 1.0, 0]),
-        slopes=[0.5] * pet.shape[2],
-        tags=dict(PET_TAGS),
-    )
+    ct_tags = {"SeriesDescription": "CT", "FrameOfReferenceUID": generate_uid()}
+    _write_ct_pet_series(folder, ct, pet, direction, ct_tags)
     datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in (folder / "ct").glob("*.dcm")]
     normal = direction[:, 2]
     return sorted(datasets, key=lambda d: float(np.asarray(d.ImagePositionPatient, float) @ normal))
