@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from mefn.errors import ConfigError
+from mefn.errors import ConfigError, MefnError
 from mefn.fileutil import atomic_write_text
 
 T = TypeVar("T")
@@ -121,16 +121,25 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def read_yaml(
+    path: str | os.PathLike[str], what: str = "config file", error: type[MefnError] = ConfigError
+) -> Any:
+    """The content of the YAML file ``path``; ``error`` (one line, naming ``what``) when it
+    is missing or not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist; give the path to a .yaml file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise error(f"{what} {path} is not valid YAML ({first}); fix the syntax") from None
+
+
 def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
     """Read a YAML file into the dataclass ``cls``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; give the path to a .yaml file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "parse error"
-        raise ConfigError(f"{path}: not valid YAML ({first}); fix the syntax") from None
+    data = read_yaml(path)
     return from_dict(cls, data, where=path.name)
 
 

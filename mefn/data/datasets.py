@@ -161,15 +161,10 @@ def _entry(
 
 def load_folds(path: str | Path) -> list[list[str]]:
     """The folds of a YAML file ``{folds: [[case, ...], ...]}``: case ids, no case twice."""
-    import yaml
+    from mefn.config import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"folds file {path} does not exist; check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"folds file {path} is not valid YAML ({exc})") from None
+    data = read_yaml(path, "folds file", InputError)
     folds = data.get("folds") if isinstance(data, dict) else None
     if not (
         isinstance(folds, list)

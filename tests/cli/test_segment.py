@@ -186,11 +186,10 @@ def test_autopet_study_outputs_on_the_pet_grid(tmp_path, tiny_weights):
     _check_outputs(out, case_id, pet)
 
 
-def _write_ct_pet_series(folder: Path, ct, pet, ct_direction, ct_tags: dict) -> None:
-    """``ct`` (HU) and ``pet`` (SUV, stored as Bq/mL with slope 0.5) as DICOM series in
-    ``folder/ct`` and ``folder/pet``; the CT's rows and columns along ``ct_direction``."""
+def _write_ct_series(folder: Path, ct, ct_direction, ct_tags: dict) -> None:
+    """``ct`` (HU) as a DICOM series in ``folder``, rows and columns along ``ct_direction``."""
     write_series(
-        folder / "ct",
+        folder,
         np.round(ct.array + 1024).astype(np.int16),
         "CT",
         spacing=ct.spacing_mm,
@@ -200,6 +199,12 @@ def _write_ct_pet_series(folder: Path, ct, pet, ct_direction, ct_tags: dict) -> 
         intercept=-1024.0,
         tags=ct_tags,
     )
+
+
+def _write_ct_pet_series(folder: Path, ct, pet, ct_direction, ct_tags: dict) -> None:
+    """``ct`` (HU) and ``pet`` (SUV, stored as Bq/mL with slope 0.5) as DICOM series in
+    ``folder/ct`` and ``folder/pet``; the CT's rows and columns along ``ct_direction``."""
+    _write_ct_series(folder / "ct", ct, ct_direction, ct_tags)
     write_series(
         folder / "pet",
         np.round(pet.array * BQML_PER_SUV / 0.5).astype(np.int16),
@@ -532,16 +537,7 @@ def _ac_nac_study(folder: Path, nac: list[str]) -> None:
     and series description tell which one was segmented."""
     ct, pet = _volumes(flip=False)
     axes = {"row": np.array([1.0, 0, 0]), "col": np.array([0, 1.0, 0])}
-    write_series(
-        folder / "ct",
-        np.round(ct.array + 1024).astype(np.int16),
-        "CT",
-        spacing=ct.spacing_mm,
-        origin=ct.geometry.origin_mm,
-        intercept=-1024.0,
-        tags={"SeriesDescription": "CT"},
-        **axes,
-    )
+    _write_ct_series(folder / "ct", ct, np.eye(3), {"SeriesDescription": "CT"})
     for name, slope, suv, corrected in (
         ("PET AC", 0.5, pet.array, ["DECY", "ATTN"]),
         ("PET NAC", 0.25, np.full(pet.shape, 0.8), nac),
