@@ -271,6 +271,20 @@ def _code(code: _CodeTuple) -> Any:
     return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
+# Short String (SH, at most 16 characters) attributes copied from the CT: some archives (the
+# IBSI sarcoma series among them) carry longer values, which a validator rejects in our objects.
+_SH_COPIED = ("StudyID", "AccessionNumber")
+
+
+def _conform(dataset: Any) -> Any:
+    """``dataset`` with over-long copied Short Strings cut to 16 characters."""
+    for key in _SH_COPIED:
+        value = dataset.get(key)
+        if value is not None and len(str(value)) > 16:
+            setattr(dataset, key, str(value)[:16])
+    return dataset
+
+
 def _save(dataset: Any, path: str | os.PathLike[str]) -> Path:
     import pydicom
 
@@ -302,7 +316,7 @@ def _build(
     import highdicom as hd
 
     try:
-        return factory(
+        built = factory(
             source_images=sources,
             series_instance_uid=hd.UID(),
             series_number=series_number,
@@ -322,6 +336,7 @@ def _build(
             f"cannot build a {what} on CT series {sources[0].SeriesInstanceUID} "
             f"({type(exc).__name__}: {exc}); the CT headers are incomplete"
         ) from None
+    return _conform(built)
 
 
 # --- the objects ------------------------------------------------------------------------------
@@ -466,4 +481,7 @@ def write_parametric_map(
             )
         ],
     )
+    # General Series Laterality is Type 2C for a multi-frame object without Frame Anatomy:
+    # the CT's, or empty (unknown).
+    pm.Laterality = sources[0].get("Laterality", "")
     return _save(pm, path)

@@ -276,3 +276,43 @@ def test_round_trips_on_a_real_ct_series(shared_data: Path, tmp_path: Path) -> N
         source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         back[:, :, index[source]] = pm.pixel_array[n].T
     np.testing.assert_array_equal(back, u)
+
+
+def _validator_errors(path: Path) -> list[str]:
+    """The error lines of dciodvfy (dicom3tools, Debian's ``dicom3tools`` package) on ``path``."""
+    import subprocess
+
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.skipif(
+    __import__("shutil").which("dciodvfy") is None,
+    reason="dciodvfy (apt-get install dicom3tools) is not installed",
+)
+@pytest.mark.parametrize("real", [False, True], ids=["tiny_series", "sts_004"])
+def test_seg_and_parametric_map_pass_the_dicom3tools_validator(
+    real: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Both objects pass dciodvfy without an error, on a synthetic oblique series and on a
+    real CT whose Study ID is longer than a Short String allows (cut to 16 characters)."""
+    if real:
+        folder = request.getfixturevalue("shared_data") / "sts" / "STS_004" / "CT_dicom" / "image"
+        ct = read_dicom_series(folder)
+        geometry = ct.geometry
+        files = sorted(folder.glob("*.dcm"))
+        datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+        assert len(str(datasets[0].StudyID)) > 16  # the case the cut is for
+        mask = (ct.array > 200).astype(np.uint8)
+    else:
+        geometry, datasets = _ct_series(tmp_path / "ct")
+        mask = _two_label_mask()
+    labels = {"0": "background", "1": "lesion"} if real else HECKTOR
+    u = np.linspace(0.0, 1.0, mask.size, dtype=np.float32).reshape(mask.shape)
+    seg = write_dicom_seg(mask, geometry, datasets, tmp_path / "s.dcm", labels, ALGORITHM)
+    pm = write_parametric_map(u, geometry, datasets, tmp_path / "u.dcm", ALGORITHM)
+    assert _validator_errors(seg) == []
+    assert _validator_errors(pm) == []
+    if real:
+        for path in (seg, pm):
+            assert pydicom.dcmread(path).StudyID == str(datasets[0].StudyID)[:16]
