@@ -59,9 +59,16 @@ def _one_hot(target: Tensor, num_classes: int, like: Tensor) -> Tensor:
     return F.one_hot(labels, num_classes).movedim(-1, 1).to(like.dtype)
 
 
-def edl_cross_entropy(alpha: Tensor, y: Tensor) -> Tensor:
-    """Per-voxel ``sum_k y_k (psi(S) - psi(alpha_k))``, shape (B, 1, ...)."""
+def edl_cross_entropy(alpha: Tensor, y: Tensor, one_hot: bool = False) -> Tensor:
+    """Per-voxel ``sum_k y_k (psi(S) - psi(alpha_k))``, shape (B, 1, ...).
+
+    ``one_hot``: ``y`` is one-hot (the training loss's labels), so the sum is
+    ``psi(S) - psi(alpha_y)``: the same value with one digamma per voxel for the labelled
+    class instead of one per class (and their derivatives in the backward pass).
+    """
     strength = alpha.sum(dim=1, keepdim=True)
+    if one_hot:
+        return torch.digamma(strength) - torch.digamma((y * alpha).sum(dim=1, keepdim=True))
     return (y * (torch.digamma(strength) - torch.digamma(alpha))).sum(dim=1, keepdim=True)
 
 
@@ -101,7 +108,8 @@ def soft_dice_loss(prob: Tensor, y: Tensor, smooth: float = 1e-5) -> Tensor:
 
 
 def uncertainty_perceptual_loss(alpha: Tensor, y: Tensor, eps: float = 1e-6) -> Tensor:
-    """Accuracy-versus-uncertainty loss: low ``u`` where right, high ``u`` where wrong.
+    """Accuracy-versus-uncertainty loss: low ``u`` where right, high ``u`` where wrong
+    (``y`` one-hot).
 
     Averaged over all voxels. Where the prediction is wrong, ``u`` is raised only by removing
     the misleading evidence: the true class's alpha is detached in that term, so the loss never
@@ -113,7 +121,7 @@ def uncertainty_perceptual_loss(alpha: Tensor, y: Tensor, eps: float = 1e-6) -> 
     u = k / strength
     prob = (alpha / strength).detach()
     confidence, predicted = prob.max(dim=1, keepdim=True)
-    correct = (predicted == y.argmax(dim=1, keepdim=True)).to(alpha.dtype)
+    correct = y.gather(1, predicted).to(alpha.dtype)  # y one-hot: 1 where predicted = label
     wrong = 1.0 - correct
     strength_misleading = (alpha * (1.0 - y)).sum(dim=1, keepdim=True) + (alpha * y).sum(
         dim=1, keepdim=True
@@ -157,7 +165,7 @@ class EvidentialLoss(nn.Module):
         logs: dict[str, Tensor] = {}
         sums = {"ce": 0.0, "kl": 0.0, "dice": 0.0, "uncertainty": 0.0}
         for name, alpha, head_weight in present:
-            ce = edl_cross_entropy(alpha, y).mean()
+            ce = edl_cross_entropy(alpha, y, one_hot=True).mean()
             kl = edl_kl_misleading(alpha, y).mean()
             # Dice on the belief e / S, not on alpha / S: alpha >= 1 puts a floor of 1 / S on
             # every class's probability, which over a whole patch of background swamps a small

@@ -37,6 +37,20 @@ def test_edl_cross_entropy_hand_value() -> None:
     assert edl_cross_entropy(_vox((1.0, 10.0)), _y(0)).item() > 0.5
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_edl_cross_entropy_one_hot_path_matches_the_sum_and_its_gradient(k: int) -> None:
+    torch.manual_seed(2)
+    alpha = torch.nn.functional.softplus(torch.randn(2, k, 4, 5, 3).double() * 3) + 1.0
+    alpha.requires_grad_()
+    labels = torch.randint(0, k, (2, 4, 5, 3))
+    y = torch.nn.functional.one_hot(labels, k).movedim(-1, 1).double()
+    fast, plain = edl_cross_entropy(alpha, y, one_hot=True), edl_cross_entropy(alpha, y)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+    (g_fast,) = torch.autograd.grad(fast.sum(), alpha)
+    (g_plain,) = torch.autograd.grad(plain.sum(), alpha)
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-12, atol=1e-12)
+
+
 def test_edl_kl_misleading_hand_values() -> None:
     # the right class's evidence is removed: alpha (5, 1), y = 0 -> Dir(1, 1) -> KL 0
     assert edl_kl_misleading(_vox((5.0, 1.0)), _y(0)).item() == pytest.approx(0.0, abs=1e-12)
