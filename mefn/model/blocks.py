@@ -159,7 +159,12 @@ class UpStage(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, skip_channels: int, out_channels: int, convs: int = 2
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        convs: int = 2,
+        pointwise: bool = False,
     ) -> None:
         super().__init__()
         if convs not in (1, 2):
@@ -177,6 +182,12 @@ class UpStage(nn.Module):
             is_transposed=True,
         )
         cin = out_channels + skip_channels
+        # ``pointwise``: the concatenation is first projected to ``out_channels`` by a 1x1x1
+        # convolution, so the 3x3x3 convolutions run out -> out instead of cin -> out.
+        self.project: nn.Module = (
+            nn.Conv3d(cin, out_channels, kernel_size=1, bias=False) if pointwise else nn.Identity()
+        )
+        cin = out_channels if pointwise else cin
         self.conv_block: nn.Module = (
             UnetBasicBlock(3, cin, out_channels, 3, 1, norm_name=NORM, act_name=ACT)
             if convs == 2
@@ -184,7 +195,7 @@ class UpStage(nn.Module):
         )
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        out: Tensor = self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
+        out: Tensor = self.conv_block(self.project(torch.cat((self.transp_conv(x), skip), dim=1)))
         return out
 
 

@@ -94,6 +94,7 @@ class ModelConfig:
     # faster on CPU; it changes no result beyond float rounding.
     fuse_convs: int = 2
     fuse_width: int = 0
+    fuse_pointwise: bool = False
     channels_last: bool = False
 
     def __post_init__(self) -> None:

@@ -74,7 +74,9 @@ class MEFN(nn.Module):
         self.calibrator = UncertaintyCalibrator() if cfg.calibrator else None
         # Full-resolution fused stage: transposed conv of the two calibrated half-resolution
         # streams, concatenated with both level-0 skips, then ``fuse_convs`` convolutions.
-        self.fuse = UpStage(2 * widths[1], 2 * widths[0], cfg.fused_width, cfg.fuse_convs)
+        self.fuse = UpStage(
+            2 * widths[1], 2 * widths[0], cfg.fused_width, cfg.fuse_convs, cfg.fuse_pointwise
+        )
         self.head_fused = out_conv(cfg.fused_width, k)
         if cfg.cfl:
             self.to_pseudo_ct: TranslationHead | None = TranslationHead(widths[1])

@@ -54,8 +54,9 @@ def test_fast_config_is_the_small_one_with_a_light_fused_stage() -> None:
     small = load_config(ModelConfig, REPO / "configs/model/mefn_small.yaml")
     fast = load_config(ModelConfig, REPO / "configs/model/mefn_fast.yaml")
     assert (fast.fuse_convs, fast.fused_width, fast.channels_last) == (1, 8, True)
+    assert fast.fuse_pointwise and not small.fuse_pointwise
     assert (small.fuse_convs, small.fused_width, small.channels_last) == (2, 12, False)
-    same = replace(fast, fuse_convs=2, fuse_width=0, channels_last=False)
+    same = replace(fast, fuse_convs=2, fuse_width=0, channels_last=False, fuse_pointwise=False)
     assert same == small
 
 
@@ -71,8 +72,21 @@ def test_bad_speed_options_are_refused(values: dict[str, object], message: str) 
         from_dict(ModelConfig, values)
 
 
-def test_channels_last_gives_the_same_outputs_and_gradients() -> None:
-    cfg = replace(TINY, fuse_convs=1, fuse_width=8)
+def test_pointwise_up_stage_projects_before_its_convolution() -> None:
+    plain, pointwise = UpStage(8, 12, 4, convs=1), UpStage(8, 12, 4, convs=1, pointwise=True)
+    assert pointwise.project.weight.shape == (4, 16, 1, 1, 1)
+    assert pointwise.conv_block.conv.weight.shape == (4, 4, 3, 3, 3)
+    assert plain.conv_block.conv.weight.shape == (4, 16, 3, 3, 3)
+    assert isinstance(plain.project, torch.nn.Identity)
+    out = pointwise(torch.randn(2, 8, 3, 4, 2), torch.randn(2, 12, 6, 8, 4))
+    assert out.shape == (2, 4, 6, 8, 4)
+    # the default keeps MONAI UnetUpBlock's state-dict keys (bundled weights load)
+    assert not any(k.startswith("project") for k in UpStage(8, 6, 6).state_dict())
+
+
+@pytest.mark.parametrize("pointwise", [False, True])
+def test_channels_last_gives_the_same_outputs_and_gradients(pointwise: bool) -> None:
+    cfg = replace(TINY, fuse_convs=1, fuse_width=8, fuse_pointwise=pointwise)
     torch.manual_seed(0)
     plain = build_model(cfg)
     fast = build_model(replace(cfg, channels_last=True))
