@@ -130,13 +130,24 @@ class TrainConfig:
     adapter: str | None = None
     num_classes: int | None = None
     threads: int | None = None
+    #: data-parallel CPU processes that ``mefn train`` starts itself (each with ``threads``
+    #: threads and ``batch_size`` patches; gradients averaged as under torchrun). Two
+    #: processes of one thread train about 1.2x faster than one of two threads on 2 cores.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(
                 f"num_classes must be at least 2 (background + classes), found {self.num_classes}"
             )
-        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every", "sw_batch_size"):
+        for name in (
+            "epochs",
+            "steps_per_epoch",
+            "batch_size",
+            "val_every",
+            "sw_batch_size",
+            "processes",
+        ):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, found {value}")
@@ -759,6 +770,13 @@ def _setup_device(cfg: TrainConfig) -> tuple[_Dist, Any]:
         else "cpu"
     )
     dist_info = _init_distributed(device_kind)
+    if cfg.processes > 1 and dist_info.world == 1 and device_kind == "cpu":
+        logger.warning(
+            "processes: %d is started by the mefn train command; this call trains in one "
+            "process with batch_size %d",
+            cfg.processes,
+            cfg.batch_size,
+        )
     device = _pick_device(cfg.device, dist_info)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -487,3 +487,45 @@ def test_cli_campaign_piece_says_how_to_continue(tmp_path, tiny_data, capsys):
         main([*argv, "-o", str(tmp_path / "o")])
     with pytest.raises(ConfigError, match="checkpoint_minutes must be 0"):
         TrainConfig(checkpoint_minutes=-1.0)
+
+
+@pytest.mark.slow  # two training processes: tens of seconds on two cores
+def test_processes_train_data_parallel_like_torchrun(tmp_path, tiny_data, capsys):
+    """``processes: 2`` makes ``mefn train`` start two ranks itself: the weights are those of
+    the same config run under torchrun with two ranks (same seeds per rank, averaged
+    gradients), and rank 0 alone prints."""
+    from safetensors.torch import load_file
+
+    from mefn.cli import main
+
+    cfg = _config(tmp_path, tiny_data, processes=2)
+    save_config(cfg, tmp_path / "train.yaml")
+    assert main(["train", "--config", str(tmp_path / "train.yaml"), "-o", str(tmp_path / "p")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", "29541", "-m", "mefn", "-q", "train"]
+    torchrun += ["--config", str(tmp_path / "train.yaml"), "-o", str(tmp_path / "t")]
+    proc = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = load_file(str(tmp_path / "p" / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "t" / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert ours[key].equal(theirs[key]), key
+    card = json.loads((tmp_path / "p" / "model.json").read_text())
+    assert card["training"]["steps"] == 4 and len(_log(tmp_path / "p")) == 2
+
+
+@pytest.mark.slow  # two training processes
+def test_a_failing_rank_stops_the_others_with_one_line(tmp_path, tiny_data, capfd):
+    from mefn.cli import main
+
+    cfg = _config(tmp_path, tiny_data, processes=2)
+    save_config(cfg, tmp_path / "train.yaml")
+    missing = ["--data", str(tmp_path / "nowhere")]
+    code = main(
+        ["train", "--config", str(tmp_path / "train.yaml"), "-o", str(tmp_path / "p")] + missing
+    )
+    assert code == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "nowhere" in errors[0], errors

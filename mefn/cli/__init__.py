@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mefn`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # to start it again (train)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = _parse_value(value)
     if overrides:
         cfg = replace_from_overrides(cfg, overrides)
+    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ and _on_cpu(cfg.device):
+        return _run_data_parallel(args.argv, cfg.processes, cfg.threads)
 
     from tqdm import tqdm
 
@@ -134,3 +137,62 @@ def run(args: argparse.Namespace) -> int:
             f"weights: {Path(result.output_dir) / 'model.safetensors'}"
         )
     return 0
+
+
+def _on_cpu(device: str) -> bool:
+    import torch
+
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def _run_data_parallel(argv: list[str], processes: int, threads: int | None) -> int:
+    """This command again in ``processes`` data-parallel ranks on this machine (what torchrun
+    does, without its launcher): rank 0 talks to the terminal, the others stay quiet unless
+    they fail. The first failure stops the others; returns rank 0's exit code, or the failed
+    rank's when rank 0 did not fail on its own."""
+    import contextlib
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    per_rank = threads or max(1, (os.cpu_count() or 1) // processes)
+    with contextlib.ExitStack() as stack:
+        procs: list[subprocess.Popen[bytes]] = []
+        logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
+        for rank in range(processes):
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(processes),
+                "LOCAL_WORLD_SIZE": str(processes),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": str(per_rank),
+            }
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": logs[rank]} if rank else {}
+            command = [sys.executable, "-m", "mefn", *argv]
+            procs.append(subprocess.Popen(command, env=env, **quiet))  # type: ignore[call-overload]
+        try:
+            while any(p.poll() is None for p in procs):
+                if any(p.poll() not in (None, 0) for p in procs):
+                    for p in procs:
+                        if p.poll() is None:
+                            p.terminate()
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            raise
+        codes = [p.wait() for p in procs]
+        failed = next((r for r, c in enumerate(codes) if c > 0), None)
+        if codes[0] > 0 or failed is None:
+            return codes[0] if codes[0] >= 0 else 1
+        logs[failed].seek(0)
+        lines = logs[failed].read().decode(errors="replace").strip().splitlines()
+    print(lines[-1] if lines else f"mefn train: error: rank {failed} failed", file=sys.stderr)
+    return codes[failed]
