@@ -14,6 +14,12 @@ epochs). The epoch handed to the loss (KL and uncertainty annealing) is
 ``step // steps_per_epoch``. The step is the one of ``mefn.training.train``: sample, forward,
 loss, backward, clip, optimiser step.
 
+A recipe with ``processes`` > 1 (data-parallel, as ``mefn train`` runs it) steps in that
+many processes: this one as rank 0 and helpers started for the run, each with its own
+sampler (seed + 1000 x rank), ``batch_size`` patches and ``threads`` threads, gradients
+averaged by DistributedDataParallel over gloo; its step is rank 0's wall time (the ranks meet
+at every gradient reduction), its voxels those of all ranks, its loss the ranks' mean.
+
 The recipes alternate step by step (A B A B ...), so load from other processes on a shared
 machine hits them alike; every step is timed by phase (patch sampling and augmentation,
 forward, loss, backward, optimiser), and the figures are medians over the steps after
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -104,6 +111,9 @@ class Recipe:
     params: list[Any]
     sampler: Any
     voxels_per_step: int
+    forward: Any = None  # the model, or DistributedDataParallel around it
+    processes: int = 1
+    threads: int = 1
     gflop_per_step: float = math.nan
     times: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
     wall: list[float] = field(default_factory=list)
@@ -126,9 +136,12 @@ def _cases(entries: list[Any], preprocess: Any, cache_root: Path) -> list[Any]:
 
 
 def build_recipe(
-    path: str, entries: list[Any], cache_root: Path, args: argparse.Namespace
+    path: str, entries: list[Any], cache_root: Path, args: argparse.Namespace, rank: int = 0
 ) -> Recipe:
-    """Model, loss, optimiser and sampler of the training config at ``path``, seeded."""
+    """Model, loss, optimiser and sampler of the training config at ``path``, seeded (the
+    sampler of data-parallel rank ``rank`` by ``seed + 1000 * rank``). A recipe of
+    ``processes`` > 1 steps in that many processes of ``threads`` threads each (its own, else
+    ``--threads`` shared out), the batch per process."""
     import torch
 
     from mefn.model import build_loss, build_model
@@ -143,7 +156,9 @@ def build_recipe(
     torch.manual_seed(args.seed)
     model = build_model(model_cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sampler = make_sampler(cfg, _cases(entries, cfg.preprocess, cache_root), seed=args.seed)
+    sampler = make_sampler(
+        cfg, _cases(entries, cfg.preprocess, cache_root), seed=args.seed + 1000 * rank
+    )
     return Recipe(
         name=f"{Path(path).stem} ({cfg.model})",
         cfg=cfg,
@@ -153,7 +168,12 @@ def build_recipe(
         optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
         params=params,
         sampler=sampler,
-        voxels_per_step=cfg.batch_size * math.prod(cfg.patch_size_vox),
+        voxels_per_step=cfg.processes * cfg.batch_size * math.prod(cfg.patch_size_vox),
+        forward=model,
+        processes=cfg.processes,
+        threads=(cfg.threads or max(1, args.threads // cfg.processes))
+        if cfg.processes > 1
+        else args.threads,
     )
 
 
@@ -199,10 +219,16 @@ def train_step(
         x_np, y_np = recipe.sampler.batch(cfg.batch_size)
         x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     with phase("forward"):
-        output = recipe.model(x)
+        output = (recipe.forward or recipe.model)(x)
     with phase("loss"):
         loss = recipe.loss_fn(output, y, x, epoch)["loss"]
         value = float(loss.detach())
+        if recipe.processes > 1:  # the mean over the ranks, as the batch's loss
+            import torch.distributed as dist
+
+            mean = loss.detach().reshape(1) / recipe.processes
+            dist.all_reduce(mean)
+            value = float(mean)
     if not math.isfinite(value):
         raise CheckpointError(f"{recipe.name} diverged at step {step} (loss {value})")
     with phase("backward"):
@@ -225,12 +251,16 @@ def timed_step(recipe: Recipe, step: int, total_steps: int, threads: int, keep: 
         yield
         spans[name] = time.perf_counter() - t0
 
+    import torch
+
+    torch.set_num_threads(recipe.threads)
+    _tell_helpers(recipe, _STEP, step, total_steps)
     cpu0, t0 = time.process_time(), time.perf_counter()
     recipe.losses.append(train_step(recipe, step, total_steps, timer))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if keep:
         recipe.wall.append(wall)
-        recipe.idle.append(max(0.0, 1.0 - cpu / (threads * wall)))
+        recipe.idle.append(max(0.0, 1.0 - cpu / (recipe.threads * wall)))
         for name in PHASES:
             recipe.times[name].append(spans[name])
 
@@ -256,8 +286,111 @@ def profiled_breakdown(recipe: Recipe, step: int, total_steps: int) -> dict[str,
         in_ops = sum(kinds.values())
         out[name] = {**kinds, "outside ops": max(0.0, wall_ms - in_ops), "wall": wall_ms}
 
+    import torch
+
+    torch.set_num_threads(recipe.threads)
+    _tell_helpers(recipe, _STEP, step, total_steps)
     train_step(recipe, step, total_steps, timer)
     return out
+
+
+# --- data-parallel recipes: this process is rank 0, helpers are the other ranks ---------------
+_STEP, _STOP = 1, 0
+
+
+def _tell_helpers(recipe: Recipe, command: int, step: int = 0, total_steps: int = 0) -> None:
+    """Rank 0 tells the helper ranks of a data-parallel recipe what to do next."""
+    if recipe.processes > 1:
+        import torch
+        import torch.distributed as dist
+
+        dist.broadcast(torch.tensor([command, step, total_steps]), src=0)
+
+
+HELPER_FLAG = "--_helper"
+
+
+def _join(recipe: Recipe, rank: int, port: int) -> None:
+    """Join the recipe's process group as ``rank`` and wrap its model for averaged gradients
+    (a rank that never comes fails the others after two minutes instead of hanging)."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=recipe.processes,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    recipe.forward = torch.nn.parallel.DistributedDataParallel(recipe.model)
+
+
+def helper_rank(spec: dict[str, Any]) -> None:
+    """A helper rank of a data-parallel recipe (``python -m pipelines.benchmark_training
+    --_helper SPEC``, started by ``start_helpers``): steps whenever rank 0 says so, until told
+    to stop. It reads the phantoms and the patch cache rank 0 wrote."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from mefn.data.datasets import index_dataset
+
+    args = argparse.Namespace(**spec["args"])
+    rank = int(spec["rank"])
+    entries = index_dataset(Path(spec["data"]), layout="nnunet")
+    recipe = build_recipe(spec["recipe"], entries, Path(spec["cache"]), args, rank=rank)
+    recipe.sampler.rng = np.random.default_rng(args.seed + 1000 * rank)
+    torch.set_num_threads(recipe.threads)
+    _join(recipe, rank, int(spec["port"]))
+    while True:
+        command = torch.zeros(3, dtype=torch.int64)
+        dist.broadcast(command, src=0)
+        if int(command[0]) == _STOP:
+            break
+        train_step(recipe, int(command[1]), int(command[2]))
+    # Leave at once: tearing the gloo group down from both sides can wait on each other.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def start_helpers(
+    recipe: Recipe, path: str, data: Path, cache_root: Path, args: argparse.Namespace
+) -> list[Any]:
+    """Start ranks 1.. of a data-parallel recipe (fresh processes from the repository root)
+    and join them as rank 0."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    shared = {"seed": args.seed, "patch": args.patch, "batch": args.batch, "threads": args.threads}
+    env = {**os.environ, "OMP_NUM_THREADS": str(recipe.threads)}
+    helpers = []
+    for rank in range(1, recipe.processes):
+        spec = {"recipe": str(Path(path).resolve()), "data": str(data), "cache": str(cache_root)}
+        spec.update(args=shared, rank=rank, port=port)  # type: ignore[arg-type]
+        command = [sys.executable, "-m", "pipelines.benchmark_training", HELPER_FLAG]
+        helpers.append(subprocess.Popen([*command, json.dumps(spec)], cwd=REPO, env=env))
+    _join(recipe, 0, port)
+    return helpers
+
+
+def stop_helpers(recipe: Recipe, helpers: list[Any]) -> None:
+    import subprocess
+
+    import torch.distributed as dist
+
+    _tell_helpers(recipe, _STOP)
+    dist.destroy_process_group()
+    for helper in helpers:
+        try:
+            helper.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            helper.kill()
 
 
 def matmul_gflops(size: int) -> float:
@@ -287,6 +420,8 @@ def summarise(recipe: Recipe, last: int) -> dict[str, Any]:
         "model": recipe.cfg.model,
         "patch_size_vox": list(recipe.cfg.patch_size_vox),
         "batch_size": recipe.cfg.batch_size,
+        "processes": recipe.processes,
+        "threads": recipe.threads,
         "params": sum(p.numel() for p in recipe.model.parameters()),
         "step_seconds": wall,
         "phase_seconds": med,
@@ -309,12 +444,18 @@ def _report(rows: list[dict[str, Any]], matmul: float, args: argparse.Namespace)
         ph = "  ".join(f"{p} {r['phase_seconds'][p]:.3f}" for p in PHASES)
         lines += [
             f"{r['recipe']}: {r['params']:,d} parameters, batch {r['batch_size']} x "
-            f"{'x'.join(map(str, r['patch_size_vox']))}",
+            f"{'x'.join(map(str, r['patch_size_vox']))}"
+            + (
+                f" in each of {r['processes']} data-parallel processes"
+                if r["processes"] > 1
+                else ""
+            )
+            + f", {r['threads']} thread(s) each",
             f"  step {r['step_seconds']:.3f} s  ({ph} s)",
             f"  {r['voxels_per_second'] / 1e3:.1f} k training voxels/s (network only "
             f"{r['network_voxels_per_second'] / 1e3:.1f} k); {r['gflop_per_step']:.1f} GFLOP "
             f"per step at {r['gflops_achieved']:.1f} GFLOP/s ({r['gflops_achieved'] / matmul:.0%}"
-            f" of matmul); idle {r['idle_fraction']:.0%} of {args.threads} cores",
+            f" of matmul); idle {r['idle_fraction']:.0%} of rank 0's {r['threads']} thread(s)",
             f"  loss: mean of the first {args.last} steps {r['loss_first']:.4f}, of the last "
             f"{args.last} {r['loss_last']:.4f}",
         ]
@@ -347,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul", type=int, default=1536, help="reference matmul size")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled step")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [HELPER_FLAG]:
+        helper_rank(json.loads(argv[1]))
+        return 0
     args = parser.parse_args(argv)
     if args.steps <= args.warmup or len(args.recipes) < 2:
         parser.error("need --steps > --warmup and at least two --recipes")
@@ -372,22 +517,38 @@ def main(argv: list[str] | None = None) -> int:
         write_phantoms(data, n=args.cases, layout="nnunet", seed=args.seed, small=True)
         entries = index_dataset(data, layout="nnunet")
         recipes = [build_recipe(p, entries, Path(tmp) / "cache", args) for p in args.recipes]
+        parallel = [(r, p) for r, p in zip(recipes, args.recipes, strict=True) if r.processes > 1]
+        if len(parallel) > 1:
+            parser.error("at most one recipe may have processes > 1")
         for recipe in recipes:
-            recipe.gflop_per_step = count_gflop(recipe)
+            recipe.gflop_per_step = count_gflop(recipe) * recipe.processes
         # the FLOP count drew a batch: re-seed every sampler alike
         import numpy as np
 
         for recipe in recipes:
             recipe.sampler.rng = np.random.default_rng(args.seed)
+        helpers = [
+            (recipe, start_helpers(recipe, path, data, Path(tmp) / "cache", args))
+            for recipe, path in parallel
+        ]
         matmul: list[float] = []
-        for step in range(args.steps):
-            for recipe in recipes:
-                timed_step(recipe, step, args.steps, args.threads, keep=step >= args.warmup)
-            if step >= args.warmup:
-                matmul.append(matmul_gflops(args.matmul))
-        if not args.no_profile:
-            for recipe in recipes:
-                recipe.breakdown = profiled_breakdown(recipe, args.steps, args.steps)
+        try:
+            for step in range(args.steps):
+                for recipe in recipes:
+                    timed_step(recipe, step, args.steps, args.threads, keep=step >= args.warmup)
+                if step >= args.warmup:
+                    torch.set_num_threads(args.threads)
+                    matmul.append(matmul_gflops(args.matmul))
+            if not args.no_profile:
+                for recipe in recipes:
+                    recipe.breakdown = profiled_breakdown(recipe, args.steps, args.steps)
+        except BaseException:  # the helpers may be waiting inside a step: end them
+            for _, started in helpers:
+                for helper in started:
+                    helper.kill()
+            raise
+        for recipe, started in helpers:
+            stop_helpers(recipe, started)
     rows = [summarise(r, args.last) for r in recipes]
     matmul_med = statistics.median(matmul)
     for line in _report(rows, matmul_med, args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 
@@ -62,14 +63,19 @@ def _recipe(folder: Path, name: str, extra: str) -> Path:
     return train
 
 
+def _run(bench: ModuleType, recipes: list[Path], out: Path, threads: int) -> None:
+    """Three steps of each recipe on one small phantom, JSON to ``out``."""
+    argv = ["--recipes", *map(str, recipes), "--steps", "3", "--warmup", "1", "--last", "2"]
+    argv += ["--cases", "1", "--threads", str(threads), "--matmul", "64", "--json", str(out)]
+    assert bench.main(argv) == 0
+
+
 @pytest.mark.slow  # writes a phantom and trains two tiny networks: ~10 s on a quiet CPU
 def test_tiny_run_prints_and_writes_both_recipes(bench: ModuleType, tmp_path, capsys) -> None:
     a = _recipe(tmp_path, "plain", "")
     b = _recipe(tmp_path, "light", "fuse_convs: 1\nfuse_width: 2\nchannels_last: true\n")
     out = tmp_path / "bench.json"
-    argv = ["--recipes", str(a), str(b), "--steps", "3", "--warmup", "1", "--last", "2"]
-    argv += ["--cases", "1", "--threads", "1", "--matmul", "64", "--json", str(out)]
-    assert bench.main(argv) == 0
+    _run(bench, [a, b], out, threads=1)
     text = capsys.readouterr().out
     assert "CPU capability" in text
     assert "ratio light (" in text and "training voxels/s" in text
@@ -89,3 +95,26 @@ def test_tiny_run_prints_and_writes_both_recipes(bench: ModuleType, tmp_path, ca
         rows[1]["voxels_per_second"] / rows[0]["voxels_per_second"]
     )
     assert result["machine"]["cpu_capability"]
+
+
+@pytest.mark.slow  # a phantom, two tiny networks, one of them in two processes
+def test_a_data_parallel_recipe_steps_in_two_processes(bench: ModuleType, tmp_path, capsys) -> None:
+    a = _recipe(tmp_path, "plain", "")
+    b = _recipe(tmp_path, "pair", "fuse_convs: 1\nfuse_width: 2\nfuse_pointwise: true\n")
+    b.write_text(b.read_text().replace("batch_size: 2", "batch_size: 1\nprocesses: 2\nthreads: 1"))
+    out = tmp_path / "bench.json"
+    _run(bench, [a, b], out, threads=2)
+    text = capsys.readouterr().out
+    assert "in each of 2 data-parallel processes, 1 thread(s) each" in text
+    plain, pair = json.loads(out.read_text())["recipes"]
+    assert (plain["processes"], plain["threads"]) == (1, 2)
+    assert (pair["processes"], pair["threads"]) == (2, 1)
+    # two processes of one patch each: two patches per step, as the plain recipe's batch
+    assert pair["voxels_per_second"] == pytest.approx(2 * 16**3 / pair["step_seconds"])
+    assert len(pair["losses"]) == 3 and all(math.isfinite(v) for v in pair["losses"])
+    assert set(pair["breakdown_ms"]) == set(bench.PHASES)
+    # and two data-parallel recipes in one run are refused
+    c = _recipe(tmp_path, "pair2", "")
+    c.write_text(c.read_text() + "processes: 2\n")
+    with pytest.raises(SystemExit):
+        bench.main(["--recipes", str(b), str(c), "--steps", "2", "--warmup", "1", "--cases", "1"])
