@@ -7,8 +7,8 @@
 A recipe is a training config (``configs/train/*.yaml``) and the model config it names. Both
 recipes train from the same seed on the same small phantom set (``--cases`` small phantoms,
 written to a temporary folder and cached in each recipe's model space), each with its own
-``PatchSampler`` seeded alike, AdamW at the recipe's lr and weight decay, gradient clipping at
-its ``grad_clip``, and one learning-rate schedule for both: ``mefn.training.lr_factor`` over
+``PatchSampler`` seeded alike, AdamW (``mefn.training.make_adamw``) at the recipe's lr and
+weight decay, gradient clipping at its ``grad_clip``, and one learning-rate schedule for both: ``mefn.training.lr_factor`` over
 ``--steps`` steps with a tenth of them warm-up (the recipes' own schedules span hundreds of
 epochs). The epoch handed to the loss (KL and uncertainty annealing) is
 ``step // steps_per_epoch``. The step is the one of ``mefn.training.train``: sample, forward,
@@ -145,7 +145,7 @@ def build_recipe(
     import torch
 
     from mefn.model import build_loss, build_model
-    from mefn.training import load_train_config, make_sampler, resolve_model_config
+    from mefn.training import load_train_config, make_adamw, make_sampler, resolve_model_config
 
     cfg = load_train_config(path)
     if args.patch:
@@ -165,7 +165,7 @@ def build_recipe(
         model_cfg=model_cfg,
         model=model,
         loss_fn=build_loss(model_cfg),
-        optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        optimizer=make_adamw(params, cfg.lr, cfg.weight_decay),
         params=params,
         sampler=sampler,
         voxels_per_step=cfg.processes * cfg.batch_size * math.prod(cfg.patch_size_vox),
