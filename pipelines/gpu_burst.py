@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from mefn.data.cache import CachedCase
     from mefn.training import TrainConfig
 
-from pipelines.train_phantoms import (
+from mefn.calibration import (
     FPV_LIMIT_ML,
     LESION_THRESHOLD_CANDIDATES,
     MIN_LESION_CANDIDATES_ML,
@@ -109,7 +109,7 @@ def calibrate(
     run_dir: Path, val_cases: list[CachedCase], cfg: TrainConfig, model_cfg: Any, device: Any
 ) -> dict[str, Any]:
     """Lesion threshold and lesion floor for ``run_dir``'s weights, chosen on ``val_cases``
-    in model space by ``train_phantoms.choose_postprocessing`` (no PET check)."""
+    in model space by ``mefn.calibration.choose_postprocessing`` (no PET check)."""
     import torch
     from safetensors.torch import load_file
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from support import load_pipeline
 
+from mefn import calibration
 from mefn.io.volume import Geometry, Volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,15 +101,15 @@ def test_postprocessing_choice_keeps_false_positives_within_the_target(tp: Modul
         (0.3, "none", 1.0): {"mean_dice": 0.60, "mean_fpv_ml": 1.0},  # same Dice, fewer FP: chosen
         (0.1, "none", 0.0): {"mean_dice": 0.70, "mean_fpv_ml": 9.0},  # best Dice, too many FP
     }
-    assert tp.choose_postprocessing(scores) == (0.3, "none", 1.0)
+    assert calibration.choose_postprocessing(scores) == (0.3, "none", 1.0)
     # the plain argmax is over the target: the limit is its own false-positive volume
     over = {k: {**v, "mean_fpv_ml": v["mean_fpv_ml"] + 5} for k, v in scores.items()}
-    assert tp.choose_postprocessing(over) == (0.3, "none", 1.0)
+    assert calibration.choose_postprocessing(over) == (0.3, "none", 1.0)
     over[0.1, "none", 0.0]["mean_fpv_ml"] = 7.0  # as many as the argmax's 7.0 mL: allowed
-    assert tp.choose_postprocessing(over) == (0.1, "none", 0.0)
+    assert calibration.choose_postprocessing(over) == (0.1, "none", 0.0)
     # a PET check is one more dimension of the same choice
     scores[0.3, "contrast", 0.0] = {"mean_dice": 0.65, "mean_fpv_ml": 0.5}
-    assert tp.choose_postprocessing(scores) == (0.3, "contrast", 0.0)
+    assert calibration.choose_postprocessing(scores) == (0.3, "contrast", 0.0)
 
 
 def test_postprocessing_choice_weighs_the_simple_phantoms_too(tp: ModuleType) -> None:
@@ -122,11 +123,11 @@ def test_postprocessing_choice_weighs_the_simple_phantoms_too(tp: ModuleType) ->
         (None, "none", 2.0): {"mean_dice": 0.50, "mean_fpv_ml": 0.0},
         (0.4, "none", 0.5): {"mean_dice": 0.63, "mean_fpv_ml": 0.0},
     }
-    assert tp.choose_postprocessing(scores) == (None, "none", 2.0)
-    assert tp.choose_postprocessing(scores, simple) == (None, "none", 0.0)
+    assert calibration.choose_postprocessing(scores) == (None, "none", 2.0)
+    assert calibration.choose_postprocessing(scores, simple) == (None, "none", 0.0)
     simple[None, "none", 0.0]["mean_fpv_ml"] = 3.5  # over 3 mL there: the limit is its own
     simple[None, "none", 2.0]["mean_fpv_ml"] = 3.6  # ... which this exceeds
-    assert tp.choose_postprocessing(scores, simple) == (None, "none", 0.0)
+    assert calibration.choose_postprocessing(scores, simple) == (None, "none", 0.0)
 
 
 def test_settings_metrics_on_the_box_equal_the_whole_grid(tp: ModuleType) -> None:
@@ -156,15 +157,19 @@ def test_settings_metrics_on_the_box_equal_the_whole_grid(tp: ModuleType) -> Non
     prob = np.stack([1.0 - lesion_p, lesion_p])
     per_case: dict = {
         (t, n, v): []
-        for t in tp.LESION_THRESHOLD_CANDIDATES
-        for n in tp.PET_CHECK_CANDIDATES
-        for v in tp.MIN_LESION_CANDIDATES_ML
+        for t in calibration.LESION_THRESHOLD_CANDIDATES
+        for n in calibration.PET_CHECK_CANDIDATES
+        for v in calibration.MIN_LESION_CANDIDATES_ML
     }
     voxel_ml = 2.0 * 2.0 * 3.0 / 1000
-    tp._settings_metrics(prob, ref, np.zeros(shape), suv, spacing, voxel_ml, per_case, None)
+    calibration._settings_metrics(
+        prob, ref, np.zeros(shape), suv, spacing, voxel_ml, per_case, None
+    )
     for (t, name, floor), got in per_case.items():
         mask = mask_from_probabilities(prob, 0, t)
-        mask = apply_pet_check(mask, suv, spacing, PetCheck(**tp.PET_CHECK_CANDIDATES[name]))
+        mask = apply_pet_check(
+            mask, suv, spacing, PetCheck(**calibration.PET_CHECK_CANDIDATES[name])
+        )
         mask = remove_small_components(mask, int(np.ceil(floor / voxel_ml)) if floor else 0)
         whole = autopet_case_metrics(ref.astype(np.uint8), mask, spacing, 2022)
         assert got[0].to_dict() == whole.to_dict(), (t, name, floor)
@@ -180,12 +185,12 @@ def test_foreground_box_keeps_every_metric(tp: ModuleType) -> None:
     ref[5:9, 6:10, 7:9] = 1
     pred[6:10, 6:9, 7:9] = 1
     pred[20:22, 25:27, 30:32] = 1  # a false positive at the grid's edge
-    box = tp._foreground_box(ref, pred)
+    box = calibration._foreground_box(ref, pred)
     whole = autopet_case_metrics(ref, pred, (2.0, 2.0, 3.0), 2022)
     cropped = autopet_case_metrics(ref[box], pred[box], (2.0, 2.0, 3.0), 2022)
     assert cropped.to_dict() == whole.to_dict()
     assert ref[box].size < ref.size
-    empty = tp._foreground_box(ref * 0, pred * 0)
+    empty = calibration._foreground_box(ref * 0, pred * 0)
     assert empty == (slice(0, 1),) * 3
     assert math.isnan(autopet_case_metrics(ref[empty], pred[empty], (2.0, 2.0, 3.0), 2022).dice)
 
@@ -205,7 +210,7 @@ def test_mean_scores_follow_the_autopet_2022_aggregation(tp: ModuleType) -> None
         autopet_case_metrics(empty, empty, spacing, 2022),  # no lesion, none predicted
         autopet_case_metrics(empty, pred, spacing, 2022),  # no lesion, 5 mL predicted
     ]
-    scores = tp._mean_scores(cases)
+    scores = calibration.mean_scores(cases)
     assert scores["mean_dice"] == pytest.approx(2 * 4 / (8 + 5))  # the case with lesions only
     assert scores["mean_fpv_ml"] == pytest.approx((1 + 0 + 5) / 3)  # every case
     assert scores["mean_fnv_ml"] == 0.0

@@ -27,6 +27,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "info",
     "convert",
     "evaluate",
+    "calibrate",
     "report",
     "phantoms",
     "train",

@@ -1,0 +1,84 @@
+"""``mefn calibrate``: the post-processing of any weights chosen on labelled cases, written
+into their card (atomically), and its refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from support import make_tiny_weights
+
+from mefn.calibration import (
+    LESION_THRESHOLD_CANDIDATES,
+    MIN_LESION_CANDIDATES_ML,
+    PET_CHECK_CANDIDATES,
+)
+from mefn.cli import main
+from mefn.data.phantom_layouts import write_phantoms
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("val")
+    write_phantoms(root, n=2, layout="nnunet", seed=5, small=True)
+    return root
+
+
+def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -> None:
+    weights = make_tiny_weights(_folder(tmp_path / "run"))
+    card_path = weights.with_suffix(".json")
+    before = json.loads(card_path.read_text())
+    assert main(["calibrate", str(weights), "--data", str(phantoms), "--tta", "x"]) == 0
+    out = capsys.readouterr().out
+    assert str(card_path) in out and "mean Dice" in out
+    card = json.loads(card_path.read_text())
+    record = card["calibration"]
+    assert record["cases"] == 2 and record["data"] == str(phantoms.resolve())
+    n = len(LESION_THRESHOLD_CANDIDATES) * len(PET_CHECK_CANDIDATES)
+    assert len(record["scores"]) == n * len(MIN_LESION_CANDIDATES_ML)
+    # what mefn segment reads, from the chosen setting
+    assert card["tta_axes"] == [0]
+    assert card["lesion_threshold"] == record["lesion_threshold"]
+    assert card["min_lesion_ml"] == record["min_lesion_ml"]
+    assert card["pet_check"] == record["pet_check"]
+    chosen = [
+        r
+        for r in record["scores"]
+        if (r["lesion_threshold"], r["pet_check"], r["min_lesion_ml"])
+        == (record["lesion_threshold"], record["pet_check_name"], record["min_lesion_ml"])
+    ]
+    assert len(chosen) == 1 and chosen[0]["mean_dice"] == record["chosen_scores"]["mean_dice"]
+    # the rest of the card is kept, and no temporary file is left
+    assert card["model"] == before["model"]
+    assert sorted(p.name for p in card_path.parent.iterdir()) == sorted(
+        [weights.name, card_path.name]
+    )
+    # the calibrated card loads for segmentation
+    from mefn.inference import Predictor
+
+    predictor = Predictor(weights)
+    assert predictor.tta_axes == (0,)
+
+
+def test_calibrate_refusals(tmp_path, phantoms, capsys) -> None:
+    assert main(["calibrate", "default", "--data", str(phantoms)]) == 2
+    err = capsys.readouterr().err
+    assert "bundled model whose card is part of the package" in err and err.count("\n") == 1
+    weights = make_tiny_weights(_folder(tmp_path / "run"))
+    assert main(["calibrate", str(weights), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["calibrate", str(weights), "--data", str(phantoms), "--max-cases", "0"]) == 2
+    assert "--max-cases must be at least 1" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    shutil.copytree(phantoms, empty)
+    for label in (empty / "labelsTr").glob("*"):
+        label.unlink()
+    assert main(["calibrate", str(weights), "--data", str(empty)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
