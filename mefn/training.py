@@ -534,6 +534,11 @@ def _read_checkpoint(out: Path, model: Any, optimizer: Any, scaler: Any) -> RunS
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
+def training_split(cfg: TrainConfig) -> tuple[list[Any], list[Any]]:
+    """The run's (training, validation) dataset entries, as :func:`train` splits them."""
+    return _index_cases(cfg)
+
+
 def _index_cases(cfg: TrainConfig) -> tuple[list[Any], list[Any]]:
     from mefn.data.datasets import index_dataset, split_by_patient
 

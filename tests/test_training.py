@@ -529,3 +529,20 @@ def test_a_failing_rank_stops_the_others_with_one_line(tmp_path, tiny_data, capf
     assert code == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "nowhere" in errors[0], errors
+
+
+@pytest.mark.slow  # trains two tiny runs
+def test_cli_train_calibrates_the_card_on_its_validation_cases(tmp_path, tiny_data, capsys):
+    from mefn.cli import main
+
+    save_config(_config(tmp_path, tiny_data), tmp_path / "train.yaml")
+    argv = ["train", "--config", str(tmp_path / "train.yaml"), "-o"]
+    assert main([*argv, str(tmp_path / "a")]) == 0
+    assert "calibrated on " in capsys.readouterr().out
+    card = json.loads((tmp_path / "a" / "model.json").read_text())
+    record = card["calibration"]
+    assert record["data"] == "validation split of the run" and record["cases"] >= 1
+    assert card["lesion_threshold"] == record["lesion_threshold"]
+    assert card["pet_check"] == record["pet_check"]
+    assert main([*argv, str(tmp_path / "b"), "--no-calibrate"]) == 0
+    assert "calibration" not in json.loads((tmp_path / "b" / "model.json").read_text())

@@ -47,6 +47,12 @@ def add_parser(sub: Any) -> None:
         help="write the resumable state at most this often (and at the end; default 30)",
     )
     p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip choosing the post-processing on the validation cases at the end "
+        "(mefn calibrate does it later)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -136,7 +142,38 @@ def run(args: argparse.Namespace) -> int:
             f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
             f"weights: {Path(result.output_dir) / 'model.safetensors'}"
         )
+    if not args.no_calibrate and os.environ.get("RANK", "0") == "0":
+        from mefn.errors import MefnError
+
+        try:
+            _calibrate(cfg, Path(result.output_dir), args.quiet)
+        except MefnError as exc:
+            print(
+                f"mefn train: error: the weights are saved in {result.output_dir}, but choosing "
+                f"their post-processing failed ({exc}); run mefn calibrate on them",
+                file=sys.stderr,
+            )
+            return 1
     return 0
+
+
+def _calibrate(cfg: Any, run: Path, quiet: bool) -> None:
+    """The post-processing of the run's weights chosen on (up to 20 of) its validation cases
+    (mefn.calibration), written into its card."""
+    from mefn.calibration import calibrate_postprocessing, write_calibration
+    from mefn.training import training_split
+
+    _, val = training_split(cfg)
+    calibration = calibrate_postprocessing(run, val[:20])
+    write_calibration(run / "model.json", calibration, data="validation split of the run")
+    if not quiet:
+        chosen = calibration["chosen_scores"]
+        print(
+            f"calibrated on {calibration['cases']} validation case(s): lesion threshold "
+            f"{calibration['lesion_threshold'] or 'argmax'}, PET check "
+            f"{calibration['pet_check_name']}, minimum lesion {calibration['min_lesion_ml']} mL "
+            f"(mean Dice {chosen['mean_dice']:.3f}, FPV {chosen['mean_fpv_ml']:.2f} mL)"
+        )
 
 
 def _on_cpu(device: str) -> bool:
