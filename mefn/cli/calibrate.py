@@ -18,7 +18,7 @@ validation cases, never the cases you will report results on.
 EPILOG = """\
 examples:
   mefn calibrate runs/autopet --data /data/autopet_val
-  mefn calibrate runs/sts --data ../shared/data/sts --layout sts --tta none --max-cases 10
+  mefn calibrate runs/sts --data sts_validation/ --layout sts --tta x --max-cases 10
 """
 
 
