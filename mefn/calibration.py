@@ -31,6 +31,7 @@ __all__ = [
     "calibrate_postprocessing",
     "choose_postprocessing",
     "mean_scores",
+    "summary",
     "write_calibration",
 ]
 
@@ -251,7 +252,6 @@ def calibrate_postprocessing(
         "pet_check": PetCheck(**PET_CHECK_CANDIDATES[best[1]]).to_json(),
         "pet_check_name": best[1],
         "min_lesion_ml": best[2],
-        "chosen_scores": scores[best],
         "scores": [
             {
                 "lesion_threshold": t,
@@ -292,3 +292,24 @@ def write_calibration(card_path: str | Path, calibration: dict[str, Any], **reco
         card["review_threshold"] = calibration["review_threshold"]
     card["calibration"] = {**calibration, **record}
     atomic_write_text(path, json.dumps(card, indent=1))
+
+
+def summary(calibration: dict[str, Any]) -> str:
+    """One line: the chosen settings and their scores on the calibration cases."""
+    chosen = next(
+        row
+        for row in calibration["scores"]
+        if (row["lesion_threshold"], row["pet_check"], row["min_lesion_ml"])
+        == (
+            calibration["lesion_threshold"],
+            calibration["pet_check_name"],
+            calibration["min_lesion_ml"],
+        )
+    )
+    return (
+        f"lesion threshold {calibration['lesion_threshold'] or 'argmax'}, PET check "
+        f"{calibration['pet_check_name']}, minimum lesion {calibration['min_lesion_ml']} mL, "
+        f"review threshold {calibration['review_threshold']}; on {calibration['cases']} "
+        f"case(s) mean Dice {chosen['mean_dice']:.3f}, FPV {chosen['mean_fpv_ml']:.2f} mL, "
+        f"FNV {chosen['mean_fnv_ml']:.2f} mL"
+    )

@@ -240,7 +240,7 @@ def train_step(
     return value
 
 
-def timed_step(recipe: Recipe, step: int, total_steps: int, threads: int, keep: bool) -> None:
+def timed_step(recipe: Recipe, step: int, total_steps: int, keep: bool) -> None:
     import contextlib
 
     spans: dict[str, float] = {}
@@ -251,10 +251,7 @@ def timed_step(recipe: Recipe, step: int, total_steps: int, threads: int, keep: 
         yield
         spans[name] = time.perf_counter() - t0
 
-    import torch
-
-    torch.set_num_threads(recipe.threads)
-    _tell_helpers(recipe, _STEP, step, total_steps)
+    _start_step(recipe, step, total_steps)
     cpu0, t0 = time.process_time(), time.perf_counter()
     recipe.losses.append(train_step(recipe, step, total_steps, timer))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -286,16 +283,21 @@ def profiled_breakdown(recipe: Recipe, step: int, total_steps: int) -> dict[str,
         in_ops = sum(kinds.values())
         out[name] = {**kinds, "outside ops": max(0.0, wall_ms - in_ops), "wall": wall_ms}
 
-    import torch
-
-    torch.set_num_threads(recipe.threads)
-    _tell_helpers(recipe, _STEP, step, total_steps)
+    _start_step(recipe, step, total_steps)
     train_step(recipe, step, total_steps, timer)
     return out
 
 
 # --- data-parallel recipes: this process is rank 0, helpers are the other ranks ---------------
 _STEP, _STOP = 1, 0
+
+
+def _start_step(recipe: Recipe, step: int, total_steps: int) -> None:
+    """This process at the recipe's thread count, its helper ranks told to step with it."""
+    import torch
+
+    torch.set_num_threads(recipe.threads)
+    _tell_helpers(recipe, _STEP, step, total_steps)
 
 
 def _tell_helpers(recipe: Recipe, command: int, step: int = 0, total_steps: int = 0) -> None:
@@ -535,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for step in range(args.steps):
                 for recipe in recipes:
-                    timed_step(recipe, step, args.steps, args.threads, keep=step >= args.warmup)
+                    timed_step(recipe, step, args.steps, keep=step >= args.warmup)
                 if step >= args.warmup:
                     torch.set_num_threads(args.threads)
                     matmul.append(matmul_gflops(args.matmul))

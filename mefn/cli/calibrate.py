@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from mefn.calibration import calibrate_postprocessing, write_calibration
+    from mefn.calibration import calibrate_postprocessing, summary, write_calibration
     from mefn.data.datasets import index_dataset
     from mefn.errors import InputError
     from mefn.inference import parse_tta_axes
@@ -82,12 +82,5 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibrate_postprocessing(weights, entries, tta_axes, progress=progress)
     write_calibration(card, calibration, data=str(Path(args.data).resolve()), layout=args.layout)
     if not args.quiet:
-        chosen = calibration["chosen_scores"]
-        print(
-            f"{card}: lesion threshold {calibration['lesion_threshold'] or 'argmax'}, PET check "
-            f"{calibration['pet_check_name']}, minimum lesion {calibration['min_lesion_ml']} mL, "
-            f"review threshold {calibration['review_threshold']}; on {calibration['cases']} "
-            f"case(s) mean Dice {chosen['mean_dice']:.3f}, FPV {chosen['mean_fpv_ml']:.2f} mL, "
-            f"FNV {chosen['mean_fnv_ml']:.2f} mL"
-        )
+        print(f"{card}: {summary(calibration)}")
     return 0

@@ -160,20 +160,14 @@ def run(args: argparse.Namespace) -> int:
 def _calibrate(cfg: Any, run: Path, quiet: bool) -> None:
     """The post-processing of the run's weights chosen on (up to 20 of) its validation cases
     (mefn.calibration), written into its card."""
-    from mefn.calibration import calibrate_postprocessing, write_calibration
+    from mefn.calibration import calibrate_postprocessing, summary, write_calibration
     from mefn.training import training_split
 
     _, val = training_split(cfg)
     calibration = calibrate_postprocessing(run, val[:20])
     write_calibration(run / "model.json", calibration, data="validation split of the run")
     if not quiet:
-        chosen = calibration["chosen_scores"]
-        print(
-            f"calibrated on {calibration['cases']} validation case(s): lesion threshold "
-            f"{calibration['lesion_threshold'] or 'argmax'}, PET check "
-            f"{calibration['pet_check_name']}, minimum lesion {calibration['min_lesion_ml']} mL "
-            f"(mean Dice {chosen['mean_dice']:.3f}, FPV {chosen['mean_fpv_ml']:.2f} mL)"
-        )
+        print(f"calibrated on the validation split: {summary(calibration)}")
 
 
 def _on_cpu(device: str) -> bool:

@@ -68,6 +68,9 @@ _NO_UNITS: _CodeTuple = ("1", "UCUM", "no units")
 _UNCERTAINTY: _CodeTuple = ("uncertainty", PRIVATE_SCHEME, "Evidential uncertainty")
 
 # Type 2 attributes highdicom copies from the source: present (maybe empty) in a valid CT.
+# Short String (SH, at most 16 characters) attributes highdicom copies from the CT: some
+# archives (the IBSI sarcoma series among them) carry longer ones, which a validator rejects.
+_SH_COPIED = ("StudyID", "AccessionNumber")
 _TYPE2_COPIED = (
     "PatientID",
     "PatientName",
@@ -199,8 +202,8 @@ def _vector(ds: Any, key: str, n: int) -> np.ndarray:
 def _ordered_sources(datasets: Sequence[Any], geometry: Geometry) -> list[Any]:
     """``datasets`` sorted along the slice normal, checked to lie on ``geometry``.
 
-    Missing Type 2 patient/study attributes are added empty (highdicom copies them);
-    a missing FrameOfReferenceUID is an :class:`InputError`.
+    Missing Type 2 patient/study attributes are added empty and over-long Short Strings are
+    cut to 16 characters (highdicom copies them), on copies; a missing FrameOfReferenceUID is an :class:`InputError`.
     """
     if not datasets:
         raise InputError("no source CT images given; DICOM outputs reference the CT series")
@@ -246,10 +249,13 @@ def _ordered_sources(datasets: Sequence[Any], geometry: Geometry) -> list[Any]:
     out = []
     for ds in ordered:
         missing = [key for key in _TYPE2_COPIED if key not in ds]
-        if missing:
+        long = [key for key in _SH_COPIED if len(str(ds.get(key, ""))) > 16]
+        if missing or long:
             ds = copy.deepcopy(ds)  # the caller's datasets stay as they were
             for key in missing:
                 setattr(ds, key, "")
+            for key in long:
+                setattr(ds, key, str(ds.get(key))[:16])
         out.append(ds)
     return out
 
@@ -269,20 +275,6 @@ def _code(code: _CodeTuple) -> Any:
 
     value, scheme, meaning = code
     return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-# Short String (SH, at most 16 characters) attributes copied from the CT: some archives (the
-# IBSI sarcoma series among them) carry longer values, which a validator rejects in our objects.
-_SH_COPIED = ("StudyID", "AccessionNumber")
-
-
-def _conform(dataset: Any) -> Any:
-    """``dataset`` with over-long copied Short Strings cut to 16 characters."""
-    for key in _SH_COPIED:
-        value = dataset.get(key)
-        if value is not None and len(str(value)) > 16:
-            setattr(dataset, key, str(value)[:16])
-    return dataset
 
 
 def _save(dataset: Any, path: str | os.PathLike[str]) -> Path:
@@ -316,7 +308,7 @@ def _build(
     import highdicom as hd
 
     try:
-        built = factory(
+        return factory(
             source_images=sources,
             series_instance_uid=hd.UID(),
             series_number=series_number,
@@ -336,7 +328,6 @@ def _build(
             f"cannot build a {what} on CT series {sources[0].SeriesInstanceUID} "
             f"({type(exc).__name__}: {exc}); the CT headers are incomplete"
         ) from None
-    return _conform(built)
 
 
 # --- the objects ------------------------------------------------------------------------------
