@@ -28,11 +28,15 @@ __all__ = [
     "PET_CHECK_CANDIDATES",
     "PLAIN",
     "Setting",
+    "calibrate_card",
     "calibrate_postprocessing",
+    "calibrate_trust",
     "choose_postprocessing",
     "mean_scores",
     "summary",
+    "trust_summary",
     "write_calibration",
+    "write_trust",
 ]
 
 
@@ -177,8 +181,10 @@ def _score_settings(
         if pred.probabilities is None:  # pragma: no cover - keep_extra keeps them
             raise RuntimeError(f"{case.case_id}: the prediction kept no probabilities")
         geo = pred.geometry
+        # the review threshold is one of the evidential u (a card may hold an error map)
+        raw_u = pred.evidential_u if pred.evidential_u is not None else pred.uncertainty
         _settings_metrics(
-            pred.probabilities, ref > 0, pred.uncertainty, pred.suv, geo.spacing_mm,
+            pred.probabilities, ref > 0, raw_u, pred.suv, geo.spacing_mm,
             geo.voxel_volume_ml, per_case, lesions,
         )  # fmt: skip
         return {}
@@ -200,8 +206,10 @@ def calibrate_postprocessing(
     tta_axes: tuple[int, ...] = (),
     second: tuple[Sequence[Callable[[], Any]], Sequence[str]] | None = None,
     progress: Callable[[str], None] | None = None,
+    adapter: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The post-processing of ``model`` (a bundled name, weights file or run folder) chosen on
+    """The post-processing of ``model`` (a bundled name, weights file or run folder; with
+    ``adapter``, those weights with that adapter) chosen on
     ``entries`` (labelled validation cases, never test cases: anything with ``ct``, ``pet``,
     ``label`` and ``case_id``, e.g. :class:`mefn.data.datasets.DatasetEntry`) for segmentation with
     test-time mirroring along ``tta_axes``: ``lesion_threshold``, ``pet_check``,
@@ -219,8 +227,8 @@ def calibrate_postprocessing(
     # every threshold, PET check and floor is applied to the kept probabilities; the mask
     # predict() makes is not used, so its settings only need to be valid, not the card's
     predictor = Predictor(
-        model, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes, lesion_threshold=0.5,
-        pet_check=PetCheck(),
+        model, adapter=adapter, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes,
+        lesion_threshold=0.5, pet_check=PetCheck(),
     )  # fmt: skip
     settings: list[Setting] = [
         (t, name, v)
@@ -268,30 +276,154 @@ def calibrate_postprocessing(
     }
 
 
-def write_calibration(card_path: str | Path, calibration: dict[str, Any], **record: Any) -> None:
-    """Store ``calibration`` (from :func:`calibrate_postprocessing`) in the model card at
-    ``card_path``, atomically: the settings ``mefn segment`` reads (``tta_axes``,
-    ``lesion_threshold``, ``pet_check``, ``min_lesion_ml``, ``review_threshold`` when
-    calibrated) and the whole record under ``calibration`` (with ``record``'s fields)."""
+def _read_card(path: Path) -> dict[str, Any]:
     from mefn.errors import CheckpointError
-    from mefn.fileutil import atomic_write_text
 
-    path = Path(card_path)
+    if not path.exists() and path.name == "card.json":  # an adapter without a card yet
+        return {}
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(
-            f"cannot read the model card {path} ({type(exc).__name__}: {exc}); expected the "
-            "model.json written by mefn train"
+            f"cannot read the card {path} ({type(exc).__name__}: {exc}); expected the "
+            "model.json written by mefn train or an adapter's card.json"
         ) from None
-    card["tta_axes"] = list(calibration["tta_axes"])
-    card["lesion_threshold"] = calibration["lesion_threshold"]
-    card["pet_check"] = calibration["pet_check"]
-    card["min_lesion_ml"] = calibration["min_lesion_ml"]
+    if not isinstance(card, dict):
+        raise CheckpointError(f"the card {path} is not a JSON object; fix or retrain it")
+    return card
+
+
+def _settings_of(card: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Where a card keeps the settings ``mefn segment`` reads: an adapter's card in its
+    ``postprocess`` mapping, a weights card at its top level (as the bundled card)."""
+    if path.name == "card.json":
+        return card.setdefault("postprocess", {})  # type: ignore[no-any-return]
+    return card
+
+
+def write_calibration(card_path: str | Path, calibration: dict[str, Any], **record: Any) -> None:
+    """Store ``calibration`` (from :func:`calibrate_postprocessing`) in the card at
+    ``card_path`` (a weights card, or an adapter's ``card.json``), atomically: the settings
+    ``mefn segment`` reads (``tta_axes``, ``lesion_threshold``, ``pet_check``,
+    ``min_lesion_ml``, ``review_threshold`` when calibrated) and the whole record under
+    ``calibration`` (with ``record``'s fields). A trust calibration the card held is removed:
+    it was fitted for the previous post-processing (:func:`write_trust` stores a new one)."""
+    from mefn.fileutil import atomic_write_text
+
+    path = Path(card_path)
+    card = _read_card(path)
+    settings = _settings_of(card, path)
+    settings["tta_axes"] = list(calibration["tta_axes"])
+    settings["lesion_threshold"] = calibration["lesion_threshold"]
+    settings["pet_check"] = calibration["pet_check"]
+    settings["min_lesion_ml"] = calibration["min_lesion_ml"]
     if calibration["review_threshold"] is not None:
-        card["review_threshold"] = calibration["review_threshold"]
+        settings["review_threshold"] = calibration["review_threshold"]
+    for key in ("lesion_confidence", "voxel_error"):
+        card.pop(key, None)
+    settings.pop("review_below", None)
     card["calibration"] = {**calibration, **record}
     atomic_write_text(path, json.dumps(card, indent=1))
+
+
+def calibrate_trust(
+    model: str | Path,
+    entries: Sequence[Any],
+    adapter: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The lesion confidence and voxel error map of ``model`` (with ``adapter``) fitted on
+    ``entries`` (labelled validation cases) segmented with the post-processing its card holds
+    now (so after :func:`write_calibration`): the card entries of
+    :func:`mefn.confidence.trust_record`, with ``review_below`` the card's or the default."""
+    from mefn.confidence import EvidenceMaps, TrustCase, fit_trust, trust_record
+    from mefn.errors import InputError
+    from mefn.inference import Predictor
+    from mefn.metrics.scoring import case_loaders, reference_on_grid
+
+    cases = case_loaders(entries)
+    if not cases:
+        raise InputError("calibration needs at least one labelled validation case, found none")
+    predictor = Predictor(model, adapter=adapter, device="cpu")
+
+    def trust_cases() -> Any:
+        for load, entry in zip(cases, entries):
+            case = load()
+            pred = predictor.predict(case, keep_extra=True)
+            if pred.probabilities is None:  # pragma: no cover - keep_extra keeps them
+                raise RuntimeError(f"{case.case_id}: the prediction kept no probabilities")
+            reference = reference_on_grid(case, pred.geometry) > 0
+            raw_u = pred.evidential_u if pred.evidential_u is not None else pred.uncertainty
+            maps = EvidenceMaps(
+                lesion_probability=np.subtract(1.0, pred.probabilities[0], dtype=np.float32),
+                uncertainty=raw_u,
+                suv=pred.suv,
+                spacing_mm=pred.geometry.spacing_mm,
+                uncertainty_ct=pred.uncertainty_ct,
+                uncertainty_pet=pred.uncertainty_pet,
+            )
+            if progress:
+                progress(
+                    f"{entry.case_id}: {len(pred.lesions.lesions)} lesion(s) for the trust fit"
+                )
+            yield TrustCase(pred.mask, reference, maps)
+
+    lesion, voxel, fitted = fit_trust(trust_cases())
+    return trust_record(lesion, voxel, fitted, review_below=predictor.review_below)
+
+
+def write_trust(card_path: str | Path, trust: dict[str, Any]) -> None:
+    """Store a trust calibration (:func:`calibrate_trust`) in the card at ``card_path``,
+    atomically: ``lesion_confidence`` and ``voxel_error`` at its top level, ``review_below``
+    with the other settings ``mefn segment`` reads."""
+    from mefn.fileutil import atomic_write_text
+
+    path = Path(card_path)
+    card = _read_card(path)
+    card["lesion_confidence"] = trust["lesion_confidence"]
+    card["voxel_error"] = trust["voxel_error"]
+    _settings_of(card, path)["review_below"] = trust["review_below"]
+    atomic_write_text(path, json.dumps(card, indent=1))
+
+
+def trust_summary(trust: dict[str, Any]) -> str:
+    """One line: what the lesion confidence and voxel error map were fitted on."""
+    fitted = trust["lesion_confidence"]["fitted_on"]
+    return (
+        f"lesion confidence fitted on {fitted['lesions_true']} true and "
+        f"{fitted['lesions_false']} false lesion(s) of {fitted['cases']} case(s) (L2 "
+        f"{fitted['lesion_l2']:g}); voxel error map on {fitted['voxels_sampled']} voxels; "
+        f"lesions below {trust['review_below']:.0%} confidence are flagged"
+    )
+
+
+def calibrate_card(
+    model: str | Path,
+    entries: Sequence[Any],
+    card_path: str | Path,
+    adapter: str | Path | None = None,
+    tta_axes: tuple[int, ...] = (),
+    progress: Callable[[str], None] | None = None,
+    **record: Any,
+) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
+    """The whole calibration of ``model`` (with ``adapter``) on validation ``entries``, written
+    into the card at ``card_path``: the post-processing (:func:`calibrate_postprocessing`,
+    :func:`write_calibration` with ``record``), then the trust fitted for it
+    (:func:`calibrate_trust`, :func:`write_trust`). Returns the post-processing calibration,
+    the trust record and, when the trust could not be fitted (e.g. no false detection to learn
+    from), None and why; the card then flags lesions by mean u."""
+    from mefn.errors import InputError
+
+    calibration = calibrate_postprocessing(
+        model, entries, tta_axes, progress=progress, adapter=adapter
+    )
+    write_calibration(card_path, calibration, **record)
+    try:
+        trust = calibrate_trust(model, entries, adapter=adapter, progress=progress)
+    except InputError as exc:
+        return calibration, None, str(exc)
+    write_trust(card_path, trust)
+    return calibration, trust, None
 
 
 def summary(calibration: dict[str, Any]) -> str:

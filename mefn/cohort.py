@@ -72,6 +72,7 @@ CASE_COLUMNS: tuple[str, ...] = (
     "suv_max",
     "n_review",
     "review_threshold",
+    "review_below",
     "uncertainty_mean_in_mask",
     "uncertainty_max",
     "seconds",
@@ -106,6 +107,7 @@ LESION_COLUMNS: tuple[str, ...] = (
     "centroid_x_mm",
     "centroid_y_mm",
     "centroid_z_mm",
+    "confidence",
     "review",
 )
 
@@ -262,6 +264,7 @@ def case_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "suv_max": _suv_max(lesions),
             "n_review": r.get("n_review"),
             "review_threshold": r.get("review_threshold"),
+            "review_below": r.get("review_below"),
             "uncertainty_mean_in_mask": _get(r, "uncertainty", "mean_in_mask"),
             "uncertainty_max": _get(r, "uncertainty", "max"),
             "seconds": r.get("seconds"),

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mefn import __version__
+from mefn.confidence import DEFAULT_REVIEW_BELOW, EvidenceMaps, trust_from_card
 from mefn.data.preprocess import model_grid, normalise, resample_case
 from mefn.errors import CheckpointError, InputError
 from mefn.fileutil import file_sha256
@@ -89,6 +90,15 @@ __all__ = [
     "sliding_window_predict",
 ]
 
+#: what ``<case>_uncertainty.nii.gz`` holds, as the report says it
+UNCERTAINTY_CALIBRATED = (
+    "probability that the voxel's label is wrong, calibrated on validation cases "
+    "(mefn.confidence.VoxelErrorMap)"
+)
+UNCERTAINTY_EVIDENTIAL = (
+    "evidential uncertainty u = K / S of the fused opinion (uncalibrated: ranks errors, "
+    "its scale is not a probability)"
+)
 #: the maps blended and brought back without ``keep_extra`` (less memory)
 _MAIN_OUTPUTS = ("prob", "uncertainty")
 
@@ -106,6 +116,8 @@ class Prediction:
     probabilities: np.ndarray | None = None
     uncertainty_ct: np.ndarray | None = None
     uncertainty_pet: np.ndarray | None = None
+    #: the fused evidential u = K / S, when ``uncertainty`` is the calibrated error map
+    evidential_u: np.ndarray | None = None
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     #: PET hot spots the mask does not touch (:func:`mefn.postprocess.find_hot_spots`)
@@ -126,6 +138,9 @@ class Prediction:
             "seconds": round(self.seconds, 2),
             "timings": {stage: round(s, 3) for stage, s in self.timings.items()},
             "uncertainty": {
+                "map": UNCERTAINTY_CALIBRATED
+                if self.evidential_u is not None
+                else UNCERTAINTY_EVIDENTIAL,
                 "mean_in_mask": float(self.uncertainty[self.mask > 0].mean())
                 if (self.mask > 0).any()
                 else None,
@@ -198,9 +213,13 @@ class Predictor:
     sw_batch_size, overlap:
         Sliding-window tiles per forward pass and their overlap (default from the card).
     review_threshold:
-        Lesions whose mean uncertainty reaches this are flagged for review. Default: the
-        threshold calibrated on validation cases and stored in the weights' card
-        (``review_threshold``), else 0.3.
+        Without a lesion confidence model: lesions whose mean uncertainty reaches this are
+        flagged for review. Default: the threshold calibrated on validation cases and stored
+        in the weights' card (``review_threshold``), else 0.3.
+    review_below:
+        With a lesion confidence model in the card (of the adapter, when one is given;
+        :mod:`mefn.confidence`): lesions whose confidence is below this are flagged. Default:
+        the card's ``review_below``, else 0.5.
     min_lesion_ml:
         Predicted lesions smaller than this are dropped. Default: the value chosen on
         validation cases and stored in the card (``min_lesion_ml``), else 0 (keep all).
@@ -238,6 +257,7 @@ class Predictor:
         overlap: float | None = None,
         threads: int | None = None,
         review_threshold: float | None = None,
+        review_below: float | None = None,
         min_lesion_ml: float | None = None,
         tta_axes: Sequence[int] | None = None,
         lesion_threshold: float | None = None,
@@ -255,8 +275,13 @@ class Predictor:
         self.adapter_path: Path | None = None
         new_heads = False
         tuned: dict[str, Any] = {}  # post-processing chosen for the adapter, in its card
+        trust_card: dict[str, Any] = self.card
         if adapter is not None:
             net, new_heads, tuned = self._apply_adapter(net, adapter)
+            trust_card = adapter_card(self.adapter_path or Path(adapter))
+        # calibrated for these weights (or this adapter) only: an adapter without its own is
+        # not given the base's
+        self.lesion_confidence, self.voxel_error, _ = trust_from_card(trust_card)
         self.net = net.to(self.device).eval()
         roi = [int(v) for v in self.card.get("patch_size_vox", (64, 64, 64))]
         self.roi: tuple[int, int, int] = (roi[0], roi[1], roi[2])
@@ -270,6 +295,7 @@ class Predictor:
             lesion_threshold=lesion_threshold,
             min_lesion_ml=min_lesion_ml,
             review_threshold=review_threshold,
+            review_below=review_below,
             pet_check=pet_check,
             hot_spots=hot_spots,
         )
@@ -290,6 +316,16 @@ class Predictor:
     @property
     def review_threshold(self) -> float:
         return self.postprocess.review_threshold
+
+    @property
+    def review_below(self) -> float:
+        below = self.postprocess.review_below
+        return DEFAULT_REVIEW_BELOW if below is None else below
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the delivered uncertainty map is the calibrated voxel error probability."""
+        return self.voxel_error is not None
 
     @property
     def pet_check(self) -> PetCheck:
@@ -393,14 +429,15 @@ class Predictor:
             ct, pet, _ = resample_case(case, grid, with_label=False)
             image = normalise(ct, pet, self.preprocess)
             del ct, pet
+        trust = self.voxel_error is not None or self.lesion_confidence is not None
         with clock("network"):
             # Without keep_extra only these two maps are blended and brought back (less memory).
-            out = self.predict_model_space(image, keys=None if keep_extra else _MAIN_OUTPUTS)
+            keys = None if (keep_extra or trust) else _MAIN_OUTPUTS
+            out = self.predict_model_space(image, keys=keys)
         del image
-        mask, unc, lesion_prob, kept_prob, unc_ct, unc_pet = self._to_output_grid(
-            out, grid, target, keep_extra, clock
-        )
+        maps = self._to_output_grid(out, grid, target, keep_extra, trust, clock)
         del out
+        mask, unc = maps.mask, maps.uncertainty
         with clock("suv"):
             suv = _suv_on_grid(case, target)
         with clock("pet_check"):
@@ -409,21 +446,45 @@ class Predictor:
         with clock("lesion_floor"):
             min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
             mask = remove_small_components(mask, min_vox)
+        delivered, evidence = unc, None
+        if trust:
+            assert maps.lesion_probability is not None  # kept for the trust models
+            evidence = EvidenceMaps(
+                lesion_probability=maps.lesion_probability,
+                uncertainty=unc,
+                suv=suv,
+                spacing_mm=target.spacing_mm,
+                uncertainty_ct=maps.uncertainty_ct,
+                uncertainty_pet=maps.uncertainty_pet,
+            )
+        if self.voxel_error is not None and evidence is not None:
+            with clock("voxel_error"):
+                delivered = self.voxel_error(mask, evidence)
         with clock("lesion_table"):
-            table = lesion_table(mask, suv, unc, target, review_threshold=self.review_threshold)
+            table = lesion_table(
+                mask,
+                suv,
+                delivered,
+                target,
+                review_threshold=self.review_threshold,
+                confidence=(self.lesion_confidence, evidence)
+                if self.lesion_confidence is not None and evidence is not None
+                else None,
+                review_below=self.review_below,
+            )
         with clock("hot_spots"):
-            spots = find_hot_spots(mask, suv, target, self.hot_spots, lesion_prob)
-        del lesion_prob
+            spots = find_hot_spots(mask, suv, target, self.hot_spots, maps.lesion_probability)
         return Prediction(
             case_id=case.case_id,
             geometry=target,
             mask=mask,
-            uncertainty=unc.astype(np.float32, copy=False),
+            uncertainty=delivered.astype(np.float32, copy=False),
             suv=suv,
             lesions=table,
-            probabilities=kept_prob,
-            uncertainty_ct=unc_ct,
-            uncertainty_pet=unc_pet,
+            probabilities=maps.probabilities,
+            uncertainty_ct=maps.uncertainty_ct if keep_extra else None,
+            uncertainty_pet=maps.uncertainty_pet if keep_extra else None,
+            evidential_u=unc.astype(np.float32, copy=False) if delivered is not unc else None,
             seconds=time.monotonic() - t0,
             settings=self.settings(),
             hot_spots=spots,
@@ -436,11 +497,13 @@ class Predictor:
         grid: Geometry,
         target: Geometry,
         keep_extra: bool,
+        trust: bool,
         clock: _StageClock,
     ) -> _OutputMaps:
         """The model-space maps ``out`` brought back onto ``target`` and the mask drawn from
         the probabilities, which (without ``keep_extra``) are freed before the uncertainty
-        is resampled."""
+        is resampled. With ``trust`` (trust models to apply) the lesion probability is kept
+        in float32 and the CT and PET opinions' maps are brought back too."""
         from mefn.data.preprocess import to_output_grid
 
         with clock("to_output_grid"):
@@ -448,19 +511,20 @@ class Predictor:
             prob = to_output_grid(out["prob"], grid, target, default_values=background)
         with clock("mask"):
             mask = mask_from_probabilities(prob, 0, self.lesion_threshold)
-            # 1 - p(background) for the hot-spot listing; float16 keeps it at a quarter of prob
-            lesion_prob = (
-                np.subtract(1.0, prob[0], dtype=np.float32).astype(np.float16)
-                if self.hot_spots.enabled
-                else None
-            )
+            # 1 - p(background) for the hot spots (float16 keeps it at a quarter of prob) and
+            # the trust models (float32: they read small error probabilities)
+            lesion_prob: np.ndarray | None = None
+            if self.hot_spots.enabled or trust:
+                lesion_prob = np.subtract(1.0, prob[0], dtype=np.float32)
+                if not trust:
+                    lesion_prob = lesion_prob.astype(np.float16)
         kept_prob = prob if keep_extra else None
         del prob  # without keep_extra, freed before the SUV resampling and the lesion table
         with clock("to_output_grid"):
             unc = to_output_grid(out["uncertainty"], grid, target, (1.0,))[0]
             np.clip(unc, 0.0, 1.0, out=unc)
             extra: dict[str, np.ndarray | None] = {"uncertainty_ct": None, "uncertainty_pet": None}
-            if keep_extra:
+            if keep_extra or trust:
                 for key in ("uncertainty_ct", "uncertainty_pet"):
                     if key in out:
                         extra[key] = np.clip(

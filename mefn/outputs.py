@@ -35,6 +35,7 @@ def output_paths(
         paths["probabilities"] = outdir / f"{case_id}_probabilities.nii.gz"
         paths["uncertainty_ct"] = outdir / f"{case_id}_uncertainty_ct.nii.gz"
         paths["uncertainty_pet"] = outdir / f"{case_id}_uncertainty_pet.nii.gz"
+        paths["evidential_u"] = outdir / f"{case_id}_evidential_u.nii.gz"
     if dicom:
         paths["seg"] = outdir / f"{case_id}_seg.dcm"
         paths["uncertainty_pm"] = outdir / f"{case_id}_uncertainty_pm.dcm"
@@ -85,8 +86,9 @@ def save_prediction(
 
 
 def _write_volumes(prediction: Prediction, paths: dict[str, Path], extra: bool) -> None:
-    """The mask, the uncertainty map and, with ``extra``, the probabilities and the CT and
-    PET opinions' uncertainty, as NIfTI on the prediction's grid."""
+    """The mask, the uncertainty map and, with ``extra``, the probabilities, the CT and PET
+    opinions' uncertainty and (when the uncertainty map is the calibrated error probability)
+    the fused evidential u, as NIfTI on the prediction's grid."""
     from mefn.io.sitk_bridge import write_volume
 
     geo = prediction.geometry
@@ -102,7 +104,7 @@ def _write_volumes(prediction: Prediction, paths: dict[str, Path], extra: bool) 
         from mefn.io.writers import write_multichannel
 
         write_multichannel(prediction.probabilities, geo, paths["probabilities"])
-    for key in ("uncertainty_ct", "uncertainty_pet"):
+    for key in ("uncertainty_ct", "uncertainty_pet", "evidential_u"):
         arr = getattr(prediction, key)
         if arr is not None:
             write_volume(Volume(arr.astype(np.float32), geo), paths[key], dtype=np.float32)

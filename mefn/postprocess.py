@@ -15,6 +15,13 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from mefn.confidence import (
+    DEFAULT_REVIEW_BELOW,
+    EvidenceMaps,
+    LesionConfidence,
+    iter_lesions,
+    lesion_evidence,
+)
 from mefn.errors import InputError
 from mefn.io.volume import Geometry
 
@@ -295,6 +302,8 @@ class Lesion:
     uncertainty_mean: float
     uncertainty_max: float
     review: bool
+    #: the calibrated probability that the lesion is true (None without a confidence model)
+    confidence: float | None = None
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -308,10 +317,19 @@ class LesionTable:
     mtv_ml: float
     tlg: float
     review_threshold: float
+    #: with lesion confidences: a lesion is flagged when its confidence is below this
+    review_below: float | None = None
 
     @property
     def n_review(self) -> int:
         return sum(lesion.review for lesion in self.lesions)
+
+    @property
+    def review_rule(self) -> str:
+        """Why a lesion is flagged, in words a reader understands."""
+        if self.review_below is not None:
+            return f"confidence below {self.review_below:.0%}"
+        return f"mean u >= {format_u(self.review_threshold)}"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -319,6 +337,8 @@ class LesionTable:
             "mtv_ml": self.mtv_ml,
             "tlg": self.tlg,
             "review_threshold": self.review_threshold,
+            "review_below": self.review_below,
+            "review_rule": self.review_rule,
             "n_review": self.n_review,
             "lesions": [lesion.to_json() for lesion in self.lesions],
         }
@@ -330,13 +350,17 @@ def lesion_table(
     uncertainty: np.ndarray,
     geometry: Geometry,
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
+    confidence: tuple[LesionConfidence, EvidenceMaps] | None = None,
+    review_below: float = DEFAULT_REVIEW_BELOW,
 ) -> LesionTable:
     """Per-lesion quantities of a label map on ``geometry``.
 
     Lesions are the 18-connected components of each foreground label. ``suv`` and
-    ``uncertainty`` must be on the same grid as ``mask``. A lesion is flagged for review
-    when its mean uncertainty is at least ``review_threshold``. Lesions are sorted by
-    decreasing volume and numbered from 1.
+    ``uncertainty`` must be on the same grid as ``mask``. With ``confidence`` (a lesion
+    confidence model and the evidence maps it reads, :mod:`mefn.confidence`) each lesion gets
+    its calibrated confidence and is flagged for review when that is below ``review_below``;
+    without, a lesion is flagged when its mean uncertainty is at least ``review_threshold``.
+    Lesions are sorted by decreasing volume and numbered from 1.
     """
     if not (mask.shape == suv.shape == uncertainty.shape == geometry.shape):
         raise ValueError(
@@ -346,36 +370,36 @@ def lesion_table(
     voxel_ml = geometry.voxel_volume_ml
     offsets = _sphere_offsets(geometry.spacing_mm, SUV_PEAK_VOLUME_ML)
     rows: list[dict[str, object]] = []
-    for label in (int(v) for v in np.unique(mask) if v != 0):
-        components = cc3d.connected_components(mask == label, connectivity=CONNECTIVITY)
-        for index, box in enumerate(ndimage.find_objects(components), start=1):
-            if box is None:
-                continue
-            lo = np.asarray([b.start for b in box])
-            comp = components[box] == index
-            values = suv[box][comp].astype(np.float64)
-            unc = uncertainty[box][comp].astype(np.float64)
-            count = int(comp.sum())
-            volume_ml = count * voxel_ml
-            voxels = np.argwhere(comp) + lo
-            centroid = geometry.index_to_world(voxels.mean(axis=0))
-            suv_mean = float(values.mean())
-            peak = _peak_at(suv, voxels, offsets)
-            rows.append(
-                {
-                    "label": label,
-                    "voxels": count,
-                    "volume_ml": float(volume_ml),
-                    "centroid_mm": (float(centroid[0]), float(centroid[1]), float(centroid[2])),
-                    "suv_max": float(values.max()),
-                    "suv_mean": suv_mean,
-                    "suv_peak": float(peak),
-                    "tlg": float(suv_mean * volume_ml),
-                    "uncertainty_mean": float(unc.mean()),
-                    "uncertainty_max": float(unc.max()),
-                    "review": bool(unc.mean() >= review_threshold),
-                }
-            )
+    for label, box, comp in iter_lesions(mask):
+        lo = np.asarray([b.start for b in box])
+        values = suv[box][comp].astype(np.float64)
+        unc = uncertainty[box][comp].astype(np.float64)
+        count = int(comp.sum())
+        volume_ml = count * voxel_ml
+        voxels = np.argwhere(comp) + lo
+        centroid = geometry.index_to_world(voxels.mean(axis=0))
+        suv_mean = float(values.mean())
+        peak = _peak_at(suv, voxels, offsets)
+        rows.append(
+            {
+                "label": label,
+                "voxels": count,
+                "volume_ml": float(volume_ml),
+                "centroid_mm": (float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                "suv_max": float(values.max()),
+                "suv_mean": suv_mean,
+                "suv_peak": float(peak),
+                "tlg": float(suv_mean * volume_ml),
+                "uncertainty_mean": float(unc.mean()),
+                "uncertainty_max": float(unc.max()),
+                "review": bool(unc.mean() >= review_threshold),
+            }
+        )
+        if confidence is not None:
+            model, maps = confidence
+            p_true = model(lesion_evidence(box, comp, maps))
+            rows[-1]["confidence"] = p_true
+            rows[-1]["review"] = p_true < review_below
     rows.sort(key=lambda row: -int(row["voxels"]))  # type: ignore[call-overload]
     lesions = [Lesion(lesion_id=n, **row) for n, row in enumerate(rows, start=1)]  # type: ignore[arg-type]
     return LesionTable(
@@ -383,6 +407,7 @@ def lesion_table(
         mtv_ml=float(sum(lesion.volume_ml for lesion in lesions)),
         tlg=float(sum(lesion.tlg for lesion in lesions)),
         review_threshold=review_threshold,
+        review_below=review_below if confidence is not None else None,
     )
 
 

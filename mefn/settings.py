@@ -33,6 +33,7 @@ CARD_KEYS = (
     "lesion_threshold",
     "min_lesion_ml",
     "review_threshold",
+    "review_below",
     "pet_check",
     "hot_spots",
 )
@@ -53,7 +54,10 @@ class PostprocessSettings:
     tta_axes: test-time mirroring along these model-grid axes (every combination, averaged;
     ``()``: one pass). lesion_threshold: a voxel is lesion when its probability of not being
     background reaches it (None: the argmax). min_lesion_ml: smaller lesions are dropped.
-    review_threshold: lesions whose mean uncertainty reaches it are flagged. pet_check: what a
+    review_threshold: lesions whose mean uncertainty reaches it are flagged (weights without a
+    lesion confidence model). review_below: with a lesion confidence model, lesions whose
+    confidence is below it are flagged (None: the model's card's choice, else
+    :data:`mefn.confidence.DEFAULT_REVIEW_BELOW`). pet_check: what a
     lesion must show on PET (:class:`~mefn.postprocess.PetCheck`). hot_spots: which PET hot
     spots outside the mask are listed (:class:`~mefn.postprocess.HotSpotCheck`).
     """
@@ -62,6 +66,7 @@ class PostprocessSettings:
     lesion_threshold: float | None = None
     min_lesion_ml: float = 0.0
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD
+    review_below: float | None = None
     pet_check: PetCheck = field(default_factory=PetCheck)
     hot_spots: HotSpotCheck = field(default_factory=HotSpotCheck)
 
@@ -72,6 +77,12 @@ class PostprocessSettings:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a number >= 0, found {value!r}")
+        below = self.review_below
+        if below is not None and not (isinstance(below, int | float) and 0.0 < below <= 1.0):
+            raise InputError(
+                f"review_below must be a probability in (0, 1], found {below!r}; e.g. 0.5 flags "
+                "lesions with less than an even chance of being true"
+            )
 
     @classmethod
     def from_card(
@@ -124,7 +135,7 @@ class PostprocessSettings:
                 )
             elif key == "tta_axes":
                 changes[key] = tuple(value or ())
-            elif key == "lesion_threshold":
+            elif key in ("lesion_threshold", "review_below"):
                 changes[key] = None if value is None else float(value)
             else:
                 changes[key] = float(value)
@@ -136,6 +147,7 @@ class PostprocessSettings:
             "lesion_threshold": self.lesion_threshold,
             "min_lesion_ml": self.min_lesion_ml,
             "review_threshold": self.review_threshold,
+            "review_below": self.review_below,
             "pet_check": self.pet_check.to_json(),
             "hot_spots": self.hot_spots.to_json(),
         }

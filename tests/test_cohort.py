@@ -75,7 +75,9 @@ def _report(case: str, lesions: tuple[Lesion, ...] = (), **kw: Any) -> dict[str,
 
 
 def _two_cases() -> list[dict[str, Any]]:
-    big = _lesion(1, label=2, voxels=1001, volume_ml=12.012, suv_max=3.5, review=True)
+    big = _lesion(
+        1, label=2, voxels=1001, volume_ml=12.012, suv_max=3.5, review=True, confidence=0.25
+    )
     small = _lesion(2, suv_max=9.75, centroid_mm=(1.0, -2.5, 3.25))
     # given out of order: the tables sort by case id
     return [_report("case_b", (big, small)), _report("case_a")]
@@ -112,8 +114,8 @@ def test_two_cases_exact_cells(tmp_path):
     text = tables.lesions_csv.read_text()
     assert text.splitlines() == [
         ",".join(LESION_COLUMNS),
-        "case_b,1,2,GTVn,1001,12.012,3.5,4.25,6.125,0.357,0.125,0.5,-12.35,6.0,101.5,true",
-        "case_b,2,1,GTVp,7,0.084,9.75,4.25,6.125,0.357,0.125,0.5,1.0,-2.5,3.25,false",
+        "case_b,1,2,GTVn,1001,12.012,3.5,4.25,6.125,0.357,0.125,0.5,-12.35,6.0,101.5,0.25,true",
+        "case_b,2,1,GTVp,7,0.084,9.75,4.25,6.125,0.357,0.125,0.5,1.0,-2.5,3.25,,false",
     ]
     assert "\r" not in text and '"p,q"' in tables.cases_csv.read_text()  # quoted comma
 

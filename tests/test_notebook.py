@@ -29,7 +29,13 @@ def test_notebook_is_thin_and_explains_the_maps():
         imports.update(re.findall(r"^\s*(?:from|import)\s+([\w.]+)", source, flags=re.M))
     assert imports <= {"os", "ipywidgets", "IPython.display", "mefn"}, imports
     assert max(len(source.splitlines()) for source in code) <= 45
-    for phrase in ("Uncertainty u", "u_CT - u_PET", "Review flag", "mefn review"):
+    for phrase in (
+        "probability that the voxel's label is wrong",
+        "u_CT - u_PET",
+        "review flag",
+        "Confidence",
+        "mefn review",
+    ):
         assert phrase in text
     joined = "\n".join(code)
     assert "widgets.Dropdown" in joined and "widgets.IntSlider" in joined

@@ -538,7 +538,10 @@ def test_cli_train_calibrates_the_card_on_its_validation_cases(tmp_path, tiny_da
     save_config(_config(tmp_path, tiny_data), tmp_path / "train.yaml")
     argv = ["train", "--config", str(tmp_path / "train.yaml"), "-o"]
     assert main([*argv, str(tmp_path / "a")]) == 0
-    assert "calibrated on the validation split: lesion threshold" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'a' / 'model.json'}: lesion threshold" in out
+    # one validation case without a predicted lesion: no lesion confidence to fit, said so
+    assert "mefn train: warning: lesion confidence and voxel error map not fitted" in err
     card = json.loads((tmp_path / "a" / "model.json").read_text())
     record = card["calibration"]
     assert record["data"] == "validation split of the run" and record["cases"] >= 1

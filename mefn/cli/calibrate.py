@@ -1,4 +1,5 @@
-"""``mefn calibrate``: choose the post-processing of trained weights on validation cases."""
+"""``mefn calibrate``: fit the post-processing and the trust of trained weights (or an adapter)
+on validation cases."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import argparse
 from typing import Any
 
 DESCRIPTION = """\
-Segment each labelled case of DIR once and choose, for the weights of MODEL (a training run
-folder or a .safetensors file with its .json card), the lesion probability threshold, the
-PET check of each lesion and the minimum lesion volume with the best mean Dice (AutoPET 2022)
-among those whose mean false-positive volume stays within 3 mL (or within the plain
-argmax's), then the review flag's mean-u threshold. The choice and every setting's scores
-are written into the card, atomically; `mefn segment --model MODEL` uses them. Give
+Segment each labelled case of DIR and choose, for the weights of MODEL (a training run
+folder or a .safetensors file with its .json card; with --adapter, that adapter on them),
+the lesion probability threshold, the PET check of each lesion and the minimum lesion volume
+with the best mean Dice (AutoPET 2022) among those whose mean false-positive volume stays
+within 3 mL (or within the plain argmax's). Then segment them again with that choice and fit
+the lesion confidence (the probability that a predicted lesion is real) and the voxel error
+map (the probability that a voxel's label is wrong) that `mefn segment` reports. Everything
+is written into the card (the adapter's card.json with --adapter), atomically. Give
 validation cases, never the cases you will report results on.
 """
 
@@ -19,6 +22,7 @@ EPILOG = """\
 examples:
   mefn calibrate runs/autopet --data /data/autopet_val
   mefn calibrate runs/sts --data sts_validation/ --layout sts --tta x --max-cases 10
+  mefn calibrate default --adapter runs/my_centre/adapter --data my_centre_val/
 """
 
 
@@ -30,7 +34,15 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="training run folder or .safetensors file")
+    p.add_argument(
+        "model", metavar="MODEL", help="training run folder, .safetensors file or bundled name"
+    )
+    p.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR",
+        help="calibrate this adapter (a mefn finetune output) on MODEL; written to its card.json",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="labelled validation cases")
     p.add_argument(
         "--layout",
@@ -51,18 +63,20 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
     from pathlib import Path
 
-    from mefn.calibration import calibrate_postprocessing, summary, write_calibration
     from mefn.data.datasets import index_dataset
     from mefn.errors import InputError
     from mefn.inference import parse_tta_axes
-    from mefn.registry import WEIGHTS_DIR, resolve_weights
+    from mefn.registry import ADAPTER_CARD, WEIGHTS_DIR, resolve_adapter, resolve_weights
 
     tta_axes = parse_tta_axes(args.tta)
     weights, card = resolve_weights(args.model)
-    if card.resolve().parent == WEIGHTS_DIR.resolve():
+    adapter = None
+    if args.adapter is not None:
+        adapter = resolve_adapter(args.adapter)
+        card = adapter / ADAPTER_CARD
+    elif card.resolve().parent == WEIGHTS_DIR.resolve():
         raise InputError(
             f"{args.model} is a bundled model whose card is part of the package; copy "
             f"{weights.name} and {card.name} into a folder of your own and calibrate that"
@@ -75,12 +89,43 @@ def run(args: argparse.Namespace) -> int:
         )
     entries = entries[: args.max_cases]
 
+    return calibrate_and_report(
+        "mefn calibrate", weights, entries, card, adapter=adapter, tta_axes=tta_axes,
+        quiet=args.quiet, data=str(Path(args.data).resolve()), layout=args.layout,
+    )  # fmt: skip
+
+
+def calibrate_and_report(
+    command: str,
+    model: Any,
+    entries: Any,
+    card: Any,
+    adapter: Any = None,
+    tta_axes: tuple[int, ...] = (),
+    quiet: bool = False,
+    **record: Any,
+) -> int:
+    """Run :func:`mefn.calibration.calibrate_card` and say what it chose (progress on stderr,
+    the choice on stdout, a warning when the trust could not be fitted); the exit status."""
+    import sys
+
+    from mefn.calibration import calibrate_card, summary, trust_summary
+
     def progress(line: str) -> None:
-        if not args.quiet:
+        if not quiet:
             print(f"calibrate: {line}", file=sys.stderr, flush=True)
 
-    calibration = calibrate_postprocessing(weights, entries, tta_axes, progress=progress)
-    write_calibration(card, calibration, data=str(Path(args.data).resolve()), layout=args.layout)
-    if not args.quiet:
+    calibration, trust, why = calibrate_card(
+        model, entries, card, adapter=adapter, tta_axes=tta_axes, progress=progress, **record
+    )
+    if not quiet:
         print(f"{card}: {summary(calibration)}")
+        if trust is not None:
+            print(f"{card}: {trust_summary(trust)}")
+    if why is not None:
+        print(
+            f"{command}: warning: lesion confidence and voxel error map not fitted ({why}); "
+            "the card flags lesions by mean u",
+            file=sys.stderr,
+        )
     return 0

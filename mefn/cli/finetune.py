@@ -63,6 +63,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--epochs", type=int, help="override epochs")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not fit the adapter's post-processing, lesion confidence and voxel error map "
+        "on (up to 20 of) its validation cases at the end (mefn calibrate --adapter does it "
+        "later)",
+    )
     p.set_defaults(func=run)
 
 
@@ -124,4 +131,24 @@ def run(args: argparse.Namespace) -> int:
         if meta.get("labels"):
             names = ", ".join(f"{k} = {v}" for k, v in meta["labels"].items() if k != "0")
             print(f"new output heads for {meta['num_classes']} classes: {names}")
-    return 0
+    if args.no_calibrate:
+        return 0
+    from mefn.cli.calibrate import calibrate_and_report
+    from mefn.errors import MefnError
+    from mefn.registry import ADAPTER_CARD
+    from mefn.training import training_split
+
+    adapter_dir = Path(args.output) / "adapter"
+    _, val = training_split(cfg)
+    try:
+        return calibrate_and_report(
+            "mefn finetune", weights, val[:20], adapter_dir / ADAPTER_CARD,
+            adapter=adapter_dir, quiet=args.quiet, data="validation split of the fine-tuning",
+        )  # fmt: skip
+    except MefnError as exc:
+        print(
+            f"mefn finetune: error: the adapter is saved in {adapter_dir}, but calibrating it "
+            f"failed ({exc}); run mefn calibrate --adapter on it",
+            file=sys.stderr,
+        )
+        return 1

@@ -101,8 +101,18 @@ def _add_postprocess_arguments(g: Any) -> None:
         "--review-threshold",
         type=float,
         default=None,
-        help="flag lesions whose mean uncertainty reaches this (default: the threshold "
-        "calibrated for the weights, in their card; 0.3 if the card has none)",
+        help="for weights without a lesion confidence model: flag lesions whose mean "
+        "uncertainty reaches this (default: the threshold calibrated for the weights, in their "
+        "card; 0.3 if the card has none)",
+    )
+    g.add_argument(
+        "--review-below",
+        type=float,
+        default=None,
+        metavar="P",
+        help="for weights with a lesion confidence model: flag lesions whose confidence (the "
+        "calibrated probability that the lesion is real) is below P, in (0, 1] (default: the "
+        "card's review_below; 0.5 if the card has none)",
     )
     g.add_argument(
         "--min-lesion-ml",
@@ -200,6 +210,7 @@ def _add_performance_arguments(g: Any) -> None:
 
 def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
     from mefn.postprocess import format_u
+    from mefn.viz.tables import format_confidence
 
     lesions = report["lesions"]
     if not lesions:
@@ -207,7 +218,7 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         return
     print(
         f"    {'#':>3} {'label':>5} {'vol mL':>8} {'SUVmax':>7} {'SUVmean':>7} {'SUVpeak':>7} "
-        f"{'TLG':>8} {'u mean':>6}  centre (LPS mm)",
+        f"{'TLG':>8} {'u mean':>6} {'confidence':>10}  centre (LPS mm)",
         file=file,
     )
     for les in lesions[:max_rows]:
@@ -216,12 +227,18 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         print(
             f"    {les['lesion_id']:>3} {les['label']:>5} {les['volume_ml']:>8.2f} "
             f"{les['suv_max']:>7.2f} {les['suv_mean']:>7.2f} {les['suv_peak']:>7.2f} "
-            f"{les['tlg']:>8.1f} {format_u(les['uncertainty_mean']):>6}  "
+            f"{les['tlg']:>8.1f} {format_u(les['uncertainty_mean']):>6} "
+            f"{format_confidence(les.get('confidence')):>10}  "
             f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}){flag}",
             file=file,
         )
     if len(lesions) > max_rows:
         print(f"    ... {len(lesions) - max_rows} smaller lesion(s) in the report", file=file)
+    print(f"    flagged for review: {report['review_rule']}", end="", file=file)
+    if report.get("review_below") is not None:
+        print(" (confidence: the calibrated probability that the lesion is real)", file=file)
+    else:
+        print(file=file)
 
 
 def _print_hot_spots(report: dict[str, Any], file: Any, max_rows: int = 10) -> None:
@@ -425,6 +442,7 @@ def _build_predictor(
         overlap=args.overlap,
         threads=args.threads,
         review_threshold=args.review_threshold,
+        review_below=args.review_below,
         min_lesion_ml=args.min_lesion_ml,
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,

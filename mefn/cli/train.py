@@ -158,16 +158,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _calibrate(cfg: Any, run: Path, quiet: bool) -> None:
-    """The post-processing of the run's weights chosen on (up to 20 of) its validation cases
-    (mefn.calibration), written into its card."""
-    from mefn.calibration import calibrate_postprocessing, summary, write_calibration
+    """The post-processing and trust of the run's weights fitted on (up to 20 of) its
+    validation cases (mefn.calibration), written into its card."""
+    from mefn.cli.calibrate import calibrate_and_report
     from mefn.training import training_split
 
     _, val = training_split(cfg)
-    calibration = calibrate_postprocessing(run, val[:20])
-    write_calibration(run / "model.json", calibration, data="validation split of the run")
-    if not quiet:
-        print(f"calibrated on the validation split: {summary(calibration)}")
+    calibrate_and_report(
+        "mefn train", run, val[:20], run / "model.json", quiet=quiet,
+        data="validation split of the run",
+    )  # fmt: skip
 
 
 def _on_cpu(device: str) -> bool:

@@ -23,6 +23,12 @@ Outputs (atomic): ``per_case.csv`` (NaN as an empty field), ``summary.json`` (Na
 infinities as null), ``per_case_details.json`` (voxel counts, lesion detection and
 calibration per case) and, with uncertainty maps, ``reliability.png``,
 ``risk_coverage.png``; ``per_case_dice.png`` always.
+
+With uncertainty maps, ``summary.json`` also holds ``trust`` (:mod:`mefn.metrics.trust`): the
+map's reliability near lesions (``voxel_reliability_near_lesions.png``) and, when every
+case's ``<case>_report.json`` (beside its prediction, as ``mefn segment`` writes it) gives
+lesion confidences, the lesion-level AUROC, ECE and risk-coverage (``lesions.csv``,
+``lesion_reliability.png``, ``lesion_risk_coverage.png``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mefn.metrics.autopet import AutopetCaseMetrics
     from mefn.metrics.calibration import CalibrationCounts, LesionUnits
     from mefn.metrics.lesions import LesionDetection
+    from mefn.metrics.trust import BinnedReliability
 
 __all__ = [
     "CasePaths",
@@ -336,6 +343,10 @@ class _AutopetCase:
     detail: dict[str, Any]
     counts: CalibrationCounts | None = None  # with an uncertainty map
     units: LesionUnits | None = None  # with an uncertainty map
+    near: BinnedReliability | None = None  # with an uncertainty map: voxels near lesions
+    confidence: list[float] | None = None  # with a report holding lesion confidences
+    true: list[bool] | None = None
+    map_kind: str | None = None  # what the uncertainty map is, as the report says
 
 
 def _autopet_case(
@@ -370,7 +381,65 @@ def _autopet_case(
     detail["calibration"] = counts.summary()
     detail["calibration"]["confidence_source"] = "probabilities" if probs is not None else "1 - u"
     units = lesion_units(ref.array, pred.array, unc.array)
-    return _AutopetCase(rec, det, detail, counts, units)
+    return _with_trust(c, _AutopetCase(rec, det, detail, counts, units), ref, pred, unc)
+
+
+def _with_trust(c: CasePaths, scored: _AutopetCase, ref: Any, pred: Any, unc: Any) -> _AutopetCase:
+    """The case's trust (:mod:`mefn.metrics.trust`): the uncertainty map's reliability near
+    lesions and, when ``<case>_report.json`` beside the prediction holds lesion confidences,
+    each predicted lesion's confidence and whether it is true."""
+    from dataclasses import replace
+
+    from mefn.confidence import iter_lesions, lesion_truth
+    from mefn.metrics.trust import voxel_reliability_near_lesions
+
+    mask = pred.array.astype(np.uint8)
+    reference = ref.array != 0
+    near = voxel_reliability_near_lesions(
+        np.clip(unc.array, 0.0, 1.0), mask, reference, tuple(pred.pixdim)
+    )
+    scored.detail["trust"] = {"voxels_near_lesions_ece": near.ece}
+    report = _report_of(c)
+    kind = (report.get("uncertainty") or {}).get("map") if report else None
+    lesions = (report or {}).get("lesions") or []
+    if not lesions or any(les.get("confidence") is None for les in lesions):
+        return replace(scored, near=near, map_kind=kind)
+    found = [(box, les) for _label, box, les in iter_lesions(mask)]
+    # the report numbers lesions by decreasing size, in the order iter_lesions finds them
+    order = sorted(range(len(found)), key=lambda i: -int(found[i][1].sum()))
+    sizes = [int(found[i][1].sum()) for i in order]
+    if sizes != [int(les["voxels"]) for les in lesions]:
+        logger.warning(
+            "%s: the report's %d lesions do not match the mask's %d; its confidences are not "
+            "scored", c.case, len(lesions), len(found),
+        )  # fmt: skip
+        return replace(scored, near=near, map_kind=kind)
+    truth = [lesion_truth(found[i][0], found[i][1], reference) for i in order]
+    conf = [float(les["confidence"]) for les in lesions]
+    scored.detail["trust"]["lesions"] = [
+        {"lesion_id": les["lesion_id"], "confidence": p, "true": t}
+        for les, p, t in zip(lesions, conf, truth)
+    ]
+    return replace(scored, near=near, confidence=conf, true=truth, map_kind=kind)
+
+
+def _report_of(c: CasePaths) -> dict[str, Any] | None:
+    """The ``mefn segment`` report beside the case's prediction, if any (None when unreadable)."""
+    name = c.prediction.name
+    for suffix in ("_mask.nii.gz", ".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            path = c.prediction.with_name(name[: -len(suffix)] + "_report.json")
+            break
+    else:  # pragma: no cover - predictions are NIfTI
+        return None
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        logger.warning("%s is not a readable mefn report; lesion confidences not scored", path)
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _autopet_calibration(scored: Sequence[_AutopetCase], out: Path, plots: bool) -> dict[str, Any]:
@@ -408,6 +477,57 @@ def _autopet_calibration(scored: Sequence[_AutopetCase], out: Path, plots: bool)
     return cal
 
 
+def _autopet_trust(scored: Sequence[_AutopetCase], out: Path, plots: bool) -> dict[str, Any]:
+    """Trust pooled over the cases (:mod:`mefn.metrics.trust`): the uncertainty map's
+    reliability near lesions and, with confidences in every case's report, lesion-level
+    AUROC, ECE and risk-coverage; ``lesions.csv`` and the plots."""
+    from mefn.metrics.trust import lesion_trust
+
+    near = None
+    for s in scored:
+        if s.near is not None:
+            near = s.near if near is None else near + s.near
+    kinds = {s.map_kind for s in scored}
+    trust: dict[str, Any] = {
+        "uncertainty_map": kinds.pop() if len(kinds) == 1 else "mixed",
+        "voxels_near_lesions": near.to_json() if near is not None else None,
+        "definitions": "mefn.metrics.trust: the uncertainty map read as the probability that "
+        "the voxel's label is wrong, voxels within 10 mm of a reference or predicted lesion, "
+        "15 equal-width bins; lesions = 18-connected components of the mask, true when they "
+        "touch the reference, confidence from <case>_report.json, 10 bins; risk = share of "
+        "false lesions among those left after referring the least confident first",
+    }
+    with_conf = [s for s in scored if s.confidence is not None and s.true is not None]
+    if scored and len(with_conf) == len(scored):
+        conf = [p for s in with_conf for p in (s.confidence or [])]
+        true = [t for s in with_conf for t in (s.true or [])]
+        trust["lesions"] = lesion_trust(conf, true)
+        rows = [
+            {"case": s.record.case, **entry}
+            for s in with_conf
+            for entry in s.detail["trust"]["lesions"]
+        ]
+        _write_csv(out / "lesions.csv", ("case", "lesion_id", "confidence", "true"), rows)
+    if plots and near is not None:
+        from mefn.metrics.plots import plot_binned_reliability, plot_lesion_risk_coverage
+
+        plot_binned_reliability(
+            trust["voxels_near_lesions"], out / "voxel_reliability_near_lesions.png",
+            "Voxels near lesions", "stated probability that the label is wrong",
+            "observed error rate", "voxels",
+        )  # fmt: skip
+        if "lesions" in trust:
+            plot_binned_reliability(
+                trust["lesions"]["reliability"], out / "lesion_reliability.png",
+                "Predicted lesions", "stated confidence that the lesion is real",
+                "share of true lesions", "lesions",
+            )  # fmt: skip
+            plot_lesion_risk_coverage(
+                trust["lesions"]["risk_coverage"], out / "lesion_risk_coverage.png"
+            )
+    return trust
+
+
 def evaluate_autopet(
     cases: Sequence[CasePaths],
     out_dir: str | os.PathLike[str],
@@ -431,6 +551,7 @@ def evaluate_autopet(
     summary["lesion_detection"] = aggregate_detection([s.detection for s in scored])
     if with_maps:
         summary["calibration"] = _autopet_calibration(scored, out, plots)
+        summary["trust"] = _autopet_trust(scored, out, plots)
     if plots and records:
         from mefn.metrics.plots import plot_per_case_dice
 

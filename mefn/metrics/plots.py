@@ -61,18 +61,77 @@ def plot_reliability(
     return _save(fig, path)
 
 
-def plot_risk_coverage(curve: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Dice against coverage as the most uncertain lesions are referred to a reader."""
+def _coverage_curve(
+    coverage: Any, values: Any, ylabel: str, title: str, path: str | os.PathLike[str]
+) -> Path:
+    """A curve against coverage, from all lesions automatic (left) to all referred."""
     fig = _figure((5.0, 4.0))
     ax = fig.subplots()
-    ax.plot(curve["coverage"], curve["dice"], "-o", markersize=3)
+    ax.plot(coverage, values, "-o", markersize=3)
     ax.set_xlim(1.02, -0.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("coverage (fraction of lesions left automatic)")
-    ax.set_ylabel("pooled Dice")
-    ax.set_title(f"Lesion referral by mean uncertainty ({len(curve['dice']) - 1} lesions)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_risk_coverage(curve: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Dice against coverage as the most uncertain lesions are referred to a reader."""
+    title = f"Lesion referral by mean uncertainty ({len(curve['dice']) - 1} lesions)"
+    return _coverage_curve(curve["coverage"], curve["dice"], "pooled Dice", title, path)
+
+
+def plot_binned_reliability(
+    reliability: dict[str, Any],
+    path: str | os.PathLike[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    unit: str,
+) -> Path:
+    """A reliability diagram from :meth:`mefn.metrics.trust.BinnedReliability.to_json`: the
+    observed rate against the stated probability per bin, the count per bin underneath."""
+    fig = _figure((5.0, 6.0))
+    ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    n_bins = int(reliability["bins"])
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    observed = np.asarray([np.nan if v is None else v for v in reliability["observed"]], float)
+    stated = np.asarray(
+        [np.nan if v is None else v for v in reliability["mean_probability"]], float
+    )
+    ax.bar(
+        centres, np.nan_to_num(observed), width=1.0 / n_bins, edgecolor="black", label="observed"
+    )
+    ok = ~np.isnan(stated)
+    ax.plot(centres[ok], stated[ok], "o", color="tab:red", label="mean stated probability")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ece = reliability["ece"]
+    ax.set_title(f"{title}\n(ECE = {ece:.3f}, {n_bins} bins, n = {reliability['n']})")
+    ax.legend(loc="upper left")
+    ax_n.bar(centres, np.maximum(np.asarray(reliability["count"], float), 1), width=1.0 / n_bins,
+             color="grey")  # fmt: skip
+    ax_n.set_yscale("log")
+    ax_n.set_xlabel(xlabel)
+    ax_n.set_ylabel(unit)
+    ax_n.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def plot_lesion_risk_coverage(curve: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """The share of false lesions among those left automatic, as the least confident lesions
+    are referred to a reader first (:func:`mefn.metrics.trust.lesion_risk_coverage`)."""
+    title = (
+        f"Referral by lesion confidence ({len(curve['risk']) - 1} lesions, "
+        f"area {curve['area']:.3f})"
+    )
+    return _coverage_curve(
+        curve["coverage"], curve["risk"], "false lesions among those left", title, path
+    )
 
 
 def plot_per_case_dice(

@@ -38,6 +38,7 @@ from mefn.viz.review_data import ReviewData, load_review, output_case_id, prepar
 from mefn.viz.tables import (
     HOT_SPOT_COLUMNS,
     LESION_COLUMNS,
+    format_confidence,
     format_hot_spots,
     format_lesion_table,
     lesion_choices,
@@ -56,6 +57,7 @@ __all__ = [
     "ReviewData",
     "auto_point",
     "display_orientation",
+    "format_confidence",
     "format_hot_spots",
     "format_lesion_table",
     "format_u",

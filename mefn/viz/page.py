@@ -39,14 +39,17 @@ def _plot_fusion(
 
 
 def _plot_uncertainty(data: ReviewData, point: Any, axes: Any, review_threshold: float) -> float:
-    """The u map into three axes on its own scale (:func:`uncertainty_display_max`), with the
-    mask and any reference; returns the top of the scale."""
-    u_max = uncertainty_display_max(data.uncertainty, review_threshold)
+    """The uncertainty map into three axes, with the mask and any reference; returns the top
+    of the scale. A calibrated map (the probability that the voxel's label is wrong: the
+    report's table has lesion confidences) is drawn from 0 to 1; the raw evidential u on its
+    own scale (:func:`uncertainty_display_max`)."""
+    calibrated = data.lesions is not None and data.lesions.review_below is not None
+    u_max = 1.0 if calibrated else uncertainty_display_max(data.uncertainty, review_threshold)
     plot_map(
         data.uncertainty,
         data.geometry,
         point,
-        label="uncertainty u",
+        label="P(voxel label wrong)" if calibrated else "uncertainty u",
         cmap="magma",
         vmax=u_max,
         mask=data.mask,

@@ -197,7 +197,12 @@ def plot_mip(
         for lesion in ranked[:MIP_MAX_MARKS]:
             index = lesion_point(lesions, lesion.lesion_id, geometry)
             x, y = _screen_position(orient, "coronal", orient.to_canonical(index))
-            colour = cmap(float(np.clip(lesion.uncertainty_mean / u_max, 0.0, 1.0)))
+            doubt = (
+                1.0 - lesion.confidence
+                if lesion.confidence is not None
+                else lesion.uncertainty_mean / u_max
+            )
+            colour = cmap(float(np.clip(doubt, 0.0, 1.0)))
             ax.scatter(
                 [x],
                 [y],
@@ -207,7 +212,12 @@ def plot_mip(
                 linewidths=2.0 if lesion.review else 1.2,
             )
             ax.annotate(
-                f"{lesion.lesion_id} u={format_u(lesion.uncertainty_mean)}",
+                f"{lesion.lesion_id} "
+                + (
+                    f"{lesion.confidence:.0%} sure"
+                    if lesion.confidence is not None
+                    else f"u={format_u(lesion.uncertainty_mean)}"
+                ),
                 (x, y),
                 xytext=(6, 4),
                 textcoords="offset points",

@@ -51,12 +51,18 @@ def auto_point(
     lesions: LesionTable | None = None,
     suv: np.ndarray | None = None,
 ) -> tuple[int, int, int]:
-    """Where a review starts: the most uncertain lesion flagged for review, else the largest
-    lesion, else the hottest PET voxel, else the centre of the image."""
+    """Where a review starts: the least confident (or, without confidences, most uncertain)
+    lesion flagged for review, else the largest lesion, else the hottest PET voxel, else the
+    centre of the image."""
     if lesions is not None and lesions.lesions:
         flagged = [lesion for lesion in lesions.lesions if lesion.review]
         if flagged:
-            pick = max(flagged, key=lambda lesion: lesion.uncertainty_mean)
+            pick = max(
+                flagged,
+                key=lambda lesion: (
+                    -lesion.confidence if lesion.confidence is not None else lesion.uncertainty_mean
+                ),
+            )
         else:
             pick = max(lesions.lesions, key=lambda lesion: lesion.voxels)
         return lesion_point(lesions, pick.lesion_id, geometry)

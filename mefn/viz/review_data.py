@@ -158,6 +158,35 @@ def _report_threshold(path: Path, default: float = DEFAULT_REVIEW_THRESHOLD) -> 
         return default
 
 
+def _report_lesions(path: Path) -> LesionTable | None:
+    """The lesion table a report holds (with its confidences and review rule), or None for
+    no report or one without a readable table."""
+    if not path.is_file():
+        return None
+    import json
+
+    from mefn.postprocess import Lesion, LesionTable
+
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if "lesions" not in report:  # a bare report: the table is recomputed, as asked
+            return None
+        lesions = tuple(
+            Lesion(**{**entry, "centroid_mm": tuple(entry["centroid_mm"])})
+            for entry in report["lesions"]
+        )
+        return LesionTable(
+            lesions=lesions,
+            mtv_ml=float(report["mtv_ml"]),
+            tlg=float(report["tlg"]),
+            review_threshold=float(report["review_threshold"]),
+            review_below=report.get("review_below"),
+        )
+    except (ValueError, UnicodeDecodeError, TypeError, AttributeError, KeyError):
+        logger.warning("%s has no readable lesion table; recomputing it from the mask", path)
+        return None
+
+
 def _report_hot_spots(path: Path) -> tuple[HotSpot, ...]:
     """The hot spots a report lists (none for a report without them, or no report)."""
     if not path.is_file():
@@ -185,7 +214,8 @@ def load_review(
     Reads ``<case>_mask`` and ``<case>_uncertainty`` (and, when both exist,
     ``<case>_uncertainty_ct`` / ``_pet`` from ``--extra``); ``case`` (a :class:`Case` or a path
     for :func:`mefn.io.discovery.load_case`) gives the CT and PET, resampled onto the output
-    grid when needed. The lesion table is recomputed with the report's review threshold.
+    grid when needed. The lesion table is the report's (with its lesion confidences), else
+    recomputed with the report's review threshold.
     """
     from mefn.io.readers import read_volume
     from mefn.postprocess import lesion_table
@@ -234,14 +264,16 @@ def load_review(
     mask = np.asarray(mask_vol.array, dtype=np.uint8)
     unc = np.asarray(unc_vol.array, dtype=np.float32)
     report_path = folder / f"{case_id}_report.json"
-    threshold = _report_threshold(report_path)
+    table = _report_lesions(report_path)
+    if table is None:
+        table = lesion_table(mask, suv, unc, geo, review_threshold=_report_threshold(report_path))
     return ReviewData(
         geometry=geo,
         ct=ct,
         suv=suv,
         mask=mask,
         uncertainty=unc,
-        lesions=lesion_table(mask, suv, unc, geo, review_threshold=threshold),
+        lesions=table,
         reference=_reference_on_grid(ref_volume, geo),
         case_id=case_id,
         hot_spots=_report_hot_spots(report_path),

@@ -12,11 +12,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from mefn.postprocess import HotSpot, LesionTable
+    from mefn.postprocess import HotSpot, Lesion, LesionTable
 
 __all__ = [
     "HOT_SPOT_COLUMNS",
     "LESION_COLUMNS",
+    "format_confidence",
     "format_hot_spots",
     "format_lesion_table",
     "lesion_choices",
@@ -33,13 +34,31 @@ LESION_COLUMNS: tuple[str, ...] = (
     "TLG",
     "u mean",
     "u max",
+    "confidence",
     "review",
 )
 
 
+def _ordered(table: LesionTable) -> list[Lesion]:
+    """Least confident first (with confidences), else most uncertain first."""
+    return sorted(
+        table.lesions,
+        key=lambda lesion: (
+            lesion.confidence if lesion.confidence is not None else -lesion.uncertainty_mean,
+            lesion.lesion_id,
+        ),
+    )
+
+
+def format_confidence(value: float | None) -> str:
+    """A lesion's confidence for a reader: a percentage ("83%"), "-" without one."""
+    return "-" if value is None else f"{value:.0%}"
+
+
 def lesion_rows(table: LesionTable) -> list[tuple[str, ...]]:
-    """The lesions as text rows (columns :data:`LESION_COLUMNS`), most uncertain first."""
-    ordered = sorted(table.lesions, key=lambda lesion: (-lesion.uncertainty_mean, lesion.lesion_id))
+    """The lesions as text rows (columns :data:`LESION_COLUMNS`), least confident (or, without
+    confidences, most uncertain) first."""
+    ordered = _ordered(table)
     return [
         (
             str(lesion.lesion_id),
@@ -50,6 +69,7 @@ def lesion_rows(table: LesionTable) -> list[tuple[str, ...]]:
             f"{lesion.tlg:.1f}",
             format_u(lesion.uncertainty_mean),
             f"{lesion.uncertainty_max:.2f}",
+            format_confidence(lesion.confidence),
             "REVIEW" if lesion.review else "",
         )
         for lesion in ordered
@@ -57,12 +77,18 @@ def lesion_rows(table: LesionTable) -> list[tuple[str, ...]]:
 
 
 def lesion_choices(table: LesionTable) -> list[tuple[str, int]]:
-    """(label, lesion id) pairs for a lesion picker, most uncertain first."""
-    ordered = sorted(table.lesions, key=lambda lesion: (-lesion.uncertainty_mean, lesion.lesion_id))
+    """(label, lesion id) pairs for a lesion picker, least confident (or most uncertain)
+    first."""
+    ordered = _ordered(table)
     return [
         (
             f"{lesion.lesion_id}: {lesion.volume_ml:.2f} mL, SUVmax {lesion.suv_max:.1f}, "
-            f"u {format_u(lesion.uncertainty_mean)}{'  REVIEW' if lesion.review else ''}",
+            + (
+                f"confidence {format_confidence(lesion.confidence)}"
+                if lesion.confidence is not None
+                else f"u {format_u(lesion.uncertainty_mean)}"
+            )
+            + ("  REVIEW" if lesion.review else ""),
             lesion.lesion_id,
         )
         for lesion in ordered
@@ -78,7 +104,12 @@ def format_lesion_table(table: LesionTable) -> str:
         lines.append("(no lesion found)")
     lines.append(
         f"MTV {table.mtv_ml:.2f} mL, TLG {table.tlg:.1f}; {table.n_review} lesion(s) with "
-        f"mean u >= {format_u(table.review_threshold)} flagged for review"
+        f"{table.review_rule} flagged for review"
+        + (
+            " (confidence: the calibrated probability that the lesion is real)"
+            if table.review_below is not None
+            else ""
+        )
     )
     return "\n".join(lines)
 
@@ -123,9 +154,10 @@ def plot_lesion_table(table: LesionTable, ax: Axes | None = None, max_rows: int 
     ax.axis("off")
     rows = lesion_rows(table)
     shown = rows[:max_rows]
+    by = "confidence" if table.review_below is not None else "uncertainty"
     title = (
-        f"lesions by uncertainty (MTV {table.mtv_ml:.1f} mL)\n"
-        f"{table.n_review} flagged for review: mean u >= {format_u(table.review_threshold)}"
+        f"lesions by {by} (MTV {table.mtv_ml:.1f} mL)\n"
+        f"{table.n_review} flagged for review: {table.review_rule}"
     )
     if len(rows) > max_rows:
         title += f"; {len(rows) - max_rows} more not shown"

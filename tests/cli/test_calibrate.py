@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support import make_tiny_weights
 
@@ -16,6 +17,14 @@ from mefn.calibration import (
     PET_CHECK_CANDIDATES,
 )
 from mefn.cli import main
+from mefn.confidence import (
+    VOXEL_FEATURES,
+    IsotonicMap,
+    LesionConfidence,
+    LogisticModel,
+    VoxelErrorMap,
+    trust_record,
+)
 from mefn.data.phantom_layouts import write_phantoms
 
 
@@ -31,7 +40,7 @@ def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -
     card_path = weights.with_suffix(".json")
     before = json.loads(card_path.read_text())
     assert main(["calibrate", str(weights), "--data", str(phantoms), "--tta", "x"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert str(card_path) in out and "mean Dice" in out
     card = json.loads(card_path.read_text())
     record = card["calibration"]
@@ -60,6 +69,32 @@ def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -
 
     predictor = Predictor(weights)
     assert predictor.tta_axes == (0,)
+    # the untrained weights' lesions on these cases are both true and false: trust is fitted
+    assert "lesion confidence fitted on" in out and "warning" not in err
+    assert card["review_below"] == 0.5
+    assert predictor.lesion_confidence is not None and predictor.voxel_error is not None
+    fitted = card["lesion_confidence"]["fitted_on"]
+    assert fitted["cases"] == 2 and fitted["lesions_true"] and fitted["lesions_false"]
+
+
+def test_calibrate_drops_a_stale_trust_calibration(tmp_path, phantoms, capsys) -> None:
+    """A confidence model fitted for other post-processing must not survive a recalibration."""
+    weights = make_tiny_weights(_folder(tmp_path / "run"))
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    stale = LogisticModel(("p_max",), np.zeros(1), np.ones(1), np.ones(1), 0.0)
+    iso = IsotonicMap(np.asarray([0.0, 1.0]), np.asarray([0.0, 1.0]))
+    voxel = LogisticModel(VOXEL_FEATURES, np.zeros(5), np.ones(5), np.ones(5), 0.0)
+    old = trust_record(LesionConfidence(stale), VoxelErrorMap(voxel, iso), {}, review_below=0.2)
+    card.update(old)
+    card_path.write_text(json.dumps(card))
+    assert main(["calibrate", str(weights), "--data", str(phantoms), "--max-cases", "1"]) == 0
+    card = json.loads(card_path.read_text())
+    assert card.get("lesion_confidence") != old["lesion_confidence"]
+    assert card.get("voxel_error") != old["voxel_error"]
+    if "lesion_confidence" not in card:  # one case may not have both kinds of lesion
+        assert "not fitted" in capsys.readouterr().err
+        assert "review_below" not in card
 
 
 def test_calibrate_refusals(tmp_path, phantoms, capsys) -> None:

@@ -302,3 +302,39 @@ def test_hecktor_with_rtstruct_reference(tmp_path):
     assert float(rows["CHUP-002"][1]) == pytest.approx(2 * 8 / 16)
     # the rasterised reference went to a temporary folder, not beside the references
     assert sorted(p.name for p in ref_dir.iterdir()) == ["CHUM-001.dcm", "CHUP-002.nii.gz"]
+
+
+def test_autopet_trust_from_the_reports_confidences(tmp_path):
+    """With a report per case (as mefn segment writes it), each predicted lesion's confidence
+    is scored against whether it touches the reference: AUROC, ECE, lesions.csv, plots."""
+    ref_dir, pred_dir = _autopet_folders(tmp_path)
+    for case in ("c1", "c2", "neg"):
+        # the mask's lesions by decreasing size: the 48-voxel one (true except in "neg"),
+        # then the one-voxel false positive
+        lesions = [
+            {"lesion_id": 1, "voxels": 48, "confidence": 0.3 if case == "neg" else 0.9},
+            {"lesion_id": 2, "voxels": 1, "confidence": 0.2},
+        ]
+        report = {"uncertainty": {"map": "stated"}, "lesions": lesions}
+        (pred_dir / f"{case}_report.json").write_text(json.dumps(report))
+    out = tmp_path / "out"
+    argv = ["evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(out)]
+    assert main([*argv, "--uncertainty-dir", str(pred_dir)]) == 0
+    trust = json.loads((out / "summary.json").read_text())["trust"]
+    assert trust["uncertainty_map"] == "stated"
+    scored = trust["lesions"]
+    assert scored["n_lesions"] == 6 and scored["n_true"] == 2 and scored["auroc"] == 1.0
+    # bins: 0.2 x3 (all false), 0.3 (false), 0.9 x2 (true)
+    assert scored["ece"] == pytest.approx((3 * 0.2 + 0.3 + 2 * 0.1) / 6)
+    rows = _read_csv(out / "lesions.csv")
+    assert rows[0] == ["case", "lesion_id", "confidence", "true"] and len(rows) == 7
+    assert trust["voxels_near_lesions"]["n"] > 0
+    for png in ("lesion_reliability.png", "lesion_risk_coverage.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "voxel_reliability_near_lesions.png").is_file()
+    # a report whose lesions do not match the mask is not scored (and said so)
+    (pred_dir / "c1_report.json").write_text(json.dumps({"lesions": lesions[:1]}))
+    out2 = tmp_path / "out2"
+    argv = ["evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(out2)]
+    assert main([*argv, "--uncertainty-dir", str(pred_dir)]) == 0
+    assert "lesions" not in json.loads((out2 / "summary.json").read_text())["trust"]

@@ -86,6 +86,10 @@ def test_finetune_then_segment_with_the_adapter(tmp_path, adapter):
     assert u_base.shape == u_ad.shape and not np.allclose(u_base, u_ad)
     report = json.loads((res_ad / name.replace("_uncertainty.nii.gz", "_report.json")).read_text())
     assert report["settings"]["adapter"].endswith("adapter")
+    # calibrated at the end on its validation split, into the adapter's own card
+    adapter_card = json.loads((out / "adapter" / "card.json").read_text())
+    assert adapter_card["calibration"]["data"] == "validation split of the fine-tuning"
+    assert set(adapter_card["postprocess"]) >= {"tta_axes", "lesion_threshold", "pet_check"}
 
 
 def test_finetune_errors(tmp_path, capsys):
@@ -139,7 +143,7 @@ def test_finetune_to_head_and_neck_labels_gives_three_classes(tmp_path, adapter,
     write_phantoms(data, n=3, layout="hecktor", seed=21, small=True, n_lesions=2, fov="full")
     out = tmp_path / "ft"
     argv = ["-q", "finetune", "--from", str(weights), "--adapter", adapter, "--data", str(data)]
-    argv += ["-o", str(out), "--epochs", "1"]
+    argv += ["-o", str(out), "--epochs", "1", "--no-calibrate"]
     if num_classes:  # else taken from the labels (largest 2 -> 3 classes)
         argv += ["--num-classes", num_classes]
     assert main(argv) == 0

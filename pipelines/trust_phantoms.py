@@ -1,0 +1,191 @@
+"""Lesion confidence and the voxel error map of the bundled weights, fitted and tested on phantoms.
+
+Stages (``--stage``):
+
+- ``predict``: segment fresh whole-body phantoms with the bundled weights and their card's
+  settings, and keep what calibration reads (mask, lesion probability, fused and per-modality
+  u, SUV, reference) in ``work_data/trust/<set>/<seed>.npz``. Validation seeds start at
+  :data:`VAL_SEED0`, test seeds at ``pipelines.train_phantoms.TEST_SEED0`` (the card's
+  ``test_fresh_phantoms``); neither overlaps the training seeds (1000-1199). Cases already kept
+  are skipped, so the stage continues where a stopped run left off.
+- ``fit``: fit the lesion confidence and the voxel error map on the validation cases
+  (:func:`mefn.confidence.fit_trust`) and store them in the bundled card.
+- ``test``: score the trust of the stored calibration on the test cases
+  (:func:`mefn.confidence.trust_metrics`): lesion AUROC and ECE, voxel ECE near lesions,
+  reliability diagrams; JSON and figures in ``campaigns/trust_phantoms``.
+
+Usage (from the repository root; the predict stage takes 1-4 min per case on 2 cores)::
+
+    python -m pipelines.trust_phantoms --stage predict --n-val 60 --n-test 20
+    python -m pipelines.trust_phantoms --stage fit
+    python -m pipelines.trust_phantoms --stage test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "work_data" / "trust"
+OUT = REPO / "campaigns" / "trust_phantoms"
+if TYPE_CHECKING:
+    from mefn.confidence import TrustCase
+
+VAL_SEED0 = 20_000_000  # calibration phantoms: seeds far from training and test seeds
+
+
+def _seeds(kind: str, n: int) -> list[int]:
+    from pipelines.train_phantoms import TEST_SEED0
+
+    first = VAL_SEED0 if kind == "val" else TEST_SEED0
+    return [first + i for i in range(n)]
+
+
+def predict(n_val: int, n_test: int, threads: int) -> None:
+    from mefn.fileutil import atomic_path
+    from mefn.inference import Predictor
+    from pipelines.train_phantoms import fresh_phantom
+
+    predictor = Predictor("default", device="cpu", threads=threads)
+    # alternate the two sets, so that a stopped run leaves some of each
+    val, test = _seeds("val", n_val), _seeds("test", n_test)
+    order = [("val", s) for s in val[: len(test)]]
+    order = [x for pair in zip(order, [("test", s) for s in test]) for x in pair]
+    order += [("val", s) for s in val[len(test) :]] + [("test", s) for s in test[len(val) :]]
+    for kind, seed in order:
+        path = WORK / kind / f"{seed}.npz"
+        if path.exists():
+            continue
+        t0 = time.monotonic()
+        study, case = fresh_phantom(seed)
+        pred = predictor.predict(case, keep_extra=True)
+        assert pred.probabilities is not None and pred.uncertainty_ct is not None
+        assert pred.uncertainty_pet is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                mask=pred.mask.astype(np.uint8),
+                reference=(np.asarray(case.label.array) > 0).astype(np.uint8),  # type: ignore[union-attr]
+                lesion_probability=(1.0 - pred.probabilities[0]).astype(np.float16),
+                uncertainty=pred.uncertainty.astype(np.float32),
+                uncertainty_ct=pred.uncertainty_ct.astype(np.float32),
+                uncertainty_pet=pred.uncertainty_pet.astype(np.float32),
+                suv=pred.suv.astype(np.float32),
+                spacing_mm=np.asarray(pred.geometry.spacing_mm),
+            )
+        print(
+            f"[{kind}] {seed}: {len(pred.lesions.lesions)} lesion(s), "
+            f"{time.monotonic() - t0:.0f} s",
+            flush=True,
+        )
+
+
+def _load(path: Path) -> tuple[TrustCase, np.ndarray]:
+    """A kept case as a TrustCase and its raw fused u."""
+    from mefn.confidence import EvidenceMaps, TrustCase
+
+    with np.load(path) as z:
+        spacing = tuple(float(v) for v in z["spacing_mm"])
+        maps = EvidenceMaps(
+            lesion_probability=z["lesion_probability"].astype(np.float32),
+            uncertainty=z["uncertainty"],
+            suv=z["suv"],
+            spacing_mm=(spacing[0], spacing[1], spacing[2]),
+            uncertainty_ct=z["uncertainty_ct"],
+            uncertainty_pet=z["uncertainty_pet"],
+        )
+        return TrustCase(z["mask"], z["reference"], maps), z["uncertainty"]
+
+
+def _kept(kind: str) -> list[Path]:
+    return sorted((WORK / kind).glob("*.npz"), key=lambda p: int(p.stem))
+
+
+def fit(card_path: Path) -> dict[str, Any]:
+    """Fit on the kept validation cases and store the result in ``card_path``."""
+    from mefn.confidence import fit_trust, trust_record
+    from mefn.fileutil import atomic_write_text
+
+    paths = _kept("val")
+    lesion, voxel, summary = fit_trust(_load(p)[0] for p in paths)
+    summary["seeds"] = [int(paths[0].stem), int(paths[-1].stem)]
+    record = trust_record(lesion, voxel, summary)
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card.update(record)
+    atomic_write_text(card_path, json.dumps(card, indent=1))
+    print(json.dumps(summary), flush=True)
+    print(json.dumps(record["lesion_confidence"]), flush=True)
+    return record
+
+
+def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
+    """Score the card's trust calibration on the kept ``kind`` cases."""
+    from mefn.confidence import iter_lesions, lesion_evidence, lesion_truth, trust_from_card
+    from mefn.metrics.trust import lesion_trust, voxel_reliability_near_lesions
+
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    lesion_model, voxel_model, _ = trust_from_card(card)
+    assert lesion_model is not None and voxel_model is not None
+    conf: list[float] = []
+    true: list[bool] = []
+    raw_conf: list[float] = []
+    rel = raw_rel = None
+    paths = _kept(kind)
+    for path in paths:
+        case, u = _load(path)
+        for _label, box, lesion in iter_lesions(case.mask):
+            conf.append(lesion_model(lesion_evidence(box, lesion, case.maps)))
+            raw_conf.append(1.0 - float(u[box][lesion].mean()))
+            true.append(lesion_truth(box, lesion, case.reference))
+        err = voxel_model(case.mask, case.maps)
+        r = voxel_reliability_near_lesions(err, case.mask, case.reference, case.maps.spacing_mm)
+        r0 = voxel_reliability_near_lesions(u, case.mask, case.reference, case.maps.spacing_mm)
+        rel = r if rel is None else rel + r
+        raw_rel = r0 if raw_rel is None else raw_rel + r0
+    assert rel is not None and raw_rel is not None
+    result = {
+        "cases": len(paths),
+        "seeds": [int(paths[0].stem), int(paths[-1].stem)],
+        "lesions": lesion_trust(conf, true),
+        "lesions_raw_1_minus_u": lesion_trust(raw_conf, true),
+        "voxels_near_lesions": rel.to_json(),
+        "voxels_near_lesions_raw_u": raw_rel.to_json(),
+    }
+    print(
+        f"[{kind}] {len(paths)} cases, {len(conf)} lesions ({sum(true)} true): lesion AUROC "
+        f"{result['lesions']['auroc']:.3f} (raw 1-u {result['lesions_raw_1_minus_u']['auroc']:.3f})"
+        f", lesion ECE {result['lesions']['ece']:.3f}, voxel ECE near lesions {rel.ece:.4f} "
+        f"(raw u {raw_rel.ece:.4f})",
+        flush=True,
+    )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("predict", "fit", "test"), required=True)
+    parser.add_argument("--n-val", type=int, default=60)
+    parser.add_argument("--n-test", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", default="test", choices=("val", "test"), help="test stage: which")
+    args = parser.parse_args()
+    card = REPO / "mefn" / "weights" / "mefn_default.json"
+    if args.stage == "predict":
+        predict(args.n_val, args.n_test, args.threads)
+    elif args.stage == "fit":
+        fit(card)
+    else:
+        test(card, args.set)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""A card's lesion confidence and voxel error map in segmentation: what the Predictor
+delivers, what the files and the report say, how the review flag follows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import make_tiny_weights
+
+from mefn.confidence import (
+    IsotonicMap,
+    LesionConfidence,
+    LogisticModel,
+    VoxelErrorMap,
+    trust_record,
+)
+from mefn.inference import UNCERTAINTY_CALIBRATED, UNCERTAINTY_EVIDENTIAL, Predictor
+
+
+def _case():
+    from mefn.data.phantoms import generate_study
+    from mefn.io.case import Case
+
+    study = generate_study(7, kind="wholebody", small=True)
+    return Case(
+        case_id="p7",
+        ct=study.ct,
+        pet=study.pet,
+        label=study.label_pet,
+        output_geometry=study.pet.geometry,
+    )
+
+
+def _trusted_weights(folder: Path, review_below: float = 0.5) -> Path:
+    """Tiny weights whose card holds a hand-made lesion confidence (rising with SUVmax) and
+    voxel error map (rising with the network's own error probability)."""
+    weights = make_tiny_weights(folder)
+    lesion = LesionConfidence(
+        LogisticModel(("log_suv_max",), np.zeros(1), np.ones(1), np.asarray([2.0]), -3.0)
+    )
+    voxel = VoxelErrorMap(
+        LogisticModel(
+            ("logit_network_error", "log_u", "inside", "edge_in", "edge_out"),
+            np.zeros(5),
+            np.ones(5),
+            np.asarray([1.0, 0.0, 0.0, 0.0, 0.0]),
+            0.0,
+        ),
+        IsotonicMap(np.asarray([0.0, 1.0]), np.asarray([0.0, 0.8])),
+    )
+    summary = {"cases": 1, "lesions_true": 1, "lesions_false": 1, "lesion_l2": 1.0}
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card.update(trust_record(lesion, voxel, summary, review_below=review_below))
+    card["lesion_threshold"] = 0.3  # untrained weights: low enough to find lesions
+    card_path.write_text(json.dumps(card))
+    return weights
+
+
+def test_a_trusted_card_gives_confidences_and_an_error_probability_map(tmp_path) -> None:
+    case = _case()
+    plain = Predictor(make_tiny_weights(_mk(tmp_path / "plain")), device="cpu")
+    assert plain.lesion_confidence is None and not plain.calibrated
+    predictor = Predictor(_trusted_weights(_mk(tmp_path / "trusted")), device="cpu")
+    assert predictor.calibrated and predictor.review_below == 0.5
+    pred = predictor.predict(case)
+    assert pred.evidential_u is not None
+    assert pred.uncertainty.dtype == np.float32
+    assert float(pred.uncertainty.min()) >= 0.0 and float(pred.uncertainty.max()) <= 0.8
+    lesions = pred.lesions.lesions
+    assert lesions, "the low lesion threshold should find lesions"
+    for lesion in lesions:
+        assert lesion.confidence is not None and 0.0 < lesion.confidence < 1.0
+        expected = 1 / (1 + np.exp(3.0 - 2.0 * np.log(lesion.suv_max + 1.0)))
+        assert lesion.confidence == pytest.approx(expected, rel=1e-4)
+        assert lesion.review == (lesion.confidence < 0.5)
+    report = pred.report(case)
+    assert report["uncertainty"]["map"] == UNCERTAINTY_CALIBRATED
+    assert report["review_below"] == 0.5 and report["review_rule"] == "confidence below 50%"
+    assert all("confidence" in les for les in report["lesions"])
+    # --review-below moves the flag, not the confidences
+    strict = Predictor(predictor.weights_path, device="cpu", review_below=0.99).predict(case)
+    assert [les.confidence for les in strict.lesions.lesions] == [les.confidence for les in lesions]
+    assert all(les.review for les in strict.lesions.lesions)
+
+
+def test_without_trust_the_map_is_the_evidential_u(tmp_path) -> None:
+    pred = Predictor(make_tiny_weights(tmp_path), device="cpu").predict(_case())
+    assert pred.evidential_u is None
+    report = pred.report()
+    assert report["uncertainty"]["map"] == UNCERTAINTY_EVIDENTIAL
+    assert report["review_below"] is None and report["review_rule"].startswith("mean u >= ")
+    assert all(les["confidence"] is None for les in report["lesions"])
+
+
+def test_extra_outputs_name_the_raw_evidential_u(tmp_path) -> None:
+    from mefn.outputs import save_prediction
+
+    case = _case()
+    pred = Predictor(_trusted_weights(_mk(tmp_path / "w")), device="cpu").predict(
+        case, keep_extra=True
+    )
+    paths = save_prediction(pred, tmp_path / "out", case, extra=True)
+    assert paths["evidential_u"].name == "p7_evidential_u.nii.gz"
+    from mefn.io.readers import read_volume
+
+    raw = read_volume(paths["evidential_u"]).array
+    assert pred.evidential_u is not None
+    assert np.allclose(raw, pred.evidential_u)
+    assert not np.allclose(read_volume(paths["uncertainty"]).array, raw)
+
+
+def test_review_below_must_be_a_probability(tmp_path) -> None:
+    from mefn.errors import InputError
+
+    with pytest.raises(InputError, match="review_below must be a probability"):
+        Predictor(make_tiny_weights(tmp_path), device="cpu", review_below=1.5)
+
+
+def _mk(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
