@@ -11,10 +11,12 @@ probabilities:
   mean and maximum lesion probability, the disagreement of the CT and PET opinions, SUVmax, its
   contrast over the surroundings, volume), its L2 penalty chosen by cross-validated log-loss.
 - **Voxel error map** (:class:`VoxelErrorMap`): the probability that a voxel's delivered label is
-  wrong. A logistic regression on the voxel's evidence (:data:`VOXEL_FEATURES`: the network's own
-  error probability and u, whether the voxel is inside the mask and how far it is from the
-  mask's edge) followed by an isotonic regression of its output, fitted on voxels near lesions
-  (within :data:`NEAR_MM` of a reference or predicted lesion) and a weighted sample of the rest.
+  wrong. For the voxels inside the mask (where an error is a false positive) and, apart, those
+  outside it (a missed lesion): a logistic regression on the voxel's evidence
+  (:data:`VOXEL_FEATURES`: the network's own error probability, u, the distance to the mask's
+  edge, the uptake) followed by an isotonic regression of its output, fitted on the voxels
+  near lesions (within :data:`NEAR_MM` of a reference or predicted lesion) and a weighted
+  sample of the rest.
 
 Both are plain numpy (Newton's method and pool-adjacent-violators); :func:`fit_trust` fits them
 from validation cases, :func:`trust_record` stores them as JSON in a card.
@@ -43,7 +45,9 @@ __all__ = [
     "LesionConfidence",
     "LogisticModel",
     "TrustCase",
+    "Calibrator",
     "VoxelErrorMap",
+    "fit_calibrator",
     "fit_isotonic",
     "fit_logistic",
     "fit_trust",
@@ -77,7 +81,11 @@ LESION_FEATURES = (
 )
 #: The features that need the CT and PET opinions' maps (absent for single-opinion models).
 MODALITY_FEATURES = ("log_modality_disagreement",)
-VOXEL_FEATURES = ("logit_network_error", "log_u", "inside", "edge_in", "edge_out")
+VOXEL_FEATURES = ("logit_network_error", "log_u", "edge_in", "edge_out", "log_suv")
+#: the evidence of the voxels inside the mask (where an error is a false positive) and outside
+#: (a missed lesion): each has its own calibrator
+INSIDE_FEATURES = ("logit_network_error", "log_u", "edge_in", "log_suv")
+OUTSIDE_FEATURES = ("logit_network_error", "log_u", "edge_out", "log_suv")
 
 
 @dataclass(frozen=True)
@@ -421,54 +429,114 @@ def voxel_features(
     maps: EvidenceMaps,
     part: slice = slice(None),
     edges: tuple[np.ndarray, np.ndarray] | None = None,
+    names: Sequence[str] = VOXEL_FEATURES,
 ) -> np.ndarray:
-    """The evidence of the voxels ``part`` (of the grid's C-order flat indices, default all),
-    (N, len(VOXEL_FEATURES)) float32. ``edges``: the mask's :func:`_edges`, when known."""
+    """The evidence ``names`` (of :data:`VOXEL_FEATURES`) of the voxels ``part`` (of the grid's
+    C-order flat indices, default all), (N, len(names)) float32: the logit of the network's
+    own probability that the delivered label is wrong, log u, the distances to the mask's edge
+    inside and outside it (in cm, clipped at EDGE_MM) and log(1 + SUV) (uptake the mask leaves
+    out is where lesions are missed). ``edges``: the mask's :func:`_edges`, when known."""
+    unknown = [n for n in names if n not in VOXEL_FEATURES]
+    if unknown:
+        raise CheckpointError(
+            f"the voxel error map names unknown features {unknown}; expected some of "
+            f"{', '.join(VOXEL_FEATURES)}: calibrate these weights again (mefn calibrate)"
+        )
     d_in, d_out = edges if edges is not None else _edges(mask, maps.spacing_mm)
     inside = mask.reshape(-1)[part] != 0
-    p = maps.lesion_probability.reshape(-1)[part].astype(np.float32)
-    err = np.clip(np.where(inside, 1.0 - p, p), _P_CLIP, 1.0 - _P_CLIP)
-    out = np.empty((inside.size, len(VOXEL_FEATURES)), dtype=np.float32)
-    out[:, 0] = np.log(err / (1.0 - err))
-    out[:, 1] = np.log(maps.uncertainty.reshape(-1)[part].astype(np.float32) + _U_FLOOR)
-    out[:, 2] = inside
-    out[:, 3] = d_in.reshape(-1)[part] / 10.0
-    out[:, 4] = d_out.reshape(-1)[part] / 10.0
+
+    def network_error() -> np.ndarray:
+        p = maps.lesion_probability.reshape(-1)[part].astype(np.float32)
+        err = np.clip(np.where(inside, 1.0 - p, p), _P_CLIP, 1.0 - _P_CLIP)
+        return np.asarray(np.log(err / (1.0 - err)))
+
+    def log_suv() -> np.ndarray:
+        return np.asarray(np.log1p(np.maximum(maps.suv.reshape(-1)[part].astype(np.float32), 0)))
+
+    compute = {
+        "logit_network_error": network_error,
+        "log_u": lambda: np.log(maps.uncertainty.reshape(-1)[part].astype(np.float32) + _U_FLOOR),
+        "edge_in": lambda: d_in.reshape(-1)[part] / 10.0,
+        "edge_out": lambda: d_out.reshape(-1)[part] / 10.0,
+        "log_suv": log_suv,
+    }
+    out = np.empty((inside.size, len(names)), dtype=np.float32)
+    for k, name in enumerate(names):
+        out[:, k] = compute[name]()
     return out
 
 
 @dataclass(frozen=True)
-class VoxelErrorMap:
-    """The calibrated probability that a voxel's delivered label is wrong."""
+class Calibrator:
+    """A logistic regression whose output an isotonic map recalibrates."""
 
     model: LogisticModel
     isotonic: IsotonicMap
 
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.isotonic(self.model.probability(x))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logistic": self.model.to_json(), "isotonic": self.isotonic.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibrator:
+        try:
+            return cls(
+                LogisticModel.from_json(data["logistic"]), IsotonicMap.from_json(data["isotonic"])
+            )
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"a card's voxel error map lacks {exc}; run mefn calibrate again"
+            ) from None
+
+
+def fit_calibrator(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, features: Sequence[str]
+) -> Calibrator:
+    """A weighted logistic regression (L2 1) of ``y`` on ``x``, then the isotonic regression
+    of ``y`` on its output."""
+    model = fit_logistic(x, y, features, l2=1.0, weights=w)
+    return Calibrator(model, fit_isotonic(model.probability(x), y, w))
+
+
+@dataclass(frozen=True)
+class VoxelErrorMap:
+    """The calibrated probability that a voxel's delivered label is wrong: one calibrator for
+    the voxels inside the mask, one for those outside."""
+
+    inside: Calibrator
+    outside: Calibrator
+
     def __call__(self, mask: np.ndarray, maps: EvidenceMaps, chunk: int = 1 << 21) -> np.ndarray:
         """The error-probability map of ``mask`` (float32 in [0, 1], the grid of ``mask``)."""
         edges = _edges(mask, maps.spacing_mm)
+        flat_mask = mask.reshape(-1)
         out = np.empty(mask.size, dtype=np.float32)
         for start in range(0, mask.size, chunk):  # bounded temporaries on large grids
             part = slice(start, start + chunk)
-            out[part] = self.isotonic(
-                self.model.probability(voxel_features(mask, maps, part, edges))
-            )
+            inside = flat_mask[part] != 0
+            values = np.empty(inside.size, dtype=np.float32)
+            for where, calibrator in ((inside, self.inside), (~inside, self.outside)):
+                if where.any():
+                    names = calibrator.model.features
+                    feats = voxel_features(mask, maps, part, edges, names)
+                    values[where] = calibrator(feats[where])
+            out[part] = values
         return out.reshape(mask.shape)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": "logistic+isotonic",
-            "logistic": self.model.to_json(),
-            "isotonic": self.isotonic.to_json(),
+            "kind": "logistic+isotonic, inside and outside the mask",
+            "inside": self.inside.to_json(),
+            "outside": self.outside.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VoxelErrorMap:
         try:
-            return cls(
-                LogisticModel.from_json(data["logistic"]), IsotonicMap.from_json(data["isotonic"])
-            )
-        except KeyError as exc:
+            return cls(Calibrator.from_json(data["inside"]), Calibrator.from_json(data["outside"]))
+        except (KeyError, TypeError) as exc:
             raise CheckpointError(
                 f"a card's voxel error map lacks {exc}; run mefn calibrate again"
             ) from None
@@ -504,17 +572,19 @@ class _Samples:
     voxel_x: list[np.ndarray] = field(default_factory=list)
     voxel_y: list[np.ndarray] = field(default_factory=list)
     voxel_w: list[np.ndarray] = field(default_factory=list)
+    voxel_in: list[np.ndarray] = field(default_factory=list)
 
 
 def _sample_voxels(
     case: TrustCase, rng: np.random.Generator, n_near: int, n_far: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Up to ``n_near`` voxels near lesions and ``n_far`` of the rest, each weighted by how
-    many voxels it stands for: (features, error 0/1, weight)."""
+    many voxels it stands for: (features of VOXEL_FEATURES, error 0/1, weight, inside)."""
     feats = voxel_features(case.mask, case.maps)
     error = ((case.mask != 0) != (case.reference != 0)).ravel()
     near = near_lesions(case.mask, case.reference, case.maps.spacing_mm).ravel()
-    xs, ys, ws = [], [], []
+    inside = (case.mask != 0).ravel()
+    xs, ys, ws, ins = [], [], [], []
     for region, cap in ((near, n_near), (~near, n_far)):
         idx = np.flatnonzero(region)
         if idx.size == 0:
@@ -523,7 +593,8 @@ def _sample_voxels(
         xs.append(feats[take])
         ys.append(error[take])
         ws.append(np.full(take.size, idx.size / take.size))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+        ins.append(inside[take])
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), np.concatenate(ins)
 
 
 def fit_trust(
@@ -542,10 +613,11 @@ def fit_trust(
         for _label, box, lesion in iter_lesions(case.mask):
             s.lesion_rows.append(lesion_evidence(box, lesion, case.maps))
             s.lesion_true.append(lesion_truth(box, lesion, case.reference))
-        x, y, w = _sample_voxels(case, rng, n_near, n_far)
+        x, y, w, inside = _sample_voxels(case, rng, n_near, n_far)
         s.voxel_x.append(x)
         s.voxel_y.append(y)
         s.voxel_w.append(w)
+        s.voxel_in.append(inside)
     y_les = np.asarray(s.lesion_true, dtype=np.float64)
     if n_cases == 0 or y_les.size == 0 or y_les.min() == y_les.max():
         raise InputError(
@@ -557,9 +629,11 @@ def fit_trust(
     x_les = np.asarray([[row[f] for f in features] for row in s.lesion_rows])
     l2, losses = choose_l2(x_les, y_les, features)
     lesion_model = LesionConfidence(fit_logistic(x_les, y_les, features, l2))
-    vx, vy, vw = (np.concatenate(v) for v in (s.voxel_x, s.voxel_y, s.voxel_w))
-    voxel_logistic = fit_logistic(vx, vy, VOXEL_FEATURES, l2=1.0, weights=vw)
-    iso = fit_isotonic(voxel_logistic.probability(vx), vy, vw)
+    vx, vy, vw, vin = (np.concatenate(v) for v in (s.voxel_x, s.voxel_y, s.voxel_w, s.voxel_in))
+    strata = []
+    for where, names in ((vin, INSIDE_FEATURES), (~vin, OUTSIDE_FEATURES)):
+        cols = [VOXEL_FEATURES.index(n) for n in names]
+        strata.append(fit_calibrator(vx[where][:, cols], vy[where], vw[where], names))
     summary = {
         "cases": n_cases,
         "lesions_true": int(y_les.sum()),
@@ -569,7 +643,7 @@ def fit_trust(
         "voxels_sampled": int(vy.size),
         "voxel_error_rate": float(np.average(vy, weights=vw)),
     }
-    return lesion_model, VoxelErrorMap(voxel_logistic, iso), summary
+    return lesion_model, VoxelErrorMap(strata[0], strata[1]), summary
 
 
 def trust_record(

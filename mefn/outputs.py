@@ -123,4 +123,7 @@ def _write_dicom(prediction: Prediction, paths: dict[str, Path], sources: list[A
     labels = settings.get("labels") or default_labels(max(2, int(prediction.mask.max()) + 1))
     geo = prediction.geometry
     write_dicom_seg(prediction.mask, geo, sources, paths["seg"], labels, algorithm)
-    write_parametric_map(prediction.uncertainty, geo, sources, paths["uncertainty_pm"], algorithm)
+    write_parametric_map(
+        prediction.uncertainty, geo, sources, paths["uncertainty_pm"], algorithm,
+        calibrated=prediction.evidential_u is not None,
+    )  # fmt: skip

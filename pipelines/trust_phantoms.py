@@ -169,6 +169,31 @@ def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
     return result
 
 
+def write_results(result: dict[str, Any], kind: str) -> None:
+    """``campaigns/trust_phantoms/<kind>.json`` and the reliability diagrams and risk-coverage
+    curve of the calibrated trust in ``docs/images/trust_*.png``."""
+    from mefn.fileutil import atomic_write_text
+    from mefn.metrics.plots import plot_binned_reliability, plot_lesion_risk_coverage
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(OUT / f"{kind}.json", json.dumps(result, indent=1))
+    images = REPO / "docs" / "images"
+    n = result["cases"]
+    plot_binned_reliability(
+        result["lesions"]["reliability"], images / "trust_lesion_reliability.png",
+        f"Lesion confidence, {n} fresh phantoms", "stated confidence that the lesion is real",
+        "share of true lesions", "lesions",
+    )  # fmt: skip
+    plot_binned_reliability(
+        result["voxels_near_lesions"], images / "trust_voxel_reliability.png",
+        f"Voxel error map near lesions, {n} fresh phantoms",
+        "stated probability that the label is wrong", "observed error rate", "voxels",
+    )  # fmt: skip
+    plot_lesion_risk_coverage(
+        result["lesions"]["risk_coverage"], images / "trust_lesion_risk_coverage.png"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("predict", "fit", "test"), required=True)
@@ -176,14 +201,27 @@ def main() -> int:
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", default="test", choices=("val", "test"), help="test stage: which")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="test stage: write the JSON to campaigns/trust_phantoms and the figures to docs/images",
+    )
+    parser.add_argument(
+        "--card",
+        type=Path,
+        default=REPO / "mefn" / "weights" / "mefn_default.json",
+        help="the card to fit into and test (default: the bundled weights' card)",
+    )
     args = parser.parse_args()
-    card = REPO / "mefn" / "weights" / "mefn_default.json"
+    card = args.card
     if args.stage == "predict":
         predict(args.n_val, args.n_test, args.threads)
     elif args.stage == "fit":
         fit(card)
     else:
-        test(card, args.set)
+        result = test(card, args.set)
+        if args.write:
+            write_results(result, args.set)
     return 0
 
 

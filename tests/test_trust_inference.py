@@ -11,6 +11,7 @@ import pytest
 from support import make_tiny_weights
 
 from mefn.confidence import (
+    Calibrator,
     IsotonicMap,
     LesionConfidence,
     LogisticModel,
@@ -41,16 +42,17 @@ def _trusted_weights(folder: Path, review_below: float = 0.5) -> Path:
     lesion = LesionConfidence(
         LogisticModel(("log_suv_max",), np.zeros(1), np.ones(1), np.asarray([2.0]), -3.0)
     )
-    voxel = VoxelErrorMap(
+    rising = Calibrator(
         LogisticModel(
-            ("logit_network_error", "log_u", "inside", "edge_in", "edge_out"),
-            np.zeros(5),
-            np.ones(5),
-            np.asarray([1.0, 0.0, 0.0, 0.0, 0.0]),
+            ("logit_network_error", "log_u"),
+            np.zeros(2),
+            np.ones(2),
+            np.asarray([1.0, 0.0]),
             0.0,
         ),
         IsotonicMap(np.asarray([0.0, 1.0]), np.asarray([0.0, 0.8])),
     )
+    voxel = VoxelErrorMap(rising, rising)
     summary = {"cases": 1, "lesions_true": 1, "lesions_false": 1, "lesion_l2": 1.0}
     card_path = weights.with_suffix(".json")
     card = json.loads(card_path.read_text())

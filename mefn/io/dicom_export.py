@@ -66,6 +66,7 @@ _LYMPH_NODE: _CodeTuple = ("59441001", "SCT", "Lymph node")
 _LESION: _CodeTuple = ("52988006", "SCT", "Lesion")
 _NO_UNITS: _CodeTuple = ("1", "UCUM", "no units")
 _UNCERTAINTY: _CodeTuple = ("uncertainty", PRIVATE_SCHEME, "Evidential uncertainty")
+_ERROR_PROBABILITY: _CodeTuple = ("p_wrong", PRIVATE_SCHEME, "Probability of a wrong label")
 
 # Type 2 attributes highdicom copies from the source: present (maybe empty) in a valid CT.
 # Short String (SH, at most 16 characters) attributes highdicom copies from the CT: some
@@ -424,9 +425,12 @@ def write_parametric_map(
     source_images: Sequence[Any],
     path: str | os.PathLike[str],
     algorithm: AlgorithmInfo,
+    calibrated: bool = False,
 ) -> Path:
     """Write the voxel uncertainty (float in [0, 1] on ``geometry``, the CT's grid) as a
     float32 DICOM Parametric Map referencing ``source_images`` (the CT datasets).
+    ``calibrated``: the map is the calibrated probability that the voxel's label is wrong
+    (:class:`mefn.confidence.VoxelErrorMap`), not the evidential u; the value mapping says so.
 
     Written atomically; returns ``path``.
     """
@@ -445,13 +449,15 @@ def write_parametric_map(
         )
     sources = _ordered_sources(source_images, geometry)
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="u",
-        lut_explanation="evidential uncertainty u = K / S of the fused opinion",
+        lut_label="p_wrong" if calibrated else "u",
+        lut_explanation="calibrated probability that the voxel's label is wrong"
+        if calibrated
+        else "evidential uncertainty u = K / S of the fused opinion",
         unit=_code(_NO_UNITS),
         value_range=(0.0, 1.0),
         slope=1.0,
         intercept=0.0,
-        quantity_definition=_code(_UNCERTAINTY),
+        quantity_definition=_code(_ERROR_PROBABILITY if calibrated else _UNCERTAINTY),
     )
     pm = _build(
         "DICOM Parametric Map",

@@ -19,6 +19,7 @@ from mefn.calibration import (
 from mefn.cli import main
 from mefn.confidence import (
     VOXEL_FEATURES,
+    Calibrator,
     IsotonicMap,
     LesionConfidence,
     LogisticModel,
@@ -84,8 +85,9 @@ def test_calibrate_drops_a_stale_trust_calibration(tmp_path, phantoms, capsys) -
     card = json.loads(card_path.read_text())
     stale = LogisticModel(("p_max",), np.zeros(1), np.ones(1), np.ones(1), 0.0)
     iso = IsotonicMap(np.asarray([0.0, 1.0]), np.asarray([0.0, 1.0]))
-    voxel = LogisticModel(VOXEL_FEATURES, np.zeros(5), np.ones(5), np.ones(5), 0.0)
-    old = trust_record(LesionConfidence(stale), VoxelErrorMap(voxel, iso), {}, review_below=0.2)
+    n = len(VOXEL_FEATURES)
+    voxel = Calibrator(LogisticModel(VOXEL_FEATURES, np.zeros(n), np.ones(n), np.ones(n), 0.0), iso)
+    old = trust_record(LesionConfidence(stale), VoxelErrorMap(voxel, voxel), {}, review_below=0.2)
     card.update(old)
     card_path.write_text(json.dumps(card))
     assert main(["calibrate", str(weights), "--data", str(phantoms), "--max-cases", "1"]) == 0

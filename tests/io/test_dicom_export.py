@@ -178,6 +178,21 @@ def test_parametric_map_round_trip_in_float32(tmp_path: Path) -> None:
     assert float(volume.array.max()) == 1.0 and float(volume.array.min()) == 0.0
 
 
+def test_a_calibrated_map_says_it_is_an_error_probability(tmp_path: Path) -> None:
+    geometry, datasets = _ct_series(tmp_path / "ct")
+    u = np.full(SHAPE, 0.25, np.float32)
+    path = write_parametric_map(
+        u, geometry, datasets, tmp_path / "p.dcm", ALGORITHM, calibrated=True
+    )
+    with _strict_reading():
+        ds = pydicom.dcmread(path)
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.LUTLabel == "p_wrong"
+    assert "probability that the voxel's label is wrong" in mapping.LUTExplanation
+    quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    assert quantity.CodeMeaning == "Probability of a wrong label"
+
+
 def test_refusals(tmp_path: Path) -> None:
     geometry, datasets = _ct_series(tmp_path / "ct")
     mask = _two_label_mask()
