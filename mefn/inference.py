@@ -386,6 +386,9 @@ class Predictor:
             "roi_size_vox": list(self.roi),
             "overlap": self.overlap,
             **self.postprocess.to_json(),
+            # the flag in use: the confidence rule when there is a confidence model
+            "review_below": self.review_below if self.lesion_confidence is not None else None,
+            "calibrated_uncertainty": self.calibrated,
         }
 
     def predict_model_space(

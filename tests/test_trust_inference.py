@@ -82,6 +82,8 @@ def test_a_trusted_card_gives_confidences_and_an_error_probability_map(tmp_path)
     report = pred.report(case)
     assert report["uncertainty"]["map"] == UNCERTAINTY_CALIBRATED
     assert report["review_below"] == 0.5 and report["review_rule"] == "confidence below 50%"
+    assert report["settings"]["calibrated_uncertainty"] is True
+    assert report["settings"]["review_below"] == 0.5
     assert all("confidence" in les for les in report["lesions"])
     # --review-below moves the flag, not the confidences
     strict = Predictor(predictor.weights_path, device="cpu", review_below=0.99).predict(case)
@@ -95,6 +97,8 @@ def test_without_trust_the_map_is_the_evidential_u(tmp_path) -> None:
     report = pred.report()
     assert report["uncertainty"]["map"] == UNCERTAINTY_EVIDENTIAL
     assert report["review_below"] is None and report["review_rule"].startswith("mean u >= ")
+    assert report["settings"]["calibrated_uncertainty"] is False
+    assert report["settings"]["review_below"] is None
     assert all(les["confidence"] is None for les in report["lesions"])
 
 
