@@ -576,7 +576,7 @@ class _Samples:
 
 
 def _sample_voxels(
-    case: TrustCase, rng: np.random.Generator, n_near: int, n_far: int
+    case: TrustCase, rng: np.random.Generator, n_near: int, n_far: int, far_weight: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Up to ``n_near`` voxels near lesions and ``n_far`` of the rest, each weighted by how
     many voxels it stands for: (features of VOXEL_FEATURES, error 0/1, weight, inside)."""
@@ -585,14 +585,14 @@ def _sample_voxels(
     near = near_lesions(case.mask, case.reference, case.maps.spacing_mm).ravel()
     inside = (case.mask != 0).ravel()
     xs, ys, ws, ins = [], [], [], []
-    for region, cap in ((near, n_near), (~near, n_far)):
+    for region, cap, scale in ((near, n_near, 1.0), (~near, n_far, far_weight)):
         idx = np.flatnonzero(region)
         if idx.size == 0:
             continue
         take = idx if idx.size <= cap else rng.choice(idx, cap, replace=False)
         xs.append(feats[take])
         ys.append(error[take])
-        ws.append(np.full(take.size, idx.size / take.size))
+        ws.append(np.full(take.size, scale * idx.size / take.size))
         ins.append(inside[take])
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), np.concatenate(ins)
 
@@ -602,6 +602,7 @@ def fit_trust(
     seed: int = 0,
     n_near: int = 100_000,
     n_far: int = 20_000,
+    far_weight: float = 1.0,
 ) -> tuple[LesionConfidence, VoxelErrorMap, dict[str, Any]]:
     """The lesion confidence and the voxel error map fitted on validation ``cases`` (read one at
     a time), with a summary of what they were fitted on (lesion counts, the chosen penalty)."""
@@ -613,7 +614,7 @@ def fit_trust(
         for _label, box, lesion in iter_lesions(case.mask):
             s.lesion_rows.append(lesion_evidence(box, lesion, case.maps))
             s.lesion_true.append(lesion_truth(box, lesion, case.reference))
-        x, y, w, inside = _sample_voxels(case, rng, n_near, n_far)
+        x, y, w, inside = _sample_voxels(case, rng, n_near, n_far, far_weight)
         s.voxel_x.append(x)
         s.voxel_y.append(y)
         s.voxel_w.append(w)

@@ -136,6 +136,7 @@ def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
     assert lesion_model is not None and voxel_model is not None
     conf: list[float] = []
     true: list[bool] = []
+    seeds: list[int] = []
     raw_conf: list[float] = []
     rel = raw_rel = None
     paths = _kept(kind)
@@ -145,6 +146,7 @@ def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
             conf.append(lesion_model(lesion_evidence(box, lesion, case.maps)))
             raw_conf.append(1.0 - float(u[box][lesion].mean()))
             true.append(lesion_truth(box, lesion, case.reference))
+            seeds.append(int(path.stem))
         err = voxel_model(case.mask, case.maps)
         r = voxel_reliability_near_lesions(err, case.mask, case.reference, case.maps.spacing_mm)
         r0 = voxel_reliability_near_lesions(u, case.mask, case.reference, case.maps.spacing_mm)
@@ -158,6 +160,10 @@ def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
         "lesions_raw_1_minus_u": lesion_trust(raw_conf, true),
         "voxels_near_lesions": rel.to_json(),
         "voxels_near_lesions_raw_u": raw_rel.to_json(),
+        "per_lesion": [
+            {"seed": sd, "confidence": round(p, 4), "true": t}
+            for sd, p, t in zip(seeds, conf, true)
+        ],
     }
     print(
         f"[{kind}] {len(paths)} cases, {len(conf)} lesions ({sum(true)} true): lesion AUROC "

@@ -216,9 +216,12 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
     if not lesions:
         print("    no lesion found", file=file)
         return
+    # the mean of the delivered map: the calibrated error probability, or the evidential u
+    calibrated = bool((report.get("settings") or {}).get("calibrated_uncertainty"))
+    u_head = "p wrong" if calibrated else "u mean"
     print(
         f"    {'#':>3} {'label':>5} {'vol mL':>8} {'SUVmax':>7} {'SUVmean':>7} {'SUVpeak':>7} "
-        f"{'TLG':>8} {'u mean':>6} {'confidence':>10}  centre (LPS mm)",
+        f"{'TLG':>8} {u_head:>7} {'confidence':>10}  centre (LPS mm)",
         file=file,
     )
     for les in lesions[:max_rows]:
@@ -227,7 +230,7 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         print(
             f"    {les['lesion_id']:>3} {les['label']:>5} {les['volume_ml']:>8.2f} "
             f"{les['suv_max']:>7.2f} {les['suv_mean']:>7.2f} {les['suv_peak']:>7.2f} "
-            f"{les['tlg']:>8.1f} {format_u(les['uncertainty_mean']):>6} "
+            f"{les['tlg']:>8.1f} {format_u(les['uncertainty_mean']):>7} "
             f"{format_confidence(les.get('confidence')):>10}  "
             f"({c[0]:.0f}, {c[1]:.0f}, {c[2]:.0f}){flag}",
             file=file,
