@@ -129,3 +129,14 @@ def test_review_below_must_be_a_probability(tmp_path) -> None:
 def _mk(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_tables_name_the_calibrated_map_and_show_confidences(tmp_path) -> None:
+    from mefn import viz
+
+    pred = Predictor(_trusted_weights(_mk(tmp_path / "w")), device="cpu").predict(_case())
+    text = viz.format_lesion_table(pred.lesions)
+    assert "p wrong mean" in text and "confidence" in text and "%" in text
+    assert "confidence below 50% flagged for review" in text
+    plain = Predictor(make_tiny_weights(_mk(tmp_path / "p")), device="cpu").predict(_case())
+    assert viz.lesion_columns(plain.lesions) == viz.LESION_COLUMNS

@@ -42,6 +42,7 @@ from mefn.viz.tables import (
     format_hot_spots,
     format_lesion_table,
     lesion_choices,
+    lesion_columns,
     lesion_rows,
     plot_lesion_table,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "format_lesion_table",
     "format_u",
     "lesion_choices",
+    "lesion_columns",
     "lesion_point",
     "lesion_rows",
     "load_review",

@@ -21,6 +21,7 @@ __all__ = [
     "format_hot_spots",
     "format_lesion_table",
     "lesion_choices",
+    "lesion_columns",
     "lesion_rows",
     "plot_lesion_table",
 ]
@@ -37,6 +38,16 @@ LESION_COLUMNS: tuple[str, ...] = (
     "confidence",
     "review",
 )
+
+
+def lesion_columns(table: LesionTable) -> tuple[str, ...]:
+    """:data:`LESION_COLUMNS`, with the map's columns named for what the map is: the
+    calibrated probability that a voxel's label is wrong ("p wrong") when the table has
+    lesion confidences (the card's trust fit), else the evidential u."""
+    if table.review_below is None:
+        return LESION_COLUMNS
+    names = {"u mean": "p wrong mean", "u max": "p wrong max"}
+    return tuple(names.get(c, c) for c in LESION_COLUMNS)
 
 
 def _ordered(table: LesionTable) -> list[Lesion]:
@@ -97,7 +108,7 @@ def lesion_choices(table: LesionTable) -> list[tuple[str, int]]:
 
 def format_lesion_table(table: LesionTable) -> str:
     """The lesion table as aligned plain text, most uncertain lesion first."""
-    rows = [LESION_COLUMNS, *lesion_rows(table)]
+    rows = [lesion_columns(table), *lesion_rows(table)]
     widths = [max(len(row[c]) for row in rows) for c in range(len(LESION_COLUMNS))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if not table.lesions:
@@ -165,7 +176,7 @@ def plot_lesion_table(table: LesionTable, ax: Axes | None = None, max_rows: int 
     if not shown:
         ax.text(0.5, 0.5, "no lesion found", ha="center", va="center", transform=ax.transAxes)
         return fig  # type: ignore[return-value]
-    mpl_table = ax.table(cellText=shown, colLabels=list(LESION_COLUMNS), loc="upper center")
+    mpl_table = ax.table(cellText=shown, colLabels=list(lesion_columns(table)), loc="upper center")
     mpl_table.auto_set_font_size(False)
     mpl_table.set_fontsize(7)
     for r, row in enumerate(shown, start=1):
