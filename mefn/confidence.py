@@ -79,8 +79,6 @@ LESION_FEATURES = (
     "log_contrast",
     "log_volume_ml",
 )
-#: The features that need the CT and PET opinions' maps (absent for single-opinion models).
-MODALITY_FEATURES = ("log_modality_disagreement",)
 VOXEL_FEATURES = ("logit_network_error", "log_u", "edge_in", "edge_out", "log_suv")
 #: the evidence of the voxels inside the mask (where an error is a false positive) and outside
 #: (a missed lesion): each has its own calibrator
@@ -102,10 +100,6 @@ class EvidenceMaps:
     spacing_mm: tuple[float, float, float]
     uncertainty_ct: np.ndarray | None = None
     uncertainty_pet: np.ndarray | None = None
-
-    @property
-    def has_modalities(self) -> bool:
-        return self.uncertainty_ct is not None and self.uncertainty_pet is not None
 
 
 def iter_lesions(mask: np.ndarray) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray]]:
@@ -129,25 +123,22 @@ def lesion_evidence(
     """The evidence of one lesion (``lesion``: its voxels inside ``box``), by the names of
     :data:`LESION_FEATURES` (without the modality feature when ``maps`` has no CT and PET
     opinions)."""
-    from mefn.postprocess import BACKGROUND_GAP_MM, BACKGROUND_SHELL_MM
+    from mefn.postprocess import BACKGROUND_GAP_MM, BACKGROUND_SHELL_MM, _background
 
     spacing = np.asarray(maps.spacing_mm, dtype=np.float64)
     u = maps.uncertainty[box][lesion].astype(np.float64)
     p = maps.lesion_probability[box][lesion].astype(np.float64)
     suv_max = float(maps.suv[box][lesion].max())
-    # contrast: SUVmax over the median SUV of a shell around the lesion (as the PET check)
+    # contrast: SUVmax over its background, read as the PET check reads it
     margin = np.ceil((BACKGROUND_GAP_MM + BACKGROUND_SHELL_MM) / spacing).astype(int) + 1
-    shape = maps.suv.shape
     padded = tuple(
-        slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(box, margin, shape)
+        slice(max(s.start - m, 0), min(s.stop + m, n))
+        for s, m, n in zip(box, margin, maps.suv.shape)
     )
     inner = np.zeros([s.stop - s.start for s in padded], dtype=bool)
-    inner[tuple(slice(b.start - p_.start, b.stop - p_.start) for b, p_ in zip(box, padded))] = (
-        lesion
-    )
+    inner[tuple(slice(b.start - q.start, b.stop - q.start) for b, q in zip(box, padded))] = lesion
     distance = ndimage.distance_transform_edt(~inner, sampling=spacing)
-    shell = (distance > BACKGROUND_GAP_MM) & (distance <= BACKGROUND_GAP_MM + BACKGROUND_SHELL_MM)
-    background = float(np.median(maps.suv[padded][shell])) if shell.any() else 0.0
+    background = _background(maps.suv[padded], distance, BACKGROUND_GAP_MM)
     volume_ml = float(lesion.sum()) * float(np.prod(spacing)) / 1000.0
     out = {
         "log_u_mean": _log(float(u.mean())),
@@ -494,8 +485,9 @@ class Calibrator:
 def fit_calibrator(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, features: Sequence[str]
 ) -> Calibrator:
-    """A weighted logistic regression (L2 1) of ``y`` on ``x``, then the isotonic regression
-    of ``y`` on its output."""
+    """A weighted logistic regression of ``y`` on ``x`` (L2 penalty 1 over the total weight:
+    next to none for the millions of voxels it stands for), then the isotonic regression of
+    ``y`` on its output."""
     model = fit_logistic(x, y, features, l2=1.0, weights=w)
     return Calibrator(model, fit_isotonic(model.probability(x), y, w))
 
@@ -511,17 +503,20 @@ class VoxelErrorMap:
     def __call__(self, mask: np.ndarray, maps: EvidenceMaps, chunk: int = 1 << 21) -> np.ndarray:
         """The error-probability map of ``mask`` (float32 in [0, 1], the grid of ``mask``)."""
         edges = _edges(mask, maps.spacing_mm)
+        strata = [(True, self.inside), (False, self.outside)]
+        names = sorted({n for _, c in strata for n in c.model.features}, key=VOXEL_FEATURES.index)
+        columns = [[names.index(n) for n in c.model.features] for _, c in strata]
         flat_mask = mask.reshape(-1)
         out = np.empty(mask.size, dtype=np.float32)
         for start in range(0, mask.size, chunk):  # bounded temporaries on large grids
             part = slice(start, start + chunk)
             inside = flat_mask[part] != 0
+            feats = voxel_features(mask, maps, part, edges, names)  # once for both strata
             values = np.empty(inside.size, dtype=np.float32)
-            for where, calibrator in ((inside, self.inside), (~inside, self.outside)):
+            for (is_inside, calibrator), cols in zip(strata, columns):
+                where = inside if is_inside else ~inside
                 if where.any():
-                    names = calibrator.model.features
-                    feats = voxel_features(mask, maps, part, edges, names)
-                    values[where] = calibrator(feats[where])
+                    values[where] = calibrator(feats[where][:, cols])
             out[part] = values
         return out.reshape(mask.shape)
 
@@ -605,7 +600,10 @@ def fit_trust(
     far_weight: float = 1.0,
 ) -> tuple[LesionConfidence, VoxelErrorMap, dict[str, Any]]:
     """The lesion confidence and the voxel error map fitted on validation ``cases`` (read one at
-    a time), with a summary of what they were fitted on (lesion counts, the chosen penalty)."""
+    a time), with a summary of what they were fitted on (lesion counts, the chosen penalty).
+    ``far_weight`` scales the weight of the voxels farther than NEAR_MM from any lesion (1:
+    each voxel counts once, a map calibrated over whole volumes; docs/trust.md measures
+    lower values)."""
     rng = np.random.default_rng(seed)
     s = _Samples()
     n_cases = 0

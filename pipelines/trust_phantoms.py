@@ -88,8 +88,8 @@ def predict(n_val: int, n_test: int, threads: int) -> None:
         )
 
 
-def _load(path: Path) -> tuple[TrustCase, np.ndarray]:
-    """A kept case as a TrustCase and its raw fused u."""
+def _load(path: Path) -> TrustCase:
+    """A kept case as a TrustCase (its maps' ``uncertainty`` is the raw fused u)."""
     from mefn.confidence import EvidenceMaps, TrustCase
 
     with np.load(path) as z:
@@ -102,7 +102,7 @@ def _load(path: Path) -> tuple[TrustCase, np.ndarray]:
             uncertainty_ct=z["uncertainty_ct"],
             uncertainty_pet=z["uncertainty_pet"],
         )
-        return TrustCase(z["mask"], z["reference"], maps), z["uncertainty"]
+        return TrustCase(z["mask"], z["reference"], maps)
 
 
 def _kept(kind: str) -> list[Path]:
@@ -115,7 +115,7 @@ def fit(card_path: Path) -> dict[str, Any]:
     from mefn.fileutil import atomic_write_text
 
     paths = _kept("val")
-    lesion, voxel, summary = fit_trust(_load(p)[0] for p in paths)
+    lesion, voxel, summary = fit_trust(_load(p) for p in paths)
     summary["seeds"] = [int(paths[0].stem), int(paths[-1].stem)]
     record = trust_record(lesion, voxel, summary)
     card = json.loads(card_path.read_text(encoding="utf-8"))
@@ -141,7 +141,8 @@ def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
     rel = raw_rel = None
     paths = _kept(kind)
     for path in paths:
-        case, u = _load(path)
+        case = _load(path)
+        u = case.maps.uncertainty
         for _label, box, lesion in iter_lesions(case.mask):
             conf.append(lesion_model(lesion_evidence(box, lesion, case.maps)))
             raw_conf.append(1.0 - float(u[box][lesion].mean()))

@@ -424,22 +424,12 @@ def _with_trust(c: CasePaths, scored: _AutopetCase, ref: Any, pred: Any, unc: An
 
 
 def _report_of(c: CasePaths) -> dict[str, Any] | None:
-    """The ``mefn segment`` report beside the case's prediction, if any (None when unreadable)."""
-    name = c.prediction.name
-    for suffix in ("_mask.nii.gz", ".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            path = c.prediction.with_name(name[: -len(suffix)] + "_report.json")
-            break
-    else:  # pragma: no cover - predictions are NIfTI
-        return None
-    if not path.is_file():
-        return None
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        logger.warning("%s is not a readable mefn report; lesion confidences not scored", path)
-        return None
-    return report if isinstance(report, dict) else None
+    """The ``mefn segment`` report of the case beside its prediction, if there is one (a
+    malformed one is an InputError: :func:`mefn.cohort.read_report`)."""
+    from mefn.cohort import REPORT_SUFFIX, read_report
+
+    path = c.prediction.parent / f"{c.case}{REPORT_SUFFIX}"
+    return read_report(path) if path.is_file() else None
 
 
 def _autopet_calibration(scored: Sequence[_AutopetCase], out: Path, plots: bool) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from mefn.metrics.calibration import _bin_index
+
 __all__ = [
     "N_LESION_BINS",
     "N_VOXEL_BINS",
@@ -41,11 +43,6 @@ __all__ = [
 
 N_LESION_BINS = 10
 N_VOXEL_BINS = 15
-
-
-def _bins(prob: np.ndarray, n_bins: int) -> np.ndarray:
-    idx = np.ceil(np.asarray(prob, dtype=np.float64) * n_bins).astype(np.int64) - 1
-    return np.clip(idx, 0, n_bins - 1)
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def binned_reliability(
     if p.shape != y.shape:
         raise ValueError(f"{p.size} probabilities but {y.size} outcomes")
     w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    idx = _bins(p, n_bins)
+    idx = _bin_index(p, n_bins)  # the bins of mefn.metrics.calibration's ECE
     return BinnedReliability(
         np.bincount(idx, weights=w, minlength=n_bins),
         np.bincount(idx, weights=w * p, minlength=n_bins),

@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -146,31 +146,39 @@ def output_case_id(folder: str | os.PathLike[str], case_id: str | None = None) -
     return found[0]
 
 
-def _report_threshold(path: Path, default: float = DEFAULT_REVIEW_THRESHOLD) -> float:
-    if not path.is_file():
-        return default
-    import json
-
-    try:
-        return float(json.loads(path.read_text(encoding="utf-8")).get("review_threshold", default))
-    except (ValueError, UnicodeDecodeError, TypeError, AttributeError):
-        logger.warning("%s is not a mefn report; using review threshold %g", path, default)
-        return default
-
-
-def _report_lesions(path: Path) -> LesionTable | None:
-    """The lesion table a report holds (with its confidences and review rule), or None for
-    no report or one without a readable table."""
+def _read_report(path: Path) -> dict[str, Any] | None:
+    """The ``mefn segment`` report at ``path``, read once for everything the review takes from
+    it; None (with a warning when it exists) for no report or an unreadable one."""
     if not path.is_file():
         return None
     import json
 
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        report = None
+    if not isinstance(report, dict):
+        logger.warning("%s is not a mefn report; the review does without it", path)
+        return None
+    return report
+
+
+def _report_threshold(report: dict[str, Any] | None) -> float:
+    try:
+        return float((report or {}).get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
+    except (TypeError, ValueError):
+        logger.warning("the report's review threshold is not a number; using the default")
+        return DEFAULT_REVIEW_THRESHOLD
+
+
+def _report_lesions(report: dict[str, Any] | None) -> LesionTable | None:
+    """The lesion table a report holds (with its confidences and review rule), or None for
+    no report or one without a readable table (then it is recomputed from the mask)."""
+    if report is None or "lesions" not in report:  # a bare report: recomputed, as asked
+        return None
     from mefn.postprocess import Lesion, LesionTable
 
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if "lesions" not in report:  # a bare report: the table is recomputed, as asked
-            return None
         lesions = tuple(
             Lesion(**{**entry, "centroid_mm": tuple(entry["centroid_mm"])})
             for entry in report["lesions"]
@@ -182,24 +190,22 @@ def _report_lesions(path: Path) -> LesionTable | None:
             review_threshold=float(report["review_threshold"]),
             review_below=report.get("review_below"),
         )
-    except (ValueError, UnicodeDecodeError, TypeError, AttributeError, KeyError):
-        logger.warning("%s has no readable lesion table; recomputing it from the mask", path)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        logger.warning("the report has no readable lesion table; recomputing it from the mask")
         return None
 
 
-def _report_hot_spots(path: Path) -> tuple[HotSpot, ...]:
+def _report_hot_spots(report: dict[str, Any] | None) -> tuple[HotSpot, ...]:
     """The hot spots a report lists (none for a report without them, or no report)."""
-    if not path.is_file():
+    if report is None:
         return ()
-    import json
-
     from mefn.postprocess import HotSpot
 
     try:
-        entries = json.loads(path.read_text(encoding="utf-8")).get("hot_spots") or []
+        entries = report.get("hot_spots") or []
         return tuple(HotSpot.from_json(entry) for entry in entries)
-    except (ValueError, UnicodeDecodeError, TypeError, AttributeError, KeyError):
-        logger.warning("%s has no readable hot spots; none are marked", path)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        logger.warning("the report has no readable hot spots; none are marked")
         return ()
 
 
@@ -263,10 +269,10 @@ def load_review(
     suv = _array_on_grid(loaded.pet, geo, "PET", "linear", 0.0).astype(np.float32)
     mask = np.asarray(mask_vol.array, dtype=np.uint8)
     unc = np.asarray(unc_vol.array, dtype=np.float32)
-    report_path = folder / f"{case_id}_report.json"
-    table = _report_lesions(report_path)
+    report = _read_report(folder / f"{case_id}_report.json")
+    table = _report_lesions(report)
     if table is None:
-        table = lesion_table(mask, suv, unc, geo, review_threshold=_report_threshold(report_path))
+        table = lesion_table(mask, suv, unc, geo, review_threshold=_report_threshold(report))
     return ReviewData(
         geometry=geo,
         ct=ct,
@@ -276,7 +282,7 @@ def load_review(
         lesions=table,
         reference=_reference_on_grid(ref_volume, geo),
         case_id=case_id,
-        hot_spots=_report_hot_spots(report_path),
+        hot_spots=_report_hot_spots(report),
         **extra,
     )
 

@@ -315,7 +315,12 @@ def test_autopet_trust_from_the_reports_confidences(tmp_path):
             {"lesion_id": 1, "voxels": 48, "confidence": 0.3 if case == "neg" else 0.9},
             {"lesion_id": 2, "voxels": 1, "confidence": 0.2},
         ]
-        report = {"uncertainty": {"map": "stated"}, "lesions": lesions}
+        report = {
+            "software": "mefn test",
+            "case": case,
+            "uncertainty": {"map": "stated"},
+            "lesions": lesions,
+        }
         (pred_dir / f"{case}_report.json").write_text(json.dumps(report))
     out = tmp_path / "out"
     argv = ["evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(out)]
@@ -333,8 +338,13 @@ def test_autopet_trust_from_the_reports_confidences(tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert (out / "voxel_reliability_near_lesions.png").is_file()
     # a report whose lesions do not match the mask is not scored (and said so)
-    (pred_dir / "c1_report.json").write_text(json.dumps({"lesions": lesions[:1]}))
+    report = {"software": "mefn test", "case": "c1", "lesions": lesions[:1]}
+    (pred_dir / "c1_report.json").write_text(json.dumps(report))
     out2 = tmp_path / "out2"
     argv = ["evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(out2)]
     assert main([*argv, "--uncertainty-dir", str(pred_dir)]) == 0
     assert "lesions" not in json.loads((out2 / "summary.json").read_text())["trust"]
+    # a report that is not a mefn report is an error naming it, not a silent skip
+    (pred_dir / "c1_report.json").write_text("[1, 2]")
+    argv = ["evaluate", "autopet", str(ref_dir), str(pred_dir), "-o", str(tmp_path / "out3")]
+    assert main([*argv, "--uncertainty-dir", str(pred_dir)]) == 2
