@@ -261,7 +261,9 @@ class OneDnnConv3d(nn.Conv3d):
     dict and the results (to float rounding) are those of ``nn.Conv3d``.
 
     A 1x1x1 convolution with few channels (``in * out <= 64``, e.g. an output head) runs as a
-    matrix product, which is 3-10x faster on CPU than either convolution kernel.
+    matrix product, which is 3-10x faster on CPU than either convolution kernel, unless its
+    weight trains: with the backward pass the convolution is faster (8 -> 2 channels on
+    2 x 48^3 voxels, 1 thread: 3.6 ms against 9.5 ms forward and backward).
 
     When the weight is frozen but gradients flow through (adapter fine-tuning: the base is
     frozen, adapters before it train), the input is not kept for the backward pass
@@ -292,6 +294,7 @@ class OneDnnConv3d(nn.Conv3d):
             and tuple(self.padding) == (0, 0, 0)
             and self.in_channels * self.out_channels <= 64
             and input.ndim == 5
+            and not (torch.is_grad_enabled() and weight.requires_grad)
         ):
             b, c = input.shape[:2]
             out = torch.matmul(weight.reshape(self.out_channels, c), input.reshape(b, c, -1))
