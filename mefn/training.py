@@ -77,9 +77,11 @@ class DataConfig:
     max_cases: int | None = None
     cache_dir: str | None = None
     #: a folds YAML ({folds: [[case, ...], ...]}, e.g. configs/datasets/sts_folds.yaml) and
-    #: the fold held out for validation, instead of the val_fraction split
+    #: the fold held out for validation, instead of the val_fraction split; ``all`` trains on
+    #: every case with no validation (the final model once the folds have chosen its settings,
+    #: as nnU-Net's fold "all"): the weights are those of the last step
     folds: str | None = None
-    fold: int | None = None
+    fold: int | Literal["all"] | None = None
 
 
 @dataclass(frozen=True)

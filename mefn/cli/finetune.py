@@ -49,7 +49,13 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="folds YAML (e.g. configs/datasets/sts_folds.yaml): hold --fold out for validation",
     )
-    p.add_argument("--fold", type=int, default=None, help="the fold of --folds held out")
+    p.add_argument(
+        "--fold",
+        type=_fold,
+        default=None,
+        help="the fold of --folds held out, or 'all': train on every case, no validation (the "
+        "final adapter once the folds have chosen its settings; not calibrated)",
+    )
     p.add_argument(
         "--config", default=None, help="training YAML (default configs/train/finetune.yaml)"
     )
@@ -71,6 +77,18 @@ def add_parser(sub: Any) -> None:
         "later)",
     )
     p.set_defaults(func=run)
+
+
+def _fold(text: str) -> int | str:
+    """``--fold``: a fold number or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fold number (0, 1, ...) or 'all', found {text!r}"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,6 +158,14 @@ def run(args: argparse.Namespace) -> int:
 
     adapter_dir = Path(args.output) / "adapter"
     _, val = training_split(cfg)
+    if not val:
+        print(
+            f"mefn finetune: warning: no validation cases (fold {cfg.data.fold}), so the "
+            f"adapter keeps the base's post-processing and has no lesion confidence; run mefn "
+            f"calibrate --adapter {adapter_dir} on cases it has not seen",
+            file=sys.stderr,
+        )
+        return 0
     try:
         return calibrate_and_report(
             "mefn finetune", weights, val[:20], adapter_dir / ADAPTER_CARD,

@@ -188,14 +188,19 @@ def load_folds(path: str | Path) -> list[list[str]]:
 
 
 def split_by_fold(
-    entries: list[DatasetEntry], folds: list[list[str]], fold: int
+    entries: list[DatasetEntry], folds: list[list[str]], fold: int | str
 ) -> tuple[list[DatasetEntry], list[DatasetEntry]]:
-    """(train, held out): fold ``fold`` of ``folds`` (by patient) held out, the others train.
+    """(train, held out): fold ``fold`` of ``folds`` (by patient) held out, the others train;
+    ``fold="all"``: every case trains, none is held out.
 
     Cases of ``entries`` in no fold train; a fold case missing from ``entries`` is an error
     (the split would silently change)."""
-    if not 0 <= fold < len(folds):
-        raise InputError(f"fold must be in 0..{len(folds) - 1}, found {fold}")
+    if fold != "all" and not (
+        isinstance(fold, int) and not isinstance(fold, bool) and 0 <= fold < len(folds)
+    ):
+        raise InputError(
+            f"fold must be in 0..{len(folds) - 1} or 'all' (train on every case), found {fold!r}"
+        )
     known = {e.patient_id for e in entries}
     missing = sorted(c for f in folds for c in f if c not in known)
     if missing:
@@ -203,7 +208,7 @@ def split_by_fold(
             f"{len(missing)} case(s) of the folds are not in the dataset (first: {missing[0]}); "
             "use the dataset the folds were made for"
         )
-    held = set(folds[fold])
+    held = set() if fold == "all" else set(folds[int(fold)])
     train = [e for e in entries if e.patient_id not in held]
     val = [e for e in entries if e.patient_id in held]
     return train, val

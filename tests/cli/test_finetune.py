@@ -187,3 +187,29 @@ def test_finetune_num_classes_error(tmp_path, capsys):
     argv = ["finetune", "--from", str(weights), "--adapter", "lora", "--data", str(tmp_path / "d")]
     assert main(argv + ["-o", str(tmp_path / "o"), "--num-classes", "1"]) == 2
     assert "num_classes must be at least 2" in capsys.readouterr().err
+
+
+def test_finetune_on_every_case_of_the_folds(tmp_path, capsys):
+    """``--fold all``: every case trains, none validates; the adapter is written, not calibrated."""
+    from mefn.data.datasets import index_dataset
+    from mefn.data.phantoms import write_phantoms
+
+    weights = make_tiny_weights(tmp_path)
+    data = tmp_path / "data"
+    write_phantoms(data, n=3, layout="nnunet", seed=12, small=True, n_lesions=1)
+    ids = [e.patient_id for e in index_dataset(data)]
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(f"folds:\n  - [{ids[0]}]\n  - [{ids[1]}, {ids[2]}]\n")
+    args = ["finetune", "--from", str(weights), "--adapter", "norm_bias", "--data", str(data)]
+    args += ["--folds", str(folds), "-o", str(tmp_path / "ft"), "--epochs", "1"]
+    assert main(["-q", *args, "--fold", "all"]) == 0
+    assert "no validation cases (fold all)" in capsys.readouterr().err
+    assert (tmp_path / "ft" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "ft" / "adapter" / "card.json").exists()
+    training = json.loads((tmp_path / "ft" / "adapter" / "training.json").read_text())
+    assert (training["training"]["train_cases"], training["training"]["val_cases"]) == (3, 0)
+    assert training["training"]["config"]["data"]["fold"] == "all"
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--fold", "every"])
+    assert exc.value.code == 2
+    assert "expected a fold number (0, 1, ...) or 'all', found 'every'" in capsys.readouterr().err

@@ -121,8 +121,12 @@ def test_folds_hold_one_fold_out_and_refuse_bad_files(tmp_path) -> None:
     train, val = split_by_fold(entries, folds, 1)
     assert [e.case_id for e in val] == ["B", "D"]
     assert [e.case_id for e in train] == ["A", "C", "E"]  # E is in no fold: it trains
-    with pytest.raises(InputError, match=r"fold must be in 0\.\.1, found 2"):
+    with pytest.raises(InputError, match=r"fold must be in 0\.\.1 or 'all' .*, found 2"):
         split_by_fold(entries, folds, 2)
+    train, val = split_by_fold(entries, folds, "all")  # the final model: every case trains
+    assert [e.case_id for e in train] == ["A", "B", "C", "D", "E"] and val == []
+    with pytest.raises(InputError, match="found 'every'"):
+        split_by_fold(entries, folds, "every")
     with pytest.raises(InputError, match=r"not in the dataset \(first: B\)"):
         split_by_fold([e for e in entries if e.case_id != "B"], folds, 0)
     folds_file.write_text("folds:\n  - [A, C]\n  - [C, D]\n")
