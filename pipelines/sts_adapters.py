@@ -4,6 +4,7 @@
     python -m pipelines.sts_adapters --stage folds       # all 5 folds: full, scratch, 3 best
     python -m pipelines.sts_adapters --report            # rewrite the table from the results
     python -m pipelines.sts_adapters --stage screen --types compacter full --steps 100
+    python -m pipelines.sts_adapters --stage ship --types compacter   # the bundled `sts`
 
 Data: the 25 real FDG PET/CT crops of ``../shared/data/sts`` (TCIA Soft-tissue-Sarcoma,
 Vallieres et al. 2015, DOI 10.7937/K9/TCIA.2015.7GO2GSKS, CC BY 3.0; IBSI crops), split by
@@ -23,6 +24,12 @@ card's other post-processing; the mean and median over the held-out cases).
 ``--stage screen`` runs every row on ``--screen-fold``; ``--stage folds`` runs the remaining
 folds for ``full``, ``scratch`` and the three adapter types with the best screening Dice among
 those with at most 2 % trainable parameters (or ``--types``).
+
+``--stage ship`` trains the one type of ``--types`` (whose five folds must be done at the same
+``--steps``) on all 25 cases (fold ``all``: no validation, the last weights) and installs it as
+the bundled adapter ``mefn/weights/adapters/sts/`` (``mefn segment --adapter sts``) with a
+``card.json`` that names the data, its licence and attribution, the folds and their figures.
+The adapter keeps the base card's post-processing: the folds scored it that way.
 
 Resumable and kept: each run is a folder ``<out>/<row>/fold<k>/`` whose ``result.json`` marks
 it done (a run without one resumes its training where it stopped). The default ``--out`` is
@@ -70,6 +77,8 @@ ADAPTERS = (
     "lae",
 )
 FULL, SCRATCH, HEAD_ONLY, FROZEN = "full", "scratch", "head_only", "frozen"
+SHIPPED = "sts"  # the bundled adapter's name: mefn/weights/adapters/sts
+ALL = "all"  # the fold of the shipped adapter: every case trains
 REFERENCES = (FULL, SCRATCH, HEAD_ONLY, FROZEN)
 MAX_TRAINABLE_PERCENT = 2.0
 CHILD_FLAG = "--_child"
@@ -103,7 +112,11 @@ def train_config(spec: dict[str, Any]) -> Any:
     return replace(
         base,
         data=replace(
-            base.data, root=spec["data"], folds=str(FOLDS), fold=int(spec["fold"]), cache_dir=None
+            base.data,
+            root=spec["data"],
+            folds=str(FOLDS),
+            fold=spec["fold"] if spec["fold"] == ALL else int(spec["fold"]),
+            cache_dir=None,
         ),
         preprocess=from_dict(PreprocessConfig, spec["preprocess"], where="base card"),
         epochs=max(1, math.ceil(steps / per_epoch)),
@@ -157,6 +170,8 @@ def child_run(spec: dict[str, Any]) -> dict[str, Any]:
             load_average=_bench.load_average(),
         )
     result.update(describe(run_dir, kind, spec))
+    if spec["fold"] == ALL:  # nothing held out to score
+        return result
     t0 = time.perf_counter()
     result["cases"] = evaluate(run_dir, kind, spec)
     result["eval_seconds"] = time.perf_counter() - t0
@@ -229,8 +244,8 @@ def base_spec(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_one(out: Path, kind: str, fold: int, spec: dict[str, Any]) -> dict[str, Any]:
-    run_dir = out / kind / f"fold{fold}"
+def run_one(out: Path, kind: str, fold: int | str, spec: dict[str, Any]) -> dict[str, Any]:
+    run_dir = out / kind / (ALL if fold == ALL else f"fold{fold}")
     done = run_dir / "result.json"
     if done.is_file():
         saved: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
@@ -251,9 +266,11 @@ def run_one(out: Path, kind: str, fold: int, spec: dict[str, Any]) -> dict[str, 
     from mefn.fileutil import atomic_write_text
 
     atomic_write_text(done, json.dumps(result, indent=1))
-    log(
-        f"{kind} fold {fold}: Dice mean {result['dice_mean']:.3f}, median {result['dice_median']:.3f}"
-    )
+    if "dice_mean" in result:
+        log(
+            f"{kind} fold {fold}: Dice mean {result['dice_mean']:.3f}, "
+            f"median {result['dice_median']:.3f}"
+        )
     return result
 
 
@@ -267,7 +284,8 @@ def load_results(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
 
 def best_adapters(results: dict[str, Any], fold: int, n: int = 3) -> list[str]:
     """The ``n`` adapter types with the best Dice on ``fold`` within the parameter limit."""
-    base = next(iter(results.get(FULL, {}).values()), {}).get("trainable")
+    first: dict[str, Any] = next(iter(results.get(FULL, {}).values()), {})
+    base = first.get("trainable")
     ranked = []
     for kind in ADAPTERS:
         res = results.get(kind, {}).get(fold)
@@ -277,6 +295,67 @@ def best_adapters(results: dict[str, Any], fold: int, n: int = 3) -> list[str]:
         if share <= MAX_TRAINABLE_PERCENT:
             ranked.append((res["dice_mean"], kind))
     return [kind for _, kind in sorted(ranked, reverse=True)[:n]]
+
+
+def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
+    """Train ``kind`` on every case and install it as the bundled adapter ``target``."""
+    from mefn.fileutil import atomic_write_text
+
+    folds = load_results(out).get(kind, {})
+    budgets = {r.get("steps_budget") for r in folds.values()}
+    if kind in REFERENCES or sorted(folds) != list(range(5)) or budgets != {spec["steps"]}:
+        raise SystemExit(
+            f"sts_adapters: --stage ship needs an adapter type whose 5 folds are done at "
+            f"--steps {spec['steps']}; {kind} has folds {sorted(folds)} at {sorted(map(str, budgets))} steps"
+            " (run --stage folds --types it first)"
+        )
+    result = run_one(out, kind, ALL, spec)
+    source = out / kind / ALL / "adapter"
+    dices = [c["dice"] for r in folds.values() for c in r["cases"]]
+    card = {
+        "name": SHIPPED,
+        "description": "MEFN adapted to FDG PET/CT of soft-tissue sarcomas of the extremities "
+        "(GTV incl. non-avid parts), fields of view cropped about 5 cm around the tumour",
+        "adapter_type": kind,
+        "trainable_parameters": result["trainable"],
+        "data": {
+            "cases": 25,
+            "source": "TCIA Soft-tissue-Sarcoma (IBSI crops of oncoray/mirp and theibsi/data_sets"
+            "), one scanner (GE Discovery ST), contour CT/mask.nii.gz",
+            "licence": "CC BY 3.0",
+            "attribution": "Vallieres M, et al. (2015). Data from: A radiomics model from joint "
+            "FDG-PET and MRI texture features for the prediction of lung metastases in soft-tissue "
+            "sarcomas of the extremities. The Cancer Imaging Archive, DOI "
+            "10.7937/K9/TCIA.2015.7GO2GSKS; Vallieres et al., Phys. Med. Biol. 60:5471 (2015); "
+            "Clark et al., J. Digit. Imaging 26:1045 (2013)",
+        },
+        "training": {
+            "base": Path(spec["base_weights"]).name,
+            "steps": spec["steps"],
+            "patches_per_step": 2,
+            "seconds": result.get("train_seconds"),
+            "config": "configs/train/sts_finetune.yaml (fold all)",
+            "command": _command(),
+        },
+        "cross_validation": {
+            "folds": "configs/datasets/sts_folds.yaml",
+            "dice_mean": float(np.mean(dices)),
+            "dice_median": float(np.median(dices)),
+            "per_fold": {str(k): folds[k]["dice_mean"] for k in sorted(folds)},
+            "per_case": {
+                c["case"]: round(c["dice"], 4) for r in folds.values() for c in r["cases"]
+            },
+            "scored": "one pass, the base card's post-processing, Dice on the CT grid",
+            "suv_2_5_dice_mean": 0.456,
+        },
+        "note": "Not calibrated on sarcoma: no lesion confidence; lesions are flagged by mean u.",
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (target / name).write_bytes((source / name).read_bytes())
+    atomic_write_text(target / "card.json", json.dumps(card, indent=1) + "\n")
+    log(f"{kind}: trained on all 25 cases, installed as {target}")
+    return target
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--stage", choices=("screen", "folds"), default="screen")
+    p.add_argument("--stage", choices=("screen", "folds", "ship"), default="screen")
     p.add_argument("--types", nargs="*", default=None, help="rows to run (default: the stage's)")
     p.add_argument("--screen-fold", type=int, default=0)
     p.add_argument("--steps", type=int, default=300, help="training steps per run")
@@ -371,6 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     spec = base_spec(args)
+    if args.stage == "ship" and not args.report:
+        if not args.types or len(args.types) != 1:
+            build_parser().error("--stage ship takes one adapter type in --types")
+        from mefn.registry import ADAPTERS_DIR
+
+        ship(out, args.types[0], spec, ADAPTERS_DIR / SHIPPED)
+        return 0
     if not args.report:
         if args.stage == "screen":
             plan = [(k, args.screen_fold) for k in (args.types or [*REFERENCES, *ADAPTERS])]

@@ -1,0 +1,58 @@
+"""pipelines/sts_adapters.py: the stage that installs the bundled sarcoma adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines import sts_adapters
+
+
+def _fold_result(out: Path, kind: str, fold: int, steps: int, dices: list[float]) -> None:
+    cases = [{"case": f"STS_{fold}{i}", "dice": d} for i, d in enumerate(dices)]
+    res = {"kind": kind, "fold": fold, "steps_budget": steps, "trainable": 10, "cases": cases}
+    res["dice_mean"] = sum(dices) / len(dices)
+    folder = out / kind / f"fold{fold}"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(res))
+
+
+def test_ship_needs_five_folds_at_the_budget_then_installs_with_a_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, target = tmp_path / "campaign", tmp_path / "adapters" / "sts"
+    spec = {"steps": 200, "base_weights": "mefn_default.safetensors"}
+    for fold in range(4):
+        _fold_result(out, "compacter", fold, 200, [0.5, 0.7])
+    with pytest.raises(SystemExit, match=r"compacter has folds \[0, 1, 2, 3\] at \['200'\]"):
+        sts_adapters.ship(out, "compacter", spec, target)
+    _fold_result(out, "compacter", 4, 100, [0.5, 0.7])
+    with pytest.raises(SystemExit, match="5 folds are done at --steps 200"):
+        sts_adapters.ship(out, "compacter", spec, target)
+    (out / "compacter" / "fold4" / "result.json").unlink()
+    (out / "compacter" / "fold4").rmdir()
+    _fold_result(out, "compacter", 4, 200, [0.2, 0.4])
+    trained: list[Any] = []
+
+    def fake_run(out_: Path, kind: str, fold: Any, spec_: dict[str, Any]) -> dict[str, Any]:
+        # stands for the training on every case: the adapter files it leaves behind
+        trained.append((kind, fold))
+        folder = out_ / kind / "all" / "adapter"
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        return {"trainable": 10, "train_seconds": 1.0}
+
+    monkeypatch.setattr(sts_adapters, "run_one", fake_run)
+    sts_adapters.ship(out, "compacter", spec, target)
+    assert trained == [("compacter", "all")]
+    assert (target / "adapter_model.safetensors").read_bytes() == b"weights"
+    card = json.loads((target / "card.json").read_text())
+    cv = card["cross_validation"]
+    assert cv["dice_mean"] == pytest.approx((4 * 1.2 + 0.6) / 10)
+    assert cv["per_fold"]["4"] == pytest.approx(0.3) and len(cv["per_case"]) == 10
+    assert card["data"]["licence"] == "CC BY 3.0" and "10.7937/K9/TCIA.2015.7GO2GSKS" in str(card)
+    assert "postprocess" not in card  # scored with the base card's post-processing
