@@ -77,6 +77,8 @@ ADAPTERS = (
     "lae",
 )
 FULL, SCRATCH, HEAD_ONLY, FROZEN = "full", "scratch", "head_only", "frozen"
+#: the first campaign's budget: its rows' folders carry no suffix, other budgets' ``<type>@<steps>``
+BASE_STEPS = 200
 SHIPPED = "sts"  # the bundled adapter's name: mefn/weights/adapters/sts
 ALL = "all"  # the fold of the shipped adapter: every case trains
 REFERENCES = (FULL, SCRATCH, HEAD_ONLY, FROZEN)
@@ -244,8 +246,13 @@ def base_spec(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def row_name(kind: str, steps: int) -> str:
+    """The folder (and table row) of ``kind`` trained for ``steps`` steps."""
+    return kind if steps == BASE_STEPS or kind == FROZEN else f"{kind}@{steps}"
+
+
 def run_one(out: Path, kind: str, fold: int | str, spec: dict[str, Any]) -> dict[str, Any]:
-    run_dir = out / kind / (ALL if fold == ALL else f"fold{fold}")
+    run_dir = out / row_name(kind, spec["steps"]) / (ALL if fold == ALL else f"fold{fold}")
     done = run_dir / "result.json"
     if done.is_file():
         saved: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
@@ -275,20 +282,22 @@ def run_one(out: Path, kind: str, fold: int | str, spec: dict[str, Any]) -> dict
 
 
 def load_results(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """Each row's (folder's, :func:`row_name`) results by fold."""
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for path in sorted(out.glob("*/fold*/result.json")):
         res = json.loads(path.read_text(encoding="utf-8"))
-        results.setdefault(res["kind"], {})[int(res["fold"])] = res
+        results.setdefault(path.parent.parent.name, {})[int(res["fold"])] = res
     return results
 
 
-def best_adapters(results: dict[str, Any], fold: int, n: int = 3) -> list[str]:
-    """The ``n`` adapter types with the best Dice on ``fold`` within the parameter limit."""
+def best_adapters(results: dict[str, Any], fold: int, steps: int, n: int = 3) -> list[str]:
+    """The ``n`` adapter types with the best Dice on ``fold`` at ``steps`` steps within the
+    parameter limit."""
     first: dict[str, Any] = next(iter(results.get(FULL, {}).values()), {})
     base = first.get("trainable")
     ranked = []
     for kind in ADAPTERS:
-        res = results.get(kind, {}).get(fold)
+        res = results.get(row_name(kind, steps), {}).get(fold)
         if res is None:
             continue
         share = 100.0 * res["trainable"] / base if base else 0.0
@@ -301,7 +310,8 @@ def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
     """Train ``kind`` on every case and install it as the bundled adapter ``target``."""
     from mefn.fileutil import atomic_write_text
 
-    folds = load_results(out).get(kind, {})
+    row = row_name(kind, spec["steps"])
+    folds = load_results(out).get(row, {})
     budgets = {r.get("steps_budget") for r in folds.values()}
     if kind in REFERENCES or sorted(folds) != list(range(5)) or budgets != {spec["steps"]}:
         raise SystemExit(
@@ -310,7 +320,7 @@ def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
             " (run --stage folds --types it first)"
         )
     result = run_one(out, kind, ALL, spec)
-    source = out / kind / ALL / "adapter"
+    source = out / row / ALL / "adapter"
     dices = [c["dice"] for r in folds.values() for c in r["cases"]]
     card = {
         "name": SHIPPED,
@@ -367,16 +377,16 @@ def _f(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _steps(result: dict[str, Any]) -> int:
+    """The step budget a run was made with (0: frozen, no training)."""
+    if result["kind"] == FROZEN:
+        return 0
+    return int(result.get("steps_budget") or result.get("steps") or 0)
+
+
 def _budgets(results: dict[str, Any]) -> str:
     """The step budgets of the runs in the table (one number when they agree)."""
-    found = sorted(
-        {
-            int(r.get("steps_budget") or r.get("steps") or 0)
-            for folds in results.values()
-            for r in folds.values()
-        }
-        - {0}
-    )
+    found = sorted({_steps(r) for folds in results.values() for r in folds.values()} - {0})
     return "/".join(str(b) for b in found) or "no"
 
 
@@ -397,20 +407,27 @@ def render_report(results: dict[str, Any], spec: dict[str, Any], command: str) -
         "held-out cases per fold, Dice on the CT grid against `CT/mask.nii.gz`. Plain SUV >= 2.5 "
         "on the same cases: mean Dice 0.456.",
         "",
-        "| row | trainable | % of base | file KB | peak RSS MiB | s/step | folds | Dice mean | "
-        "Dice median | per fold |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | steps | trainable | % of base | file KB | peak RSS MiB | s/step | folds | "
+        "Dice mean | Dice median | per fold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [*REFERENCES, *ADAPTERS]
-    for kind in sorted(results, key=lambda k: order.index(k) if k in order else len(order)):
-        folds = results[kind]
+
+    def rank(row: str) -> tuple[int, int]:
+        first = next(iter(results[row].values()))
+        kind = first["kind"]
+        return (order.index(kind) if kind in order else len(order), _steps(first))
+
+    for row in sorted(results, key=rank):
+        folds = results[row]
         dices = [c["dice"] for r in folds.values() for c in r["cases"]]
         first = next(iter(folds.values()))
         steps = [r["seconds_per_step"] for r in folds.values() if "seconds_per_step" in r]
         rss = [r["peak_rss_mib"] for r in folds.values() if "peak_rss_mib" in r]
         per_fold = ", ".join(f"{k}: {folds[k]['dice_mean']:.3f}" for k in sorted(folds))
         lines.append(
-            f"| {kind} | {first['trainable']:,} | {100 * first['trainable'] / base:.2f} | "
+            f"| {first['kind']} | {_steps(first) or '-'} | {first['trainable']:,} | "
+            f"{100 * first['trainable'] / base:.2f} | "
             f"{first['file_bytes'] / 1024:.1f} | {_f(max(rss) if rss else None, 0)} | "
             f"{_f(statistics.median(steps) if steps else None, 2)} | {len(folds)} | "
             f"{_f(float(np.mean(dices)))} | {_f(float(np.median(dices)))} | {per_fold} |"
@@ -429,7 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=("screen", "folds", "ship"), default="screen")
     p.add_argument("--types", nargs="*", default=None, help="rows to run (default: the stage's)")
     p.add_argument("--screen-fold", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="training steps per run")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=BASE_STEPS,
+        help=f"training steps per run (rows of other budgets than {BASE_STEPS}: <type>@<steps>)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--base", default="default")
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -464,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = args.types or [
                 FULL,
                 SCRATCH,
-                *best_adapters(load_results(out), args.screen_fold),
+                *best_adapters(load_results(out), args.screen_fold, args.steps),
             ]
             plan = [(k, f) for k in rows for f in range(5)]
         for kind, fold in plan:

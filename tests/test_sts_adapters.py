@@ -56,3 +56,30 @@ def test_ship_needs_five_folds_at_the_budget_then_installs_with_a_card(
     assert cv["per_fold"]["4"] == pytest.approx(0.3) and len(cv["per_case"]) == 10
     assert card["data"]["licence"] == "CC BY 3.0" and "10.7937/K9/TCIA.2015.7GO2GSKS" in str(card)
     assert "postprocess" not in card  # scored with the base card's post-processing
+
+
+def test_rows_of_another_budget_have_their_own_folder_and_table_row(tmp_path: Path) -> None:
+    assert sts_adapters.row_name("compacter", 200) == "compacter"
+    assert sts_adapters.row_name("compacter", 500) == "compacter@500"
+    assert sts_adapters.row_name("frozen", 500) == "frozen"  # nothing trains
+    out = tmp_path / "campaign"
+    _fold_result(out, "compacter", 0, 200, [0.5])
+    folder = out / "compacter@500" / "fold0"
+    folder.mkdir(parents=True)
+    res = {"kind": "compacter", "fold": 0, "steps_budget": 500, "trainable": 10, "file_bytes": 1}
+    res |= {"cases": [{"case": "STS_001", "dice": 0.9}], "dice_mean": 0.9}
+    (folder / "result.json").write_text(json.dumps(res))
+    results = sts_adapters.load_results(out)
+    assert set(results) == {"compacter", "compacter@500"}
+    assert sts_adapters.best_adapters(results, 0, 500) == ["compacter"]
+    (out / "compacter" / "fold0" / "result.json").write_text(
+        json.dumps({**res, "steps_budget": 200, "dice_mean": 0.5, "cases": [{"dice": 0.5}]})
+    )
+    table = sts_adapters.render_report(
+        sts_adapters.load_results(out),
+        {"base_parameters": 1000, "base_weights": "w", "threads": 1},
+        "cmd",
+    )
+    rows = [line for line in table.splitlines() if line.startswith("| compacter")]
+    assert [r.split(" | ")[1] for r in rows] == ["200", "500"]
+    assert rows[1].split(" | ")[8:10] == ["0.900", "0.900"]
