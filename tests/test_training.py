@@ -549,3 +549,21 @@ def test_cli_train_calibrates_the_card_on_its_validation_cases(tmp_path, tiny_da
     assert card["pet_check"] == record["pet_check"]
     assert main([*argv, str(tmp_path / "b"), "--no-calibrate"]) == 0
     assert "calibration" not in json.loads((tmp_path / "b" / "model.json").read_text())
+
+
+def test_cli_train_on_every_case_skips_the_calibration_with_a_warning(tmp_path, tiny_data, capsys):
+    from mefn.cli import main
+    from mefn.data.datasets import index_dataset
+
+    ids = [e.patient_id for e in index_dataset(tiny_data)]
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(f"folds:\n  - {ids[:2]}\n  - {ids[2:]}\n".replace("'", ""))
+    cfg = _config(tmp_path, tiny_data, epochs=1)
+    save_config(
+        replace(cfg, data=replace(cfg.data, folds=str(folds), fold="all")), tmp_path / "t.yaml"
+    )
+    assert main(["train", "--config", str(tmp_path / "t.yaml"), "-o", str(tmp_path / "run")]) == 0
+    assert "mefn train: warning: no validation cases (fold all)" in capsys.readouterr().err
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert (card["training"]["train_cases"], card["training"]["val_cases"]) == (4, 0)
+    assert "calibration" not in card

@@ -164,6 +164,14 @@ def _calibrate(cfg: Any, run: Path, quiet: bool) -> None:
     from mefn.training import training_split
 
     _, val = training_split(cfg)
+    if not val:
+        print(
+            f"mefn train: warning: no validation cases (fold {cfg.data.fold}), so the weights "
+            f"keep the default post-processing and have no lesion confidence; run mefn "
+            f"calibrate {run} on cases they have not seen",
+            file=sys.stderr,
+        )
+        return
     calibrate_and_report(
         "mefn train", run, val[:20], run / "model.json", quiet=quiet,
         data="validation split of the run",
