@@ -118,3 +118,23 @@ def test_a_data_parallel_recipe_steps_in_two_processes(bench: ModuleType, tmp_pa
     c.write_text(c.read_text() + "processes: 2\n")
     with pytest.raises(SystemExit):
         bench.main(["--recipes", str(b), str(c), "--steps", "2", "--warmup", "1", "--cases", "1"])
+
+
+def test_later_recipes_start_from_the_first_ones_weights_where_they_agree(
+    bench: ModuleType,
+) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    first = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.InstanceNorm3d(4))
+    other = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Conv3d(4, 2, 1))
+    other[0].to(memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+    kept = other[1].weight.detach().clone()
+    shared, total = bench.share_initial_weights(first, other)
+    assert (shared, total) == (2 * 4 * 27 + 4, 2 * 4 * 27 + 4 + 4 * 2 + 2)
+    assert torch.equal(other[0].weight, first[0].weight) and torch.equal(
+        other[0].bias, first[0].bias
+    )
+    assert torch.equal(other[1].weight, kept)  # no counterpart: as drawn
+    assert optimizer.param_groups[0]["params"][0] is other[0].weight  # copied in place
