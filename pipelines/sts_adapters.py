@@ -29,7 +29,8 @@ those with at most 2 % trainable parameters (or ``--types``).
 ``--steps``) on all 25 cases (fold ``all``: no validation, the last weights) and installs it as
 the bundled adapter ``mefn/weights/adapters/sts/`` (``mefn segment --adapter sts``) with a
 ``card.json`` that names the data, its licence and attribution, the folds and their figures.
-The adapter keeps the base card's post-processing: the folds scored it that way.
+The adapter keeps the base card's post-processing except the test-time mirroring: one pass,
+as the folds scored it.
 
 Resumable and kept: each run is a folder ``<out>/<row>/fold<k>/`` whose ``result.json`` marks
 it done (a run without one resumes its training where it stopped). The default ``--out`` is
@@ -88,7 +89,7 @@ RESULT_TAG = "STS_ADAPTERS_RESULT "
 BEGIN = "<!-- sts_adapters.py: generated section begins -->"
 END = "<!-- sts_adapters.py: generated section ends -->"
 GITIGNORE = "# written by pipelines/sts_adapters.py: keep results and adapters, not these\n" + (
-    "*/fold*/cache/\n*/fold*/tensorboard/\n*/fold*/checkpoints/\n*/fold*/*.safetensors\n"
+    "*/*/cache/\n*/*/tensorboard/\n*/*/checkpoints/\n*/*/*.safetensors\n"
 )
 
 
@@ -358,6 +359,8 @@ def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
             "scored": "one pass, the base card's post-processing, Dice on the CT grid",
             "suv_2_5_dice_mean": 0.456,
         },
+        # the folds were scored in one pass: so is the adapter run (--tta mirrors)
+        "postprocess": {"tta_axes": []},
         "note": "Not calibrated on sarcoma: no lesion confidence; lesions are flagged by mean u.",
     }
     target.mkdir(parents=True, exist_ok=True)
