@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ WORK = REPO / "work_data" / "trust"
 OUT = REPO / "campaigns" / "trust_phantoms"
 if TYPE_CHECKING:
     from mefn.confidence import TrustCase
+    from mefn.inference import Prediction
 
 VAL_SEED0 = 20_000_000  # calibration phantoms: seeds far from training and test seeds
 
@@ -49,7 +51,6 @@ def _seeds(kind: str, n: int) -> list[int]:
 
 
 def predict(n_val: int, n_test: int, threads: int) -> None:
-    from mefn.fileutil import atomic_path
     from mefn.inference import Predictor
     from pipelines.train_phantoms import fresh_phantom
 
@@ -66,21 +67,8 @@ def predict(n_val: int, n_test: int, threads: int) -> None:
         t0 = time.monotonic()
         study, case = fresh_phantom(seed)
         pred = predictor.predict(case, keep_extra=True)
-        assert pred.probabilities is not None and pred.uncertainty_ct is not None
-        assert pred.uncertainty_pet is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                mask=pred.mask.astype(np.uint8),
-                reference=(np.asarray(case.label.array) > 0).astype(np.uint8),  # type: ignore[union-attr]
-                lesion_probability=(1.0 - pred.probabilities[0]).astype(np.float16),
-                uncertainty=pred.uncertainty.astype(np.float32),
-                uncertainty_ct=pred.uncertainty_ct.astype(np.float32),
-                uncertainty_pet=pred.uncertainty_pet.astype(np.float32),
-                suv=pred.suv.astype(np.float32),
-                spacing_mm=np.asarray(pred.geometry.spacing_mm),
-            )
+        assert case.label is not None  # phantoms come with their reference
+        keep_prediction(path, pred, np.asarray(case.label.array) > 0)
         print(
             f"[{kind}] {seed}: {len(pred.lesions.lesions)} lesion(s), "
             f"{time.monotonic() - t0:.0f} s",
@@ -88,7 +76,31 @@ def predict(n_val: int, n_test: int, threads: int) -> None:
         )
 
 
-def _load(path: Path) -> TrustCase:
+def keep_prediction(path: Path, pred: Prediction, reference: np.ndarray) -> None:
+    """Keep what calibration reads of ``pred`` (made with ``keep_extra``) in ``path`` (npz):
+    mask, reference, lesion probability, the raw fused u (not a calibrated error map the card
+    may apply), per-modality u, SUV and spacing."""
+    from mefn.fileutil import atomic_path
+
+    assert pred.probabilities is not None and pred.uncertainty_ct is not None
+    assert pred.uncertainty_pet is not None
+    raw_u = pred.evidential_u if pred.evidential_u is not None else pred.uncertainty
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            mask=pred.mask.astype(np.uint8),
+            reference=reference.astype(np.uint8),
+            lesion_probability=(1.0 - pred.probabilities[0]).astype(np.float16),
+            uncertainty=raw_u.astype(np.float32),
+            uncertainty_ct=pred.uncertainty_ct.astype(np.float32),
+            uncertainty_pet=pred.uncertainty_pet.astype(np.float32),
+            suv=pred.suv.astype(np.float32),
+            spacing_mm=np.asarray(pred.geometry.spacing_mm),
+        )
+
+
+def load_kept(path: Path) -> TrustCase:
     """A kept case as a TrustCase (its maps' ``uncertainty`` is the raw fused u)."""
     from mefn.confidence import EvidenceMaps, TrustCase
 
@@ -115,7 +127,7 @@ def fit(card_path: Path) -> dict[str, Any]:
     from mefn.fileutil import atomic_write_text
 
     paths = _kept("val")
-    lesion, voxel, summary = fit_trust(_load(p) for p in paths)
+    lesion, voxel, summary = fit_trust(load_kept(p) for p in paths)
     summary["seeds"] = [int(paths[0].stem), int(paths[-1].stem)]
     record = trust_record(lesion, voxel, summary)
     card = json.loads(card_path.read_text(encoding="utf-8"))
@@ -126,53 +138,80 @@ def fit(card_path: Path) -> dict[str, Any]:
     return record
 
 
+@dataclass
+class TrustTally:
+    """Trust scored case by case: each lesion's calibrated confidence against 1 - its mean
+    raw u, and the voxel reliability near lesions of the error map against the raw u."""
+
+    conf: list[float] = field(default_factory=list)
+    raw_conf: list[float] = field(default_factory=list)
+    true: list[bool] = field(default_factory=list)
+    where: list[Any] = field(default_factory=list)
+    rel: Any = None
+    raw_rel: Any = None
+
+    def add(self, case: TrustCase, lesion_model: Any, voxel_model: Any, where: Any) -> None:
+        from mefn.confidence import iter_lesions, lesion_evidence, lesion_truth
+        from mefn.metrics.trust import voxel_reliability_near_lesions
+
+        u = case.maps.uncertainty
+        for _label, box, lesion in iter_lesions(case.mask):
+            self.conf.append(lesion_model(lesion_evidence(box, lesion, case.maps)))
+            self.raw_conf.append(1.0 - float(u[box][lesion].mean()))
+            self.true.append(lesion_truth(box, lesion, case.reference))
+            self.where.append(where)
+        spacing = case.maps.spacing_mm
+        err = voxel_model(case.mask, case.maps)
+        r = voxel_reliability_near_lesions(err, case.mask, case.reference, spacing)
+        r0 = voxel_reliability_near_lesions(u, case.mask, case.reference, spacing)
+        self.rel = r if self.rel is None else self.rel + r
+        self.raw_rel = r0 if self.raw_rel is None else self.raw_rel + r0
+
+    def result(self, where_key: str) -> dict[str, Any]:
+        """The metrics, and every lesion with ``where_key`` naming where it was found."""
+        from mefn.metrics.trust import lesion_trust
+
+        assert self.rel is not None and self.raw_rel is not None  # cases were added
+        return {
+            "lesions": lesion_trust(self.conf, self.true),
+            "lesions_raw_1_minus_u": lesion_trust(self.raw_conf, self.true),
+            "voxels_near_lesions": self.rel.to_json(),
+            "voxels_near_lesions_raw_u": self.raw_rel.to_json(),
+            "per_lesion": [
+                {where_key: w, "confidence": round(p, 4), "true": t}
+                for w, p, t in zip(self.where, self.conf, self.true)
+            ],
+        }
+
+    def line(self) -> str:
+        """The headline figures in one line."""
+        lesions = self.result("case")
+        return (
+            f"{len(self.conf)} lesions ({sum(self.true)} true): lesion AUROC "
+            f"{lesions['lesions']['auroc']:.3f} (raw 1-u "
+            f"{lesions['lesions_raw_1_minus_u']['auroc']:.3f}), lesion ECE "
+            f"{lesions['lesions']['ece']:.3f}, voxel ECE near lesions {self.rel.ece:.4f} "
+            f"(raw u {self.raw_rel.ece:.4f})"
+        )
+
+
 def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
     """Score the card's trust calibration on the kept ``kind`` cases."""
-    from mefn.confidence import iter_lesions, lesion_evidence, lesion_truth, trust_from_card
-    from mefn.metrics.trust import lesion_trust, voxel_reliability_near_lesions
+    from mefn.confidence import trust_from_card
 
     card = json.loads(card_path.read_text(encoding="utf-8"))
     lesion_model, voxel_model, _ = trust_from_card(card)
     assert lesion_model is not None and voxel_model is not None
-    conf: list[float] = []
-    true: list[bool] = []
-    seeds: list[int] = []
-    raw_conf: list[float] = []
-    rel = raw_rel = None
+    tally = TrustTally()
     paths = _kept(kind)
     for path in paths:
-        case = _load(path)
-        u = case.maps.uncertainty
-        for _label, box, lesion in iter_lesions(case.mask):
-            conf.append(lesion_model(lesion_evidence(box, lesion, case.maps)))
-            raw_conf.append(1.0 - float(u[box][lesion].mean()))
-            true.append(lesion_truth(box, lesion, case.reference))
-            seeds.append(int(path.stem))
-        err = voxel_model(case.mask, case.maps)
-        r = voxel_reliability_near_lesions(err, case.mask, case.reference, case.maps.spacing_mm)
-        r0 = voxel_reliability_near_lesions(u, case.mask, case.reference, case.maps.spacing_mm)
-        rel = r if rel is None else rel + r
-        raw_rel = r0 if raw_rel is None else raw_rel + r0
-    assert rel is not None and raw_rel is not None
+        tally.add(load_kept(path), lesion_model, voxel_model, int(path.stem))
     result = {
         "cases": len(paths),
         "seeds": [int(paths[0].stem), int(paths[-1].stem)],
-        "lesions": lesion_trust(conf, true),
-        "lesions_raw_1_minus_u": lesion_trust(raw_conf, true),
-        "voxels_near_lesions": rel.to_json(),
-        "voxels_near_lesions_raw_u": raw_rel.to_json(),
-        "per_lesion": [
-            {"seed": sd, "confidence": round(p, 4), "true": t}
-            for sd, p, t in zip(seeds, conf, true)
-        ],
+        **tally.result("seed"),
     }
-    print(
-        f"[{kind}] {len(paths)} cases, {len(conf)} lesions ({sum(true)} true): lesion AUROC "
-        f"{result['lesions']['auroc']:.3f} (raw 1-u {result['lesions_raw_1_minus_u']['auroc']:.3f})"
-        f", lesion ECE {result['lesions']['ece']:.3f}, voxel ECE near lesions {rel.ece:.4f} "
-        f"(raw u {raw_rel.ece:.4f})",
-        flush=True,
-    )
+    print(f"[{kind}] {len(paths)} cases, {tally.line()}", flush=True)
     return result
 
 

@@ -1,0 +1,60 @@
+"""pipelines/trust_sts.py: trust fitted on four folds' held-out predictions, scored on the fifth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import trust_sts
+
+
+def _keep(path: Path, rng: np.random.Generator) -> None:
+    """A kept prediction (the keys of trust_phantoms.keep_prediction) with one true lesion,
+    hot and certain, and one false one, cold and uncertain, the evidence lying for a tenth."""
+    shape = (20, 20, 20)
+    mask, ref = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    suv = rng.uniform(0.8, 1.2, shape).astype(np.float32)
+    prob = np.full(shape, 0.02, np.float32)
+    u = np.full(shape, 0.02, np.float32)
+    for corner, is_true in ((2, True), (12, False)):
+        box = (slice(corner, corner + 4),) * 3
+        mask[box] = 1
+        hot = is_true != (rng.random() < 0.1)
+        suv[box] = rng.uniform(5, 9) if hot else rng.uniform(1.0, 2.0)
+        prob[box] = rng.uniform(0.8, 0.95) if hot else rng.uniform(0.5, 0.7)
+        u[box] = rng.uniform(0.01, 0.05) if hot else rng.uniform(0.1, 0.3)
+        ref[box] = 1 if is_true else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, mask=mask, reference=ref, lesion_probability=prob.astype(np.float16),
+             uncertainty=u, uncertainty_ct=u, uncertainty_pet=u, suv=suv,
+             spacing_mm=np.array([4.0, 4.0, 4.0]))  # fmt: skip
+
+
+def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folds = [[f"C{k}{i}" for i in range(8)] for k in range(5)]
+    folds_file = tmp_path / "folds.yaml"
+    folds_file.write_text("folds:\n" + "".join(f"  - [{', '.join(f)}]\n" for f in folds))
+    monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
+    monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
+    rng = np.random.default_rng(0)
+    for case in [c for f in folds[:4] for c in f]:
+        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng)
+    with pytest.raises(SystemExit, match=r"8 case\(s\) not predicted for row \(first: C40\)"):
+        trust_sts.test("row")
+    for case in folds[4]:
+        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng)
+    result = trust_sts.test("row")
+    assert result["cases"] == 40 and len(result["per_lesion"]) == 80
+    assert [f["fold"] for f in result["fitted_per_fold"]] == [0, 1, 2, 3, 4]
+    assert all(f["cases"] == 32 for f in result["fitted_per_fold"])  # the other four folds
+    assert result["lesions"]["auroc"] > 0.75  # the evidence lies for a tenth
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"name": "sts", "note": "Not calibrated on sarcoma"}))
+    trust_sts.card("row", card)
+    written = json.loads(card.read_text())
+    assert "note" not in written and written["name"] == "sts"
+    assert written["lesion_confidence"]["fitted_on"]["cases"] == 40
+    assert set(written) >= {"voxel_error", "review_below"}
