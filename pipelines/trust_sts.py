@@ -6,15 +6,16 @@ Stages (``--stage``):
   ``--row`` (a row of ``campaigns/sts_adapters``, e.g. ``compacter`` or ``compacter@500``)
   trained without it (the fold that held it out), and what calibration reads kept in
   ``work_data/trust_sts/<row>/<case>.npz`` (cases kept are skipped: resumable).
-- ``test``: for each fold, the lesion confidence and the voxel error map fitted
-  (:func:`mefn.confidence.fit_trust`) on the other four folds' cases and applied to this
-  fold's; lesion AUROC, ECE and risk-coverage and the voxel reliability near lesions over the
-  25 held-out cases, against the raw evidential u; JSON to
-  ``campaigns/trust_sts/<row>.json``.
-- ``card``: fitted on all 25 held-out predictions and stored in the card of the bundled
-  adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the fold adapters stand in
-  for the adapter trained on every case, as cross-validation does for nnU-Net's
-  post-processing.
+- ``test``: for each fold, on the other four folds' cases: the lesion probability threshold
+  with the best mean Dice (:data:`THRESHOLDS`, the base card's PET check after it), then the
+  lesion confidence and the voxel error map (:func:`mefn.confidence.fit_trust`) on the masks
+  it draws; both applied to this fold's cases. Dice, lesion AUROC, ECE and risk-coverage and
+  the voxel reliability near lesions over the 25 held-out cases, against the raw evidential
+  u; JSON to ``campaigns/trust_sts/<row>.json``.
+- ``card``: the same fitted on all 25 held-out predictions and stored in the card of the
+  bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the threshold in its
+  ``postprocess``, the trust beside it. The fold adapters stand in for the adapter trained on
+  every case, as cross-validation does for nnU-Net's post-processing.
 
 Usage (from the repository root; about 5-10 s per case on one core)::
 
@@ -33,14 +34,20 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.sts_adapters import DEFAULT_DATA, DEFAULT_OUT, FOLDS
 from pipelines.trust_phantoms import TrustTally, keep_prediction, load_kept
 
+if TYPE_CHECKING:
+    from mefn.confidence import TrustCase
+
 REPO = Path(__file__).resolve().parents[1]
+#: lesion probability thresholds tried (None: the argmax): mefn.calibration's, and lower ones,
+#: since the adapter's lesion probability stays low in the cold parts of these tumours
+THRESHOLDS: tuple[float | None, ...] = (None, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02, 0.01)
 WORK = REPO / "work_data" / "trust_sts"
 OUT = REPO / "campaigns" / "trust_sts"
 
@@ -91,38 +98,117 @@ def _kept(row: str, cases: list[str]) -> list[Path]:
     return paths
 
 
+def _base_pet_check() -> Any:
+    """The PET check of the bundled base card (the adapter's card keeps it)."""
+    from mefn.registry import read_model_card, resolve_weights
+    from mefn.settings import PostprocessSettings
+
+    card, _, _ = read_model_card(resolve_weights("default")[1])
+    return PostprocessSettings.from_card(card).pet_check
+
+
+def _at_threshold(case: TrustCase, threshold: float | None, check: Any) -> TrustCase:
+    """``case`` with its mask drawn again from the kept lesion probability at ``threshold``,
+    then ``check`` (what the Predictor does with that card)."""
+    from mefn.confidence import TrustCase
+    from mefn.postprocess import apply_pet_check, mask_from_probabilities
+
+    p = case.maps.lesion_probability
+    mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
+    if check.active:
+        mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, check)
+    return TrustCase(mask, case.reference, case.maps)
+
+
+def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
+    a, b = mask > 0, reference > 0
+    total = int(a.sum() + b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else 1.0
+
+
+def _dice_table(row: str, cases: list[str], check: Any) -> dict[tuple[str, float | None], float]:
+    """Each case's Dice at each threshold of :data:`THRESHOLDS`."""
+    table = {}
+    for path in _kept(row, cases):
+        case = load_kept(path)
+        for t in THRESHOLDS:
+            table[(path.stem, t)] = _dice(_at_threshold(case, t, check).mask, case.reference)
+    return table
+
+
+def _best_threshold(dice: dict[tuple[str, float | None], float], cases: list[str]) -> float | None:
+    """The threshold with the best mean Dice over ``cases`` (the first of equals)."""
+    means = [float(np.mean([dice[(c, t)] for c in cases])) for t in THRESHOLDS]
+    return THRESHOLDS[int(np.argmax(means))]
+
+
 def test(row: str) -> dict[str, Any]:
-    """Nested by fold: fit on four folds' held-out predictions, score the fifth's."""
+    """Nested by fold: threshold and trust fitted on four folds' held-out predictions, scored
+    on the fifth's."""
     from mefn.confidence import fit_trust
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
+    check = _base_pet_check()
+    dice = _dice_table(row, [c for f in folds for c in f], check)
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
+    held_dice: dict[str, float] = {}
     for k, held in enumerate(folds):
         others = [c for j, f in enumerate(folds) if j != k for c in f]
-        lesion_model, voxel_model, summary = fit_trust(load_kept(p) for p in _kept(row, others))
-        fitted.append({"fold": k, **summary})
+        t = _best_threshold(dice, others)
+        lesion_model, voxel_model, summary = fit_trust(
+            _at_threshold(load_kept(p), t, check) for p in _kept(row, others)
+        )
+        fitted.append({"fold": k, "lesion_threshold": t, **summary})
         for path in _kept(row, held):
-            tally.add(load_kept(path), lesion_model, voxel_model, path.stem)
+            case = _at_threshold(load_kept(path), t, check)
+            tally.add(case, lesion_model, voxel_model, path.stem)
+            held_dice[path.stem] = dice[(path.stem, t)]
     n_cases = sum(len(f) for f in folds)
-    result = {"row": row, "cases": n_cases, **tally.result("case"), "fitted_per_fold": fitted}
-    print(f"[{row}] {n_cases} held-out cases, {tally.line()}", flush=True)
+    all_cases = [c for f in folds for c in f]
+    result = {
+        "row": row,
+        "cases": n_cases,
+        "dice_nested": {
+            "mean": float(np.mean(list(held_dice.values()))),
+            "median": float(np.median(list(held_dice.values()))),
+            "per_case": {c: round(d, 4) for c, d in held_dice.items()},
+        },
+        "dice_by_threshold": {
+            str(t): float(np.mean([dice[(c, t)] for c in all_cases])) for t in THRESHOLDS
+        },
+        **tally.result("case"),
+        "fitted_per_fold": fitted,
+    }
+    print(
+        f"[{row}] {n_cases} held-out cases: Dice {result['dice_nested']['mean']:.3f} with the "
+        f"threshold chosen on the other folds (argmax {result['dice_by_threshold']['None']:.3f})"
+        f"; {tally.line()}",
+        flush=True,
+    )
     return result
 
 
 def card(row: str, card_path: Path) -> dict[str, Any]:
-    """Fit on all held-out predictions and store the trust in ``card_path``."""
+    """Choose the threshold and fit the trust on all held-out predictions; store both in
+    ``card_path``."""
     from mefn.confidence import fit_trust, trust_record
     from mefn.data.datasets import load_folds
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    lesion, voxel, summary = fit_trust(load_kept(p) for p in _kept(row, cases))
+    check = _base_pet_check()
+    t = _best_threshold(_dice_table(row, cases, check), cases)
+    lesion, voxel, summary = fit_trust(
+        _at_threshold(load_kept(p), t, check) for p in _kept(row, cases)
+    )
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
+    summary["lesion_threshold"] = t
     record = trust_record(lesion, voxel, summary)
     content = json.loads(card_path.read_text(encoding="utf-8"))
     content.pop("note", None)  # "not calibrated" no longer holds
+    content.setdefault("postprocess", {})["lesion_threshold"] = t
     content.update(record)
     atomic_write_text(card_path, json.dumps(content, indent=1) + "\n")
     print(json.dumps(summary), flush=True)

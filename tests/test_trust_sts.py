@@ -23,7 +23,7 @@ def _keep(path: Path, rng: np.random.Generator) -> None:
         box = (slice(corner, corner + 4),) * 3
         mask[box] = 1
         hot = is_true != (rng.random() < 0.1)
-        suv[box] = rng.uniform(5, 9) if hot else rng.uniform(1.0, 2.0)
+        suv[box] = rng.uniform(5, 9) if hot else rng.uniform(2.5, 3.5)  # passes the PET check
         prob[box] = rng.uniform(0.8, 0.95) if hot else rng.uniform(0.5, 0.7)
         u[box] = rng.uniform(0.01, 0.05) if hot else rng.uniform(0.1, 0.3)
         ref[box] = 1 if is_true else 0
@@ -50,6 +50,9 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
     assert result["cases"] == 40 and len(result["per_lesion"]) == 80
     assert [f["fold"] for f in result["fitted_per_fold"]] == [0, 1, 2, 3, 4]
     assert all(f["cases"] == 32 for f in result["fitted_per_fold"])  # the other four folds
+    # the threshold is chosen on the other folds too: every lesion holds >= 0.5: the argmax
+    assert all(f["lesion_threshold"] is None for f in result["fitted_per_fold"])  # first of ties
+    assert result["dice_nested"]["mean"] == pytest.approx(result["dice_by_threshold"]["None"])
     assert result["lesions"]["auroc"] > 0.75  # the evidence lies for a tenth
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"name": "sts", "note": "Not calibrated on sarcoma"}))
@@ -57,4 +60,5 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
     written = json.loads(card.read_text())
     assert "note" not in written and written["name"] == "sts"
     assert written["lesion_confidence"]["fitted_on"]["cases"] == 40
+    assert written["postprocess"]["lesion_threshold"] is None
     assert set(written) >= {"voxel_error", "review_below"}

@@ -28,5 +28,6 @@ def test_the_bundled_sarcoma_adapter_outlines_sts_001(shared_data: Path, tmp_pat
     predicted = sitk.GetArrayFromImage(mask) > 0
     truth = sitk.GetArrayFromImage(reference) > 0
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-    # measured 0.562 (200-step Compacter, one pass); issue 19 asks 0.80, not reached yet
-    assert dice >= 0.5, f"Dice {dice:.3f} against the contour"
+    # measured 0.714 (200-step Compacter, one pass, lesion threshold 0.01 of its card);
+    # issue 19 asks 0.80, not reached yet
+    assert dice >= 0.65, f"Dice {dice:.3f} against the contour"
