@@ -2,10 +2,13 @@
 
     python -m pipelines.train_phantoms                       # the whole recipe, about 2 h on 2 cores
     python -m pipelines.train_phantoms --resume              # continue an interrupted run
-    python -m pipelines.train_phantoms --evaluate-only       # re-score runs/phantoms_small
+    python -m pipelines.train_phantoms --evaluate-only       # re-score runs/phantoms_fast
 
 Steps: (1) write ``--n`` training phantoms (seeds from ``--seed``) in the nnU-Net layout;
-(2) ``mefn.training.train`` with ``configs/train/phantoms_small.yaml``; (3) on the validation
+(2) ``mefn.training.train`` with ``configs/train/phantoms_fast.yaml`` (the fast recipe of
+``docs/benchmarks.md``; the bundled weights were trained with ``--config
+configs/train/phantoms_small.yaml --run runs/phantoms_small``, then its stage 2, as their
+card's ``reproduce`` says); (3) on the validation
 split and the simple phantoms of ``pipelines.eval_simple_phantoms``, choose the lesion threshold, the
 PET check (mefn.postprocess.PetCheck), the lesion floor and the review threshold for
 segmentation with test-time mirroring (``--tta``,
@@ -42,6 +45,11 @@ from mefn.calibration import FPV_LIMIT_ML, mean_scores, write_calibration
 from pipelines._bench import REPO, git_commit, repo_relative
 
 TEST_SEED0 = 10_000_000  # test phantoms: seeds far from any training seed
+
+
+#: the recipe and run folder of a plain ``python -m pipelines.train_phantoms``
+DEFAULT_CONFIG = "configs/train/phantoms_fast.yaml"
+DEFAULT_RUN = "runs/phantoms_fast"
 
 
 def make_training_data(root: Path, n: int, seed: int) -> None:
@@ -190,7 +198,7 @@ def evaluate(
 def reproduce_command(config: str, run: str, init_weights: str | None, tta: str = "xyz") -> str:
     """The command that reproduces a run, with the run its ``init_weights`` come from first."""
     cmd = "python -m pipelines.train_phantoms"
-    default = REPO / "configs/train/phantoms_small.yaml"
+    default = REPO / DEFAULT_CONFIG
     if Path(config).resolve() != default.resolve():
         cmd += f" --config {repo_relative(config)} --run {repo_relative(run)}"
     if tta != "xyz":
@@ -264,8 +272,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default=str(REPO / "configs/train/phantoms_small.yaml"))
-    parser.add_argument("--run", default=str(REPO / "runs/phantoms_small"))
+    parser.add_argument("--config", default=str(REPO / DEFAULT_CONFIG))
+    parser.add_argument("--run", default=str(REPO / DEFAULT_RUN))
     parser.add_argument("--n", type=int, default=200, help="training phantoms")
     parser.add_argument("--seed", type=int, default=1000, help="first training seed")
     parser.add_argument("--n-test", type=int, default=20)

@@ -48,7 +48,7 @@ def test_grid_ceiling_of_an_empty_label_is_nan(tp: ModuleType) -> None:
 
 
 def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
-    default = str(REPO / "configs/train/phantoms_small.yaml")
+    default = str(REPO / "configs/train/phantoms_fast.yaml")
     assert tp.reproduce_command(default, str(REPO / "runs/x"), None) == (
         "python -m pipelines.train_phantoms"
     )
@@ -61,6 +61,12 @@ def test_reproduce_command_names_config_run_and_base(tp: ModuleType) -> None:
         "(after the run that wrote runs/phantoms_small/model.safetensors) python -m "
         "pipelines.train_phantoms --config configs/train/phantoms_small_stage2.yaml "
         "--run runs/phantoms_stage2"
+    )
+    # the bundled weights' first stage is no longer the default: named in full
+    small = str(REPO / "configs/train/phantoms_small.yaml")
+    assert tp.reproduce_command(small, str(REPO / "runs/phantoms_small"), None) == (
+        "python -m pipelines.train_phantoms --config configs/train/phantoms_small.yaml "
+        "--run runs/phantoms_small"
     )
     # a mirroring other than the default is part of the recipe
     assert tp.reproduce_command(default, str(REPO / "runs/x"), None, "none") == (
