@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import load_pipeline
 
-from pipelines import sts_adapters
+sts_adapters = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "sts_adapters.py")
 
 
 def _fold_result(out: Path, kind: str, fold: int, steps: int, dices: list[float]) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import load_pipeline
 
-from pipelines import trust_sts
+trust_sts = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "trust_sts.py")
 
 
 def _keep(path: Path, rng: np.random.Generator) -> None:
