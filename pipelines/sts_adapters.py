@@ -308,7 +308,10 @@ def best_adapters(results: dict[str, Any], fold: int, steps: int, n: int = 3) ->
 
 
 def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
-    """Train ``kind`` on every case and install it as the bundled adapter ``target``."""
+    """Train ``kind`` on every case and install it as the bundled adapter ``target``.
+
+    The card written holds no lesion threshold and no trust: ``python -m pipelines.trust_sts
+    --stage card`` adds them from the folds' held-out predictions, after this."""
     from mefn.fileutil import atomic_write_text
 
     row = row_name(kind, spec["steps"])
