@@ -59,10 +59,9 @@ def case_folders(data: Path, only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def score_case(predictor: Any, folder: Path) -> dict[str, Any]:
-    """Segment one case folder and score it (see the module docstring)."""
+def load_sts_case(folder: Path) -> Any:
+    """One case folder as a :class:`mefn.io.case.Case`, its label the CT-grid contour."""
     from mefn.io.discovery import load_case
-    from mefn.postprocess import label_hot_spots
 
     case = load_case(
         ct=folder / "CT" / "image.nii.gz",
@@ -71,6 +70,14 @@ def score_case(predictor: Any, folder: Path) -> dict[str, Any]:
         case_id=folder.name,
     )
     assert case.label is not None  # given just above
+    return case
+
+
+def score_case(predictor: Any, folder: Path) -> dict[str, Any]:
+    """Segment one case folder and score it (see the module docstring)."""
+    from mefn.postprocess import label_hot_spots
+
+    case = load_sts_case(folder)
     prediction = predictor.predict(case)
     reference = case.label.array > 0
     predicted = prediction.mask > 0

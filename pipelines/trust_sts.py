@@ -17,7 +17,8 @@ Stages (``--stage``):
   ``postprocess``, the trust beside it. The fold adapters stand in for the adapter trained on
   every case, as cross-validation does for nnU-Net's post-processing.
 
-Usage (from the repository root; about 5-10 s per case on one core)::
+Usage (from the repository root; predict: about 5-10 s per case on one core; test and card
+hold the 25 kept cases in memory, about 3 GB)::
 
     python -m pipelines.trust_sts --stage predict --row compacter
     python -m pipelines.trust_sts --stage test --row compacter
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.eval_sts import dice, load_sts_case
 from pipelines.sts_adapters import DEFAULT_DATA, DEFAULT_OUT, FOLDS
 from pipelines.trust_phantoms import TrustTally, keep_prediction, load_kept
 
@@ -56,7 +58,6 @@ def predict(row: str, data: Path, campaign: Path, threads: int) -> None:
     """Each case segmented by the adapter of the fold that held it out."""
     from mefn.data.datasets import load_folds
     from mefn.inference import Predictor
-    from mefn.io.discovery import load_case
 
     for k, cases in enumerate(load_folds(FOLDS)):
         adapter = campaign / row / f"fold{k}" / "adapter"
@@ -70,14 +71,7 @@ def predict(row: str, data: Path, campaign: Path, threads: int) -> None:
         )
         for name in todo:
             t0 = time.monotonic()
-            folder = data / name
-            case = load_case(
-                ct=folder / "CT" / "image.nii.gz",
-                pet=folder / "PET" / "image.nii.gz",
-                label=folder / "CT" / "mask.nii.gz",
-                case_id=name,
-            )
-            assert case.label is not None  # given just above
+            case = load_sts_case(data / name)
             pred = predictor.predict(case, keep_extra=True)
             keep_prediction(WORK / row / f"{name}.npz", pred, np.asarray(case.label.array) > 0)
             print(
@@ -87,15 +81,47 @@ def predict(row: str, data: Path, campaign: Path, threads: int) -> None:
             )
 
 
-def _kept(row: str, cases: list[str]) -> list[Path]:
-    paths = [WORK / row / f"{c}.npz" for c in cases]
-    missing = [p.stem for p in paths if not p.exists()]
-    if missing:
-        raise SystemExit(
-            f"trust_sts: {len(missing)} case(s) not predicted for {row} (first: {missing[0]}); "
-            "run --stage predict first"
-        )
-    return paths
+class _Kept:
+    """The kept held-out predictions of ``row``, each read once, and their masks at each
+    threshold drawn once (the nested fit reads every case in four of the five folds)."""
+
+    def __init__(self, row: str, cases: list[str], check: Any) -> None:
+        paths = [WORK / row / f"{c}.npz" for c in cases]
+        missing = [p.stem for p in paths if not p.exists()]
+        if missing:
+            raise SystemExit(
+                f"trust_sts: {len(missing)} case(s) not predicted for {row} (first: "
+                f"{missing[0]}); run --stage predict first"
+            )
+        self.cases = {p.stem: load_kept(p) for p in paths}
+        self.check = check
+        self._drawn: dict[tuple[str, float | None], TrustCase] = {}
+
+    def at(self, name: str, threshold: float | None) -> TrustCase:
+        """Case ``name`` with its mask drawn again from the kept lesion probability at
+        ``threshold``, then the PET check (what the Predictor does with that card)."""
+        from mefn.confidence import TrustCase
+        from mefn.postprocess import apply_pet_check, mask_from_probabilities
+
+        key = (name, threshold)
+        if key not in self._drawn:
+            case = self.cases[name]
+            p = case.maps.lesion_probability
+            mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
+            if self.check.active:
+                mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
+            self._drawn[key] = TrustCase(mask, case.reference, case.maps)
+        return self._drawn[key]
+
+    def dice(self, name: str, threshold: float | None) -> float:
+        case = self.at(name, threshold)
+        return dice(case.mask > 0, case.reference > 0)
+
+    def best_threshold(self, names: list[str]) -> float | None:
+        """The threshold of :data:`THRESHOLDS` with the best mean Dice over ``names`` (the
+        first of equals)."""
+        means = [float(np.mean([self.dice(c, t) for c in names])) for t in THRESHOLDS]
+        return THRESHOLDS[int(np.argmax(means))]
 
 
 def _base_pet_check() -> Any:
@@ -107,41 +133,6 @@ def _base_pet_check() -> Any:
     return PostprocessSettings.from_card(card).pet_check
 
 
-def _at_threshold(case: TrustCase, threshold: float | None, check: Any) -> TrustCase:
-    """``case`` with its mask drawn again from the kept lesion probability at ``threshold``,
-    then ``check`` (what the Predictor does with that card)."""
-    from mefn.confidence import TrustCase
-    from mefn.postprocess import apply_pet_check, mask_from_probabilities
-
-    p = case.maps.lesion_probability
-    mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
-    if check.active:
-        mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, check)
-    return TrustCase(mask, case.reference, case.maps)
-
-
-def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
-    a, b = mask > 0, reference > 0
-    total = int(a.sum() + b.sum())
-    return 2.0 * float((a & b).sum()) / total if total else 1.0
-
-
-def _dice_table(row: str, cases: list[str], check: Any) -> dict[tuple[str, float | None], float]:
-    """Each case's Dice at each threshold of :data:`THRESHOLDS`."""
-    table = {}
-    for path in _kept(row, cases):
-        case = load_kept(path)
-        for t in THRESHOLDS:
-            table[(path.stem, t)] = _dice(_at_threshold(case, t, check).mask, case.reference)
-    return table
-
-
-def _best_threshold(dice: dict[tuple[str, float | None], float], cases: list[str]) -> float | None:
-    """The threshold with the best mean Dice over ``cases`` (the first of equals)."""
-    means = [float(np.mean([dice[(c, t)] for c in cases])) for t in THRESHOLDS]
-    return THRESHOLDS[int(np.argmax(means))]
-
-
 def test(row: str) -> dict[str, Any]:
     """Nested by fold: threshold and trust fitted on four folds' held-out predictions, scored
     on the fifth's."""
@@ -149,42 +140,37 @@ def test(row: str) -> dict[str, Any]:
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
-    check = _base_pet_check()
-    dice = _dice_table(row, [c for f in folds for c in f], check)
+    all_cases = [c for f in folds for c in f]
+    kept = _Kept(row, all_cases, _base_pet_check())
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
     held_dice: dict[str, float] = {}
     for k, held in enumerate(folds):
         others = [c for j, f in enumerate(folds) if j != k for c in f]
-        t = _best_threshold(dice, others)
-        lesion_model, voxel_model, summary = fit_trust(
-            _at_threshold(load_kept(p), t, check) for p in _kept(row, others)
-        )
+        t = kept.best_threshold(others)
+        lesion_model, voxel_model, summary = fit_trust(kept.at(c, t) for c in others)
         fitted.append({"fold": k, "lesion_threshold": t, **summary})
-        for path in _kept(row, held):
-            case = _at_threshold(load_kept(path), t, check)
-            tally.add(case, lesion_model, voxel_model, path.stem)
-            held_dice[path.stem] = dice[(path.stem, t)]
-    n_cases = sum(len(f) for f in folds)
-    all_cases = [c for f in folds for c in f]
+        for name in held:
+            tally.add(kept.at(name, t), lesion_model, voxel_model, name)
+            held_dice[name] = kept.dice(name, t)
     result = {
         "row": row,
-        "cases": n_cases,
+        "cases": len(all_cases),
         "dice_nested": {
             "mean": float(np.mean(list(held_dice.values()))),
             "median": float(np.median(list(held_dice.values()))),
             "per_case": {c: round(d, 4) for c, d in held_dice.items()},
         },
         "dice_by_threshold": {
-            str(t): float(np.mean([dice[(c, t)] for c in all_cases])) for t in THRESHOLDS
+            str(t): float(np.mean([kept.dice(c, t) for c in all_cases])) for t in THRESHOLDS
         },
         **tally.result("case"),
         "fitted_per_fold": fitted,
     }
     print(
-        f"[{row}] {n_cases} held-out cases: Dice {result['dice_nested']['mean']:.3f} with the "
-        f"threshold chosen on the other folds (argmax {result['dice_by_threshold']['None']:.3f})"
-        f"; {tally.line()}",
+        f"[{row}] {len(all_cases)} held-out cases: Dice {result['dice_nested']['mean']:.3f} "
+        f"with the threshold chosen on the other folds (argmax "
+        f"{result['dice_by_threshold']['None']:.3f}); {tally.line()}",
         flush=True,
     )
     return result
@@ -198,11 +184,9 @@ def card(row: str, card_path: Path) -> dict[str, Any]:
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    check = _base_pet_check()
-    t = _best_threshold(_dice_table(row, cases, check), cases)
-    lesion, voxel, summary = fit_trust(
-        _at_threshold(load_kept(p), t, check) for p in _kept(row, cases)
-    )
+    kept = _Kept(row, cases, _base_pet_check())
+    t = kept.best_threshold(cases)
+    lesion, voxel, summary = fit_trust(kept.at(c, t) for c in cases)
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
     summary["lesion_threshold"] = t
     record = trust_record(lesion, voxel, summary)
