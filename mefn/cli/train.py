@@ -184,11 +184,14 @@ def _on_cpu(device: str) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
+_GRACE_SECONDS = 3.0
+
+
 def _run_data_parallel(argv: list[str], processes: int, threads: int | None) -> int:
     """This command again in ``processes`` data-parallel ranks on this machine (what torchrun
     does, without its launcher): rank 0 talks to the terminal, the others stay quiet unless
-    they fail. The first failure stops the others; returns rank 0's exit code, or the failed
-    rank's when rank 0 did not fail on its own."""
+    they fail. The first failure stops the others after a short grace; returns rank 0's exit
+    code, or the failed rank's when rank 0 did not fail on its own."""
     import contextlib
     import socket
     import subprocess
@@ -217,8 +220,14 @@ def _run_data_parallel(argv: list[str], processes: int, threads: int | None) -> 
             command = [sys.executable, "-m", "mefn", *argv]
             procs.append(subprocess.Popen(command, env=env, **quiet))  # type: ignore[call-overload]
         try:
+            failed_at = None
             while any(p.poll() is None for p in procs):
-                if any(p.poll() not in (None, 0) for p in procs):
+                if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+                    failed_at = time.monotonic()
+                # Ranks that fail on the same input fail within moments of each other: they get
+                # a grace period to exit on their own, so rank 0 is never killed between
+                # printing its error line and exiting (two lines for one failure).
+                if failed_at is not None and time.monotonic() - failed_at > _GRACE_SECONDS:
                     for p in procs:
                         if p.poll() is None:
                             p.terminate()
