@@ -239,6 +239,11 @@ class Predictor:
         before the lesion floor. Default: the card's ``pet_check``, else none. A dict
         overrides only the fields it names (``{"refine_fraction": None}``: the card's check
         without the redrawing).
+    fine_stage:
+        The coarse-to-fine cascade (:mod:`mefn.cascade`): ``None`` runs the fine stage the
+        card names (``fine_stage``), if any; ``False`` runs the coarse weights alone; a dict
+        gives or overrides the stage's settings (``{"weights": "run/model.safetensors"}``).
+        Not run with an adapter, which was trained for the coarse weights alone.
     hot_spots:
         Which PET hot spots outside the mask the report lists
         (:class:`mefn.postprocess.HotSpotCheck`): default the card's ``hot_spots``, else
@@ -263,6 +268,7 @@ class Predictor:
         lesion_threshold: float | None = None,
         pet_check: PetCheck | dict[str, Any] | None = None,
         hot_spots: HotSpotCheck | dict[str, Any] | None = None,
+        fine_stage: bool | dict[str, Any] | None = None,
     ) -> None:
         self.weights_path, self.card_path = resolve_weights(model)
         self.card, self.model_cfg, self.preprocess = read_model_card(self.card_path)
@@ -283,6 +289,7 @@ class Predictor:
         # not given the base's
         self.lesion_confidence, self.voxel_error, _ = trust_from_card(trust_card)
         self.net = net.to(self.device).eval()
+        self.fine = self._fine_stage(fine_stage) if adapter is None else None
         roi = [int(v) for v in self.card.get("patch_size_vox", (64, 64, 64))]
         self.roi: tuple[int, int, int] = (roi[0], roi[1], roi[2])
         self.overlap = float(overlap if overlap is not None else self.card.get("sw_overlap", 0.25))
@@ -334,6 +341,22 @@ class Predictor:
     @property
     def hot_spots(self) -> HotSpotCheck:
         return self.postprocess.hot_spots
+
+    def _fine_stage(self, choice: bool | dict[str, Any] | None) -> Any:
+        """The fine stage of the cascade (:class:`mefn.cascade.FineStage`), or None."""
+        from mefn.cascade import FineStage, FineStageSettings
+
+        entry = self.card.get("fine_stage")
+        if choice is False or (choice in (None, True) and not entry):
+            if choice is True:
+                raise InputError(
+                    f"the card {self.card_path} names no fine stage; give its weights "
+                    "(fine_stage={'weights': ...}) or leave the cascade off"
+                )
+            return None
+        merged = {**(entry or {}), **(choice if isinstance(choice, dict) else {})}
+        settings = FineStageSettings.from_card(merged, str(self.card_path))
+        return FineStage(settings, self.card_path.parent, self.device)
 
     def _apply_adapter(self, net: Any, adapter: str | Path) -> tuple[Any, bool, dict[str, Any]]:
         """Load ``adapter`` into ``net``: (the network to run, whether the adapter brings new
@@ -389,6 +412,7 @@ class Predictor:
             # the flag in use: the confidence rule when there is a confidence model
             "review_below": self.review_below if self.lesion_confidence is not None else None,
             "calibrated_uncertainty": self.calibrated,
+            "fine_stage": self.fine.describe() if self.fine is not None else None,
         }
 
     def predict_model_space(
@@ -438,7 +462,12 @@ class Predictor:
             keys = None if (keep_extra or trust) else _MAIN_OUTPUTS
             out = self.predict_model_space(image, keys=keys)
         del image
-        maps = self._to_output_grid(out, grid, target, keep_extra, trust, clock)
+        fine: list[tuple[Geometry, dict[str, np.ndarray]]] = []
+        if self.fine is not None:
+            with clock("fine_stage"):
+                for box in self.fine.boxes(1.0 - out["prob"][0], grid):
+                    fine.append(self.fine.segment_box(case, box))
+        maps = self._to_output_grid(out, grid, target, keep_extra, trust, clock, fine)
         del out
         mask, unc = maps.mask, maps.uncertainty
         with clock("suv"):
@@ -502,16 +531,25 @@ class Predictor:
         keep_extra: bool,
         trust: bool,
         clock: _StageClock,
+        fine: Sequence[tuple[Geometry, dict[str, np.ndarray]]] = (),
     ) -> _OutputMaps:
         """The model-space maps ``out`` brought back onto ``target`` and the mask drawn from
         the probabilities, which (without ``keep_extra``) are freed before the uncertainty
         is resampled. With ``trust`` (trust models to apply) the lesion probability is kept
-        in float32 and the CT and PET opinions' maps are brought back too."""
+        in float32 and the CT and PET opinions' maps are brought back too. ``fine`` (the fine
+        stage's grids and maps) replaces the coarse maps inside its boxes."""
+        from mefn.cascade import paste_maps
         from mefn.data.preprocess import to_output_grid
+
+        def bring(key: str, defaults: tuple[float, ...]) -> np.ndarray:
+            maps = to_output_grid(out[key], grid, target, default_values=defaults)
+            for fine_grid, fine_maps in fine:
+                paste_maps(maps, target, fine_maps[key], fine_grid)
+            return maps
 
         with clock("to_output_grid"):
             background = (1.0,) + (0.0,) * (self.num_classes - 1)
-            prob = to_output_grid(out["prob"], grid, target, default_values=background)
+            prob = bring("prob", background)
         with clock("mask"):
             mask = mask_from_probabilities(prob, 0, self.lesion_threshold)
             # 1 - p(background) for the hot spots (float16 keeps it at a quarter of prob) and
@@ -524,15 +562,13 @@ class Predictor:
         kept_prob = prob if keep_extra else None
         del prob  # without keep_extra, freed before the SUV resampling and the lesion table
         with clock("to_output_grid"):
-            unc = to_output_grid(out["uncertainty"], grid, target, (1.0,))[0]
+            unc = bring("uncertainty", (1.0,))[0]
             np.clip(unc, 0.0, 1.0, out=unc)
             extra: dict[str, np.ndarray | None] = {"uncertainty_ct": None, "uncertainty_pet": None}
             if keep_extra or trust:
                 for key in ("uncertainty_ct", "uncertainty_pet"):
                     if key in out:
-                        extra[key] = np.clip(
-                            to_output_grid(out[key], grid, target, (1.0,))[0], 0, 1
-                        )
+                        extra[key] = np.clip(bring(key, (1.0,))[0], 0, 1)
         return _OutputMaps(
             mask, unc, lesion_prob, kept_prob, extra["uncertainty_ct"], extra["uncertainty_pet"]
         )

@@ -188,6 +188,17 @@ TINY_MODEL: dict[str, Any] = {
 TINY_MODEL_YAML = "".join(f"{key}: {value}\n" for key, value in TINY_MODEL.items())
 
 
+def tiny_case(folder: Path) -> Any:
+    """The CT/PET pair of :func:`ct_pet_pair` written as NIfTI under ``folder`` and loaded."""
+    from mefn.io.discovery import load_case
+    from mefn.io.sitk_bridge import write_volume
+
+    ct, pet = ct_pet_pair()
+    write_volume(ct, folder / "t_0000.nii.gz")
+    write_volume(pet, folder / "t_0001.nii.gz")
+    return load_case(folder / "t_0000.nii.gz")
+
+
 def make_tiny_weights(folder: Path, model: dict[str, Any] | None = None) -> Path:
     """A real (untrained, seeded) MEFN saved as weights + card at 8 mm model spacing."""
     import json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 import torch
-from support import make_tiny_weights
+from support import make_tiny_weights, tiny_case
 
 from mefn.inference import Predictor
 
@@ -169,20 +169,8 @@ STAGES = (
 )
 
 
-def _tiny_case(tmp_path):
-    from support import ct_pet_pair
-
-    from mefn.io.discovery import load_case
-    from mefn.io.sitk_bridge import write_volume
-
-    ct, pet = ct_pet_pair()
-    write_volume(ct, tmp_path / "t_0000.nii.gz")
-    write_volume(pet, tmp_path / "t_0001.nii.gz")
-    return load_case(tmp_path / "t_0000.nii.gz")
-
-
 def test_predict_times_every_stage_and_reports_them(tmp_path) -> None:
-    case = _tiny_case(tmp_path)
+    case = tiny_case(tmp_path)
     predictor = Predictor(make_tiny_weights(tmp_path), device="cpu", pet_check={"min_suv": 1.0})
     prediction = predictor.predict(case)
     timings = prediction.timings
@@ -216,7 +204,7 @@ def test_predict_looks_up_its_stages_where_the_benchmark_times_them(tmp_path, mo
         (preprocess_module, "to_output_grid"),
     ):
         monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
-    Predictor(make_tiny_weights(tmp_path), device="cpu").predict(_tiny_case(tmp_path))
+    Predictor(make_tiny_weights(tmp_path), device="cpu").predict(tiny_case(tmp_path))
     # to_output_grid: the probabilities, then the uncertainty
     assert calls == {"resample_case": 1, "to_output_grid": 2, "lesion_table": 1}
 
