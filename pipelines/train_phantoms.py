@@ -123,19 +123,25 @@ def validation_entries(cfg: TrainConfig, max_cases: int) -> list[DatasetEntry]:
 
 
 def evaluate(
-    run_dir: Path, n_test: int, out_dir: Path, tta_axes: tuple[int, ...] = ()
+    run_dir: Path,
+    n_test: int,
+    out_dir: Path,
+    tta_axes: tuple[int, ...] = (),
+    ceiling_spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, object]:
     """Segment fresh phantoms and score them (AutoPET 2022 definitions), with test-time
     mirroring along ``tta_axes``.
 
     Each case also gets ``grid_ceiling_dice`` (:func:`grid_ceiling_dice` at the model's
-    spacing), so the summary says how much of the Dice the model grid leaves reachable.
+    spacing, or ``ceiling_spacing_mm``: a cascade's finest grid), so the summary says how much
+    of the Dice the model grid leaves reachable.
     """
     from mefn.inference import Predictor
     from mefn.metrics.lesions import predicted_lesion_errors
     from mefn.metrics.scoring import score_cases
 
     predictor = Predictor(run_dir, device="cpu", tta_axes=tta_axes)
+    ceiling = ceiling_spacing_mm or predictor.preprocess.spacing_mm
     seeds = [TEST_SEED0 + i for i in range(n_test)]
     n_lesions: dict[str, int] = {}  # case id -> lesions painted (the study is not kept)
 
@@ -151,7 +157,7 @@ def evaluate(
         )
         flags = u >= predictor.review_threshold
         return {
-            "grid_ceiling_dice": grid_ceiling_dice(case.label, predictor.preprocess.spacing_mm),
+            "grid_ceiling_dice": grid_ceiling_dice(case.label, ceiling),
             "predicted_lesions": len(u),
             "false_positive_lesions": int(sum(fp)),
             "flagged_false_positive": int((flags & fp).sum()),
@@ -249,9 +255,19 @@ def calibrate_postprocessing(
     """:func:`mefn.calibration.calibrate_postprocessing` on the run's validation split (at most
     ``max_cases``, never test cases) and, with ``simple_phantoms``, the phantoms of
     eval_simple_phantoms.py as the second set the false-positive limit must hold on."""
+    val = validation_entries(cfg, max_cases)
+    return calibrate_postprocessing_on(run_dir, val, tta_axes, simple_phantoms)
+
+
+def calibrate_postprocessing_on(
+    run_dir: Path,
+    val: list[Any],
+    tta_axes: tuple[int, ...] = (),
+    simple_phantoms: bool = True,
+) -> dict[str, Any]:
+    """:func:`calibrate_postprocessing` on the labelled validation cases ``val``."""
     from mefn.calibration import calibrate_postprocessing as calibrate
 
-    val = validation_entries(cfg, max_cases)
     second = None
     if simple_phantoms:
         from pipelines.eval_simple_phantoms import PHANTOMS, phantom_case
