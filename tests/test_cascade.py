@@ -102,3 +102,27 @@ def test_predictor_runs_the_fine_stage_its_card_names(tmp_path) -> None:
     assert np.allclose(pred.probabilities.sum(axis=0), 1.0, atol=1e-4)
     assert pred.mask.shape == case.target_geometry.shape
     assert Predictor(coarse, device="cpu", fine_stage=False).fine is None  # switched off
+
+
+def test_segment_runs_the_cascade_and_no_fine_stage_switches_it_off(tmp_path) -> None:
+    from support import ct_pet_pair
+
+    from mefn.cli import main
+    from mefn.io.sitk_bridge import write_volume
+
+    coarse = make_tiny_weights(tmp_path)
+    shutil.copy(coarse, tmp_path / "fine.safetensors")
+    shutil.copy(coarse.with_suffix(".json"), tmp_path / "fine.json")
+    card = json.loads(coarse.with_suffix(".json").read_text())
+    card["fine_stage"] = {"weights": "fine.safetensors", "candidate_threshold": 0.01}
+    coarse.with_suffix(".json").write_text(json.dumps(card))
+    ct, pet = ct_pet_pair()
+    write_volume(ct, tmp_path / "c_0000.nii.gz")
+    write_volume(pet, tmp_path / "c_0001.nii.gz")
+    base = ["-q", "segment", str(tmp_path / "c_0000.nii.gz"), "--model", str(coarse)]
+    assert main([*base, "-o", str(tmp_path / "both")]) == 0
+    report = json.loads((tmp_path / "both" / "c_report.json").read_text())
+    assert report["settings"]["fine_stage"]["weights"] == str(tmp_path / "fine.safetensors")
+    assert main([*base, "-o", str(tmp_path / "coarse"), "--no-fine-stage"]) == 0
+    report = json.loads((tmp_path / "coarse" / "c_report.json").read_text())
+    assert report["settings"]["fine_stage"] is None

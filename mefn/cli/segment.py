@@ -92,6 +92,12 @@ def _add_model_arguments(g: Any) -> None:
         "review threshold were calibrated with)",
     )
     g.add_argument(
+        "--no-fine-stage",
+        action="store_true",
+        help="run the coarse stage of a coarse-to-fine model alone (weights whose card names "
+        "a fine stage; the card's post-processing was chosen for both stages together)",
+    )
+    g.add_argument(
         "--list-models", action="store_true", help="list bundled weights and adapters and exit"
     )
 
@@ -451,6 +457,7 @@ def _build_predictor(
         tta_axes=tta_axes,
         pet_check=pet_overrides,
         hot_spots=spot_overrides,
+        fine_stage=False if args.no_fine_stage else None,
     )
 
 
