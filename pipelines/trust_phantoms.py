@@ -19,6 +19,9 @@ Usage (from the repository root; the predict stage takes 1-4 min per case on 2 c
     python -m pipelines.trust_phantoms --stage predict --n-val 60 --n-test 20
     python -m pipelines.trust_phantoms --stage fit
     python -m pipelines.trust_phantoms --stage test
+
+Other weights (e.g. the cascade run of ``pipelines.eval_cascade``): ``--model RUN --work
+work_data/trust_<name>`` for predict, ``--card RUN/model.json --work ...`` for fit and test.
 """
 
 from __future__ import annotations
@@ -50,18 +53,20 @@ def _seeds(kind: str, n: int) -> list[int]:
     return [first + i for i in range(n)]
 
 
-def predict(n_val: int, n_test: int, threads: int) -> None:
+def predict(
+    n_val: int, n_test: int, threads: int, model: str = "default", work: Path = WORK
+) -> None:
     from mefn.inference import Predictor
     from pipelines.train_phantoms import fresh_phantom
 
-    predictor = Predictor("default", device="cpu", threads=threads)
+    predictor = Predictor(model, device="cpu", threads=threads)
     # alternate the two sets, so that a stopped run leaves some of each
     val, test = _seeds("val", n_val), _seeds("test", n_test)
     order = [("val", s) for s in val[: len(test)]]
     order = [x for pair in zip(order, [("test", s) for s in test]) for x in pair]
     order += [("val", s) for s in val[len(test) :]] + [("test", s) for s in test[len(val) :]]
     for kind, seed in order:
-        path = WORK / kind / f"{seed}.npz"
+        path = work / kind / f"{seed}.npz"
         if path.exists():
             continue
         t0 = time.monotonic()
@@ -117,16 +122,16 @@ def load_kept(path: Path) -> TrustCase:
         return TrustCase(z["mask"], z["reference"], maps)
 
 
-def _kept(kind: str) -> list[Path]:
-    return sorted((WORK / kind).glob("*.npz"), key=lambda p: int(p.stem))
+def _kept(kind: str, work: Path = WORK) -> list[Path]:
+    return sorted((work / kind).glob("*.npz"), key=lambda p: int(p.stem))
 
 
-def fit(card_path: Path) -> dict[str, Any]:
-    """Fit on the kept validation cases and store the result in ``card_path``."""
+def fit(card_path: Path, work: Path = WORK) -> dict[str, Any]:
+    """Fit on the validation cases kept under ``work`` and store the result in ``card_path``."""
     from mefn.confidence import fit_trust, trust_record
     from mefn.fileutil import atomic_write_text
 
-    paths = _kept("val")
+    paths = _kept("val", work)
     lesion, voxel, summary = fit_trust(load_kept(p) for p in paths)
     summary["seeds"] = [int(paths[0].stem), int(paths[-1].stem)]
     record = trust_record(lesion, voxel, summary)
@@ -195,15 +200,15 @@ class TrustTally:
         )
 
 
-def test(card_path: Path, kind: str = "test") -> dict[str, Any]:
-    """Score the card's trust calibration on the kept ``kind`` cases."""
+def test(card_path: Path, kind: str = "test", work: Path = WORK) -> dict[str, Any]:
+    """Score the card's trust calibration on the ``kind`` cases kept under ``work``."""
     from mefn.confidence import trust_from_card
 
     card = json.loads(card_path.read_text(encoding="utf-8"))
     lesion_model, voxel_model, _ = trust_from_card(card)
     assert lesion_model is not None and voxel_model is not None
     tally = TrustTally()
-    paths = _kept(kind)
+    paths = _kept(kind, work)
     for path in paths:
         tally.add(load_kept(path), lesion_model, voxel_model, int(path.stem))
     result = {
@@ -258,14 +263,25 @@ def main() -> int:
         default=REPO / "mefn" / "weights" / "mefn_default.json",
         help="the card to fit into and test (default: the bundled weights' card)",
     )
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="predict stage: the weights (a bundled name, file or run folder; default: default)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=WORK,
+        help="where the predictions are kept (default work_data/trust; one folder per model)",
+    )
     args = parser.parse_args()
     card = args.card
     if args.stage == "predict":
-        predict(args.n_val, args.n_test, args.threads)
+        predict(args.n_val, args.n_test, args.threads, args.model, args.work)
     elif args.stage == "fit":
-        fit(card)
+        fit(card, args.work)
     else:
-        result = test(card, args.set)
+        result = test(card, args.set, args.work)
         if args.write:
             write_results(result, args.set)
     return 0
