@@ -356,7 +356,14 @@ class Predictor:
             return None
         merged = {**(entry or {}), **(choice if isinstance(choice, dict) else {})}
         settings = FineStageSettings.from_card(merged, str(self.card_path))
-        return FineStage(settings, self.card_path.parent, self.device)
+        fine = FineStage(settings, self.card_path.parent, self.device)
+        if fine.model_cfg.num_classes != self.num_classes:
+            raise CheckpointError(
+                f"the fine stage {fine.weights_path} has {fine.model_cfg.num_classes} classes, "
+                f"the coarse weights {self.weights_path} {self.num_classes}; a cascade needs "
+                "one label set: train the fine stage for the coarse weights' labels"
+            )
+        return fine
 
     def _apply_adapter(self, net: Any, adapter: str | Path) -> tuple[Any, bool, dict[str, Any]]:
         """Load ``adapter`` into ``net``: (the network to run, whether the adapter brings new

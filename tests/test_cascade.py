@@ -126,3 +126,16 @@ def test_segment_runs_the_cascade_and_no_fine_stage_switches_it_off(tmp_path) ->
     assert main([*base, "-o", str(tmp_path / "coarse"), "--no-fine-stage"]) == 0
     report = json.loads((tmp_path / "coarse" / "c_report.json").read_text())
     assert report["settings"]["fine_stage"] is None
+
+
+def test_a_fine_stage_of_another_label_set_is_refused(tmp_path) -> None:
+    from support import TINY_MODEL
+
+    from mefn.inference import Predictor
+
+    coarse = make_tiny_weights(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    make_tiny_weights(other, {**TINY_MODEL, "num_classes": 3})
+    with pytest.raises(CheckpointError, match="has 3 classes"):
+        Predictor(coarse, device="cpu", fine_stage={"weights": str(other / "tiny.safetensors")})
