@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mefn.data.preprocess import normalise, resample_case
+from mefn.data.preprocess import centred_grid, normalise, resample_case
 from mefn.errors import CheckpointError
 from mefn.io.case import Case
 from mefn.io.volume import Geometry
@@ -50,9 +50,10 @@ class FineStageSettings:
         known = {"weights", "candidate_threshold", "margin_mm", "max_candidates"}
         unknown = sorted(set(entry) - known)
         if unknown or "weights" not in entry:
+            optional = ", ".join(sorted(known - {"weights"}))
             raise CheckpointError(
-                f"{where}: fine_stage expects weights and optionally {', '.join(sorted(known - {'weights'}))}; "
-                f"found {', '.join(sorted(entry)) or 'nothing'}; fix or remove the entry"
+                f"{where}: fine_stage expects weights and optionally {optional}; found "
+                f"{', '.join(sorted(entry)) or 'nothing'}; fix or remove the entry"
             )
         settings = cls(**entry)
         if not 0.0 < settings.candidate_threshold < 1.0 or settings.margin_mm < 0:
@@ -99,16 +100,11 @@ def candidate_boxes(
 
 
 def box_grid(
-    box: Box, spacing_mm: tuple[float, float, float], min_vox: tuple[int, ...]
+    box: Box, spacing_mm: tuple[float, float, float], min_vox: tuple[int, int, int]
 ) -> Geometry:
     """Identity-direction grid at ``spacing_mm`` that covers ``box`` (at least ``min_vox``
     voxels along each axis), centred on it."""
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
-    size = box.hi_mm - box.lo_mm
-    shape = np.maximum(np.ceil(size / spacing).astype(int), np.asarray(min_vox))
-    centre = (box.lo_mm + box.hi_mm) / 2
-    origin = centre - (shape - 1) * spacing / 2
-    return Geometry(shape=tuple(shape), spacing_mm=spacing_mm, origin_mm=tuple(origin))  # type: ignore[arg-type]
+    return centred_grid((box.lo_mm + box.hi_mm) / 2, box.hi_mm - box.lo_mm, spacing_mm, min_vox)
 
 
 def _sub_geometry(target: Geometry, grid: Geometry) -> tuple[tuple[slice, ...], Geometry] | None:

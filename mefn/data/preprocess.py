@@ -98,6 +98,24 @@ def model_grid(target: Geometry, spacing_mm: tuple[float, float, float]) -> Geom
     )
 
 
+def centred_grid(
+    centre_mm: np.ndarray,
+    size_mm: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    min_vox: tuple[int, int, int] = (1, 1, 1),
+) -> Geometry:
+    """Identity-direction grid at ``spacing_mm`` centred on ``centre_mm`` (LPS) whose voxels
+    cover ``size_mm`` (at least ``min_vox`` voxels along each axis)."""
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    shape = np.maximum(np.ceil(np.asarray(size_mm) / spacing - 1e-6).astype(int), min_vox)
+    origin = np.asarray(centre_mm, dtype=np.float64) - (shape - 1) * spacing / 2.0
+    return Geometry(
+        shape=tuple(int(v) for v in shape),  # type: ignore[arg-type]
+        spacing_mm=spacing_mm,
+        origin_mm=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+    )
+
+
 def resample_case(
     case: Case, grid: Geometry, with_label: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -30,11 +30,11 @@ from mefn.data.phantoms.cache import resample_array
 from mefn.data.phantoms.layouts import run_in_study_order, study_seed
 from mefn.data.phantoms.render import render_ct
 from mefn.data.phantoms.study import generate_study
-from mefn.data.preprocess import AIR_HU, PreprocessConfig
+from mefn.data.preprocess import AIR_HU, PreprocessConfig, centred_grid
 from mefn.errors import ConfigError
 from mefn.io.volume import Geometry, Volume
 
-__all__ = ["CropRecipe", "cache_phantom_crops", "crop_centres", "box_grid"]
+__all__ = ["CropRecipe", "cache_phantom_crops", "crop_centres"]
 
 #: SUV from which a voxel outside the lesions counts as a hot structure
 HOT_SUV = 2.5
@@ -56,18 +56,10 @@ class CropRecipe:
                 f"{self.jitter_mm}"
             )
         if self.hot_per_study < 0 or self.body_per_study < 0:
-            raise ConfigError("hot_per_study and body_per_study must be >= 0")
-
-
-def box_grid(
-    centre_mm: np.ndarray, edge_mm: float, spacing_mm: tuple[float, float, float]
-) -> Geometry:
-    """Identity-direction grid at ``spacing_mm``, about ``edge_mm`` wide, centred on
-    ``centre_mm`` (LPS)."""
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
-    shape = np.maximum(1, np.round(edge_mm / spacing)).astype(int)
-    origin = np.asarray(centre_mm, dtype=np.float64) - (shape - 1) * spacing / 2.0
-    return Geometry(shape=tuple(shape), spacing_mm=spacing_mm, origin_mm=tuple(origin))  # type: ignore[arg-type]
+            raise ConfigError(
+                f"hot_per_study and body_per_study must be >= 0 boxes, found "
+                f"{self.hot_per_study} and {self.body_per_study}"
+            )
 
 
 def crop_centres(
@@ -148,7 +140,7 @@ def _crops_one(
     label_volume = study.label_pet.with_array(binary)
     folders, kinds = [], []
     for k, (kind, centre) in enumerate(centres):
-        grid = box_grid(centre, recipe.crop_mm, cfg.spacing_mm)
+        grid = centred_grid(centre, np.full(3, recipe.crop_mm), cfg.spacing_mm)
         if ctres is None:
             ctres = render_ct(study.scene, pet_grid, stream=streams.CTRES_NOISE_SUBSTREAM)
         ct = resample_array(ctres, grid, 1, AIR_HU)
