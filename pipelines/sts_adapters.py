@@ -309,6 +309,17 @@ def best_adapters(results: dict[str, Any], fold: int, steps: int, n: int = 3) ->
     return [kind for _, kind in sorted(ranked, reverse=True)[:n]]
 
 
+def _base_checks(base_weights: str) -> dict[str, Any]:
+    """The PET check and lesion floor of the base card (the bundled one's when
+    ``base_weights`` is not a file), as an adapter card pins them."""
+    from mefn.registry import read_model_card, resolve_weights
+    from mefn.settings import PostprocessSettings
+
+    base = base_weights if Path(base_weights).is_file() else "default"
+    settings = PostprocessSettings.from_card(read_model_card(resolve_weights(base)[1])[0])
+    return {"pet_check": settings.pet_check.to_json(), "min_lesion_ml": settings.min_lesion_ml}
+
+
 def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
     """Train ``kind`` on every case and install it as the bundled adapter ``target``.
 
@@ -364,8 +375,10 @@ def ship(out: Path, kind: str, spec: dict[str, Any], target: Path) -> Path:
             "scored": "one pass, the base card's post-processing, Dice on the CT grid",
             "suv_2_5_dice_mean": SUV25_DICE_MEAN,
         },
-        # the folds were scored in one pass: so is the adapter run (--tta mirrors)
-        "postprocess": {"tta_axes": []},
+        # the folds were scored in one pass: so is the adapter run (--tta mirrors); the base
+        # card's PET check and floor they were scored with are pinned here, so that another
+        # base card (e.g. a recalibrated one) leaves the adapter's results as they were
+        "postprocess": {"tta_axes": [], **_base_checks(spec["base_weights"])},
         "note": "Not calibrated on sarcoma: no lesion confidence; lesions are flagged by mean u.",
     }
     target.mkdir(parents=True, exist_ok=True)

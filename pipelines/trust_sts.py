@@ -124,13 +124,16 @@ class _Kept:
         return THRESHOLDS[int(np.argmax(means))]
 
 
-def _base_pet_check() -> Any:
-    """The PET check of the bundled base card (the adapter's card keeps it)."""
-    from mefn.registry import read_model_card, resolve_weights
+def _adapter_pet_check() -> Any:
+    """The PET check the bundled sts adapter applies: its card's (pinned there, the base
+    card's when the adapter was made), else the bundled base card's."""
+    from mefn.registry import adapter_card, read_model_card, resolve_adapter, resolve_weights
     from mefn.settings import PostprocessSettings
 
     card, _, _ = read_model_card(resolve_weights("default")[1])
-    return PostprocessSettings.from_card(card).pet_check
+    base = PostprocessSettings.from_card(card)
+    tuned = adapter_card(resolve_adapter("sts")).get("postprocess") or {}
+    return PostprocessSettings.from_card({"postprocess": tuned}, base=base).pet_check
 
 
 def test(row: str) -> dict[str, Any]:
@@ -141,7 +144,7 @@ def test(row: str) -> dict[str, Any]:
 
     folds = load_folds(FOLDS)
     all_cases = [c for f in folds for c in f]
-    kept = _Kept(row, all_cases, _base_pet_check())
+    kept = _Kept(row, all_cases, _adapter_pet_check())
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
     held_dice: dict[str, float] = {}
@@ -184,7 +187,7 @@ def card(row: str, card_path: Path) -> dict[str, Any]:
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    kept = _Kept(row, cases, _base_pet_check())
+    kept = _Kept(row, cases, _adapter_pet_check())
     t = kept.best_threshold(cases)
     lesion, voxel, summary = fit_trust(kept.at(c, t) for c in cases)
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"

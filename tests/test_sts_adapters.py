@@ -56,7 +56,16 @@ def test_ship_needs_five_folds_at_the_budget_then_installs_with_a_card(
     assert cv["dice_mean"] == pytest.approx((4 * 1.2 + 0.6) / 10)
     assert cv["per_fold"]["4"] == pytest.approx(0.3) and len(cv["per_case"]) == 10
     assert card["data"]["licence"] == "CC BY 3.0" and "10.7937/K9/TCIA.2015.7GO2GSKS" in str(card)
-    assert card["postprocess"] == {"tta_axes": []}  # one pass, as the folds were scored
+    # one pass, as the folds were scored, with the base card's PET check and floor pinned
+    from mefn.registry import read_model_card, resolve_weights
+    from mefn.settings import PostprocessSettings
+
+    base = PostprocessSettings.from_card(read_model_card(resolve_weights("default")[1])[0])
+    assert card["postprocess"] == {
+        "tta_axes": [],
+        "pet_check": base.pet_check.to_json(),
+        "min_lesion_ml": base.min_lesion_ml,
+    }
 
 
 def test_rows_of_another_budget_have_their_own_folder_and_table_row(tmp_path: Path) -> None:
