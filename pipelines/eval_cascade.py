@@ -12,7 +12,16 @@ pass on ``--n-val`` validation phantoms (``mefn phantoms --layout nnunet --seed 
 training nor test seeds) and the simple phantoms of ``pipelines.eval_simple_phantoms``, and
 write it into the card; (3) segment the fresh test phantoms of ``pipelines.train_phantoms``
 (seeds from 10,000,000) in one pass and score them (AutoPET 2022), the grid ceiling taken at
-the finest grid of the run. Summary: ``<run>/evaluation/summary.json``.
+the finest grid of the run. Summary: ``<run>/evaluation/summary.json`` and the card's
+``test_fresh_phantoms``.
+
+    python -m pipelines.eval_cascade --install --run runs/cascade   # bundle it
+
+``--install`` makes a scored cascade run the bundled default: the fine weights go to
+``mefn/weights/stages/`` and the run card's fine stage, post-processing, calibration and test
+figures into ``mefn/weights/mefn_default.json`` (the coarse weights are the bundled ones
+already). Its lesion confidence and voxel error map are then fitted by
+``pipelines.trust_phantoms``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,13 @@ COARSE_ONLY_KEYS = (
     "calibration", "lesion_confidence", "voxel_error", "review_below", "test_fresh_phantoms",
 )  # fmt: skip
 VAL_SEED = 9
+#: where --install puts the fine stage's weights, relative to the bundled card
+STAGE_FILE = "stages/mefn_default_fine.safetensors"
+#: what --install copies from the run card into the bundled one
+INSTALLED_KEYS = (
+    "fine_stage", "tta_axes", "lesion_threshold", "pet_check", "min_lesion_ml",
+    "review_threshold", "calibration", "test_fresh_phantoms", "reproduce",
+)  # fmt: skip
 
 
 def assemble(run: Path, fine: Path | None, fine_settings: dict[str, Any]) -> None:
@@ -50,6 +66,30 @@ def assemble(run: Path, fine: Path | None, fine_settings: dict[str, Any]) -> Non
         shutil.copy(fine / "model.json", run / "fine.json")
         card["fine_stage"] = {"weights": "fine.safetensors", **fine_settings}
     (run / "model.json").write_text(json.dumps(card, indent=1))
+
+
+def install(run: Path, weights_dir: Path) -> Path:
+    """Make the scored cascade of ``run`` the bundled default (see the module's docstring)."""
+    from mefn.fileutil import atomic_write_text
+
+    card = json.loads((run / "model.json").read_text())
+    if "fine_stage" not in card or "test_fresh_phantoms" not in card:
+        raise SystemExit(f"eval_cascade: {run} holds no scored cascade; run it without --install")
+    target = weights_dir / STAGE_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "fine.safetensors", target)
+    shutil.copy(run / "fine.json", target.with_suffix(".json"))
+    card["fine_stage"] = {**card["fine_stage"], "weights": STAGE_FILE}
+    bundled_path = weights_dir / "mefn_default.json"
+    bundled = json.loads(bundled_path.read_text())
+    coarse_reproduce = bundled.get("reproduce")
+    for key in COARSE_ONLY_KEYS:
+        bundled.pop(key, None)
+    bundled.update({k: card[k] for k in INSTALLED_KEYS if k in card})
+    if coarse_reproduce and "reproduce" in card:
+        bundled["reproduce"] = f"coarse stage: {coarse_reproduce}; cascade: {card['reproduce']}"
+    atomic_write_text(bundled_path, json.dumps(bundled, indent=1))
+    return bundled_path
 
 
 def validation_entries(root: Path, n: int) -> list[Any]:
@@ -71,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--candidate-threshold", type=float, default=0.1)
     parser.add_argument("--margin-mm", type=float, default=16.0)
+    parser.add_argument("--install", action="store_true", help="bundle the scored --run")
     args = parser.parse_args(argv)
+    if args.install:
+        print(f"[install] {install(Path(args.run), REPO / 'mefn' / 'weights')}")
+        return 0
     if args.coarse_only == bool(args.fine):
         parser.error("give --fine CAMPAIGN or --coarse-only")
 
@@ -100,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     summary["fine_stage"] = card.get("fine_stage")
     summary["seconds"] = round(time.monotonic() - t0, 1)
     (run / "evaluation" / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    card = json.loads((run / "model.json").read_text())
+    card["test_fresh_phantoms"] = json.loads((run / "evaluation" / "summary.json").read_text())
+    command = "python -m pipelines.eval_cascade "
+    command += "--coarse-only" if args.coarse_only else f"--fine {args.fine}"
+    card["reproduce"] = f"python -m pipelines.train_fine, then {command}"
+    (run / "model.json").write_text(json.dumps(card, indent=1))
     print(f"[test] summary {json.dumps(summary, default=float)}", flush=True)
     return 0
 
