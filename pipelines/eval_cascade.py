@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate-threshold", type=float, default=0.1)
     parser.add_argument("--margin-mm", type=float, default=16.0)
     parser.add_argument("--install", action="store_true", help="bundle the scored --run")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the test predictions here for pipelines.trust_phantoms --work (its test/)",
+    )
     args = parser.parse_args(argv)
     if args.install:
         print(f"[install] {install(Path(args.run), REPO / 'mefn' / 'weights')}")
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     spacing = None
     if not args.coarse_only:
         spacing = tuple(json.loads((run / "fine.json").read_text())["preprocess"]["spacing_mm"])
-    summary = evaluate(run, args.n_test, run / "evaluation", (), ceiling_spacing_mm=spacing)
+    keep = args.keep / "test" if args.keep else None
+    summary = evaluate(run, args.n_test, run / "evaluation", (), spacing, keep)
     summary["calibration"] = {k: calibration[k] for k in ("lesion_threshold", "pet_check",
                                                            "min_lesion_ml")}  # fmt: skip
     summary["fine_stage"] = card.get("fine_stage")

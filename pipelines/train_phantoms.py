@@ -128,13 +128,16 @@ def evaluate(
     out_dir: Path,
     tta_axes: tuple[int, ...] = (),
     ceiling_spacing_mm: tuple[float, float, float] | None = None,
+    keep_dir: Path | None = None,
 ) -> dict[str, object]:
     """Segment fresh phantoms and score them (AutoPET 2022 definitions), with test-time
     mirroring along ``tta_axes``.
 
     Each case also gets ``grid_ceiling_dice`` (:func:`grid_ceiling_dice` at the model's
     spacing, or ``ceiling_spacing_mm``: a cascade's finest grid), so the summary says how much
-    of the Dice the model grid leaves reachable.
+    of the Dice the model grid leaves reachable. With ``keep_dir``, what the trust calibration
+    reads of each prediction is kept there as ``<seed>.npz``
+    (:func:`pipelines.trust_phantoms.keep_prediction`: its test stage scores them).
     """
     from mefn.inference import Predictor
     from mefn.metrics.lesions import predicted_lesion_errors
@@ -152,6 +155,11 @@ def evaluate(
 
     def lesion_flags(case: Case, pred: Any, label: np.ndarray) -> dict[str, Any]:
         assert case.label is not None  # fresh phantoms are labelled
+        if keep_dir is not None:
+            from pipelines.trust_phantoms import keep_prediction
+
+            seed = case.case_id.removeprefix("test_")
+            keep_prediction(keep_dir / f"{seed}.npz", pred, label > 0)
         u, fp, _ = predicted_lesion_errors(
             (label > 0).astype(np.uint8), pred.mask, pred.uncertainty
         )
@@ -169,6 +177,7 @@ def evaluate(
         [functools.partial(load, seed) for seed in seeds],
         "autopet2022",
         extra=lesion_flags,
+        keep_extra=keep_dir is not None,
         progress=lambda i, s: print(f"[test] {seeds[i]}: {s.metrics}", flush=True),
     )
     metrics = [s.metrics for s in scores]

@@ -220,3 +220,19 @@ def test_mean_scores_follow_the_autopet_2022_aggregation(tp: ModuleType) -> None
     assert scores["mean_dice"] == pytest.approx(2 * 4 / (8 + 5))  # the case with lesions only
     assert scores["mean_fpv_ml"] == pytest.approx((1 + 0 + 5) / 3)  # every case
     assert scores["mean_fnv_ml"] == 0.0
+
+
+@pytest.mark.slow  # a whole-body phantom: about 30 s
+def test_evaluate_scores_fresh_phantoms_and_keeps_them_for_the_trust(tp, tmp_path) -> None:
+    from support import make_tiny_weights
+
+    trust = load_pipeline(REPO / "pipelines" / "trust_phantoms.py")
+    weights = make_tiny_weights(tmp_path)
+    keep = tmp_path / "keep"
+    summary = tp.evaluate(weights, 1, tmp_path / "out", (), (2.0, 2.0, 2.0), keep)
+    assert summary["n_cases"] == 1 and summary["tta_axes"] == []
+    rows = json.loads((tmp_path / "out" / "test_phantoms.json").read_text())
+    assert rows[0]["seed"] == tp.TEST_SEED0
+    kept = trust.load_kept(keep / f"{tp.TEST_SEED0}.npz")
+    assert kept.mask.shape == kept.reference.shape == kept.maps.suv.shape
+    assert kept.reference.any()  # the first test phantom has lesions
