@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from support import make_tiny_weights, tiny_case
 
 from mefn.cascade import Box, FineStageSettings, box_grid, candidate_boxes, paste_maps
@@ -28,7 +29,20 @@ def test_candidates_are_boxes_around_regions_above_the_threshold_highest_first()
     assert boxes[1].lo_mm[2] == pytest.approx(5 + 8 - 2 - 8) and boxes[1].hi_mm[2] == pytest.approx(
         23.0
     )
+    assert boxes[0].gate is None
     assert len(candidate_boxes(prob, grid, 0.1, 8.0, max_candidates=1)) == 1
+    # with a gate: the region widened by 4 mm (one voxel), on a part of the coarse grid
+    gated = candidate_boxes(prob, grid, 0.1, 8.0, 10, gate_mm=4.0)[1].gate
+    assert gated is not None and gated.geometry.spacing_mm == grid.spacing_mm
+    index = np.stack(np.indices(gated.geometry.shape), -1)
+    on_grid = np.round(grid.world_to_index(gated.geometry.index_to_world(index))).astype(int)
+    region = np.zeros(grid.shape, bool)
+    region[2:4, 2:5, 2:3] = True
+    near = ndimage.distance_transform_edt(~region, sampling=4.0) <= 4.0
+    valid = np.all((on_grid >= 0) & (on_grid < 20), axis=-1)
+    expected = np.zeros(gated.geometry.shape, bool)
+    expected[valid] = near[tuple(on_grid[valid].T)]
+    assert np.array_equal(gated.array > 0, expected) and expected.sum() > region.sum()
     assert candidate_boxes(prob, grid, 0.95, 8.0, 10) == []
 
 
@@ -67,6 +81,9 @@ def test_fine_stage_entries_are_checked() -> None:
         FineStageSettings.from_card({"weights": "w", "margin": 3}, "card")
     with pytest.raises(CheckpointError, match="candidate_threshold must be in"):
         FineStageSettings.from_card({"weights": "w", "candidate_threshold": 1.5}, "card")
+    with pytest.raises(CheckpointError, match="gate_mm >= 0"):
+        FineStageSettings.from_card({"weights": "w", "gate_mm": -1.0}, "card")
+    assert FineStageSettings.from_card({"weights": "w", "gate_mm": None}, "c").gate_mm is None
 
 
 def test_predictor_runs_the_fine_stage_its_card_names(tmp_path) -> None:
