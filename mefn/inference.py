@@ -544,7 +544,7 @@ class Predictor:
         the probabilities, which (without ``keep_extra``) are freed before the uncertainty
         is resampled. With ``trust`` (trust models to apply) the lesion probability is kept
         in float32 and the CT and PET opinions' maps are brought back too. ``fine`` (the fine
-        stage's grids and maps) replaces the coarse maps inside its boxes."""
+        stage's grids and maps, NaN outside each box's gate) replaces the coarse maps."""
         from mefn.cascade import paste_maps
         from mefn.data.preprocess import to_output_grid
 
