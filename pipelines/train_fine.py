@@ -52,15 +52,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from mefn.config import replace_from_overrides
     from mefn.data.phantoms.crops import cache_phantom_crops
-    from mefn.errors import MefnError
+    from mefn.errors import ConfigError, MefnError
     from mefn.training import load_train_config, train_on_cases
 
     try:
         cfg = load_train_config(args.config)
-        overrides: dict[str, Any] = {"init_weights": str(REPO / str(cfg.init_weights))}
+        # kept relative (the campaign's saved config must match on any clone): from the root
+        if cfg.init_weights and not Path(cfg.init_weights).is_file():
+            raise ConfigError(
+                f"init_weights {cfg.init_weights} not found from {Path.cwd()}; run "
+                "python -m pipelines.train_fine from the repository root"
+            )
+        overrides: dict[str, Any] = {}
         if args.minutes is not None:
             overrides["max_minutes"] = args.minutes
-        cfg = replace_from_overrides(cfg, overrides)
+        if overrides:
+            cfg = replace_from_overrides(cfg, overrides)
         t0 = time.monotonic()
 
         def done(i: int, n: int, boxes: int, seconds: float) -> None:
