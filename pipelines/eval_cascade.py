@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--candidate-threshold", type=float, default=0.1)
     parser.add_argument("--margin-mm", type=float, default=16.0)
+    parser.add_argument("--gate-mm", type=float, default=8.0)
     parser.add_argument("--install", action="store_true", help="bundle the scored --run")
     parser.add_argument(
         "--keep",
@@ -129,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     run = Path(args.run)
-    fine_settings = {"candidate_threshold": args.candidate_threshold, "margin_mm": args.margin_mm}
+    fine_settings = {
+        "candidate_threshold": args.candidate_threshold,
+        "margin_mm": args.margin_mm,
+        "gate_mm": args.gate_mm,
+    }
     assemble(run, None if args.coarse_only else Path(args.fine), fine_settings)
     val = validation_entries(Path(args.val_dir), args.n_val)
     calibration = calibrate_postprocessing_on(run, val, tta_axes=())
@@ -139,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         rule=f"as pipelines.train_phantoms, in one pass, on {len(val)} validation phantoms "
         f"(mefn phantoms --layout nnunet --seed {VAL_SEED}) and the simple phantoms",
     )
-    card = json.loads((run / "model.json").read_text())
     spacing = None
     if not args.coarse_only:
         spacing = tuple(json.loads((run / "fine.json").read_text())["preprocess"]["spacing_mm"])
@@ -147,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = evaluate(run, args.n_test, run / "evaluation", (), spacing, keep)
     summary["calibration"] = {k: calibration[k] for k in ("lesion_threshold", "pet_check",
                                                            "min_lesion_ml")}  # fmt: skip
+    card = json.loads((run / "model.json").read_text())
     summary["fine_stage"] = card.get("fine_stage")
     summary["seconds"] = round(time.monotonic() - t0, 1)
-    (run / "evaluation" / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    card = json.loads((run / "model.json").read_text())
-    card["test_fresh_phantoms"] = json.loads((run / "evaluation" / "summary.json").read_text())
+    text = json.dumps(summary, indent=1, default=float)
+    (run / "evaluation" / "summary.json").write_text(text)
+    card["test_fresh_phantoms"] = json.loads(text)
     command = "python -m pipelines.eval_cascade "
     command += "--coarse-only" if args.coarse_only else f"--fine {args.fine}"
     card["reproduce"] = f"python -m pipelines.train_fine, then {command}"

@@ -11,15 +11,21 @@ from support import load_pipeline, make_tiny_weights
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_run_folder_holds_both_stages_and_none_of_the_coarse_choices(tmp_path) -> None:
-    eval_cascade = load_pipeline(REPO / "pipelines" / "eval_cascade.py")
-    from mefn.inference import Predictor
-
+def _fine_campaign(tmp_path: Path) -> Path:
+    """A folder holding weights as a finished train_fine campaign does."""
     fine = tmp_path / "fine"
     fine.mkdir()
     weights = make_tiny_weights(fine)
     weights.rename(fine / "model.safetensors")
     weights.with_suffix(".json").rename(fine / "model.json")
+    return fine
+
+
+def test_the_run_folder_holds_both_stages_and_none_of_the_coarse_choices(tmp_path) -> None:
+    eval_cascade = load_pipeline(REPO / "pipelines" / "eval_cascade.py")
+    from mefn.inference import Predictor
+
+    fine = _fine_campaign(tmp_path)
     run = tmp_path / "run"
     eval_cascade.assemble(run, fine, {"candidate_threshold": 0.2, "margin_mm": 8.0})
     card = json.loads((run / "model.json").read_text())
@@ -38,11 +44,7 @@ def test_install_bundles_the_fine_stage_and_the_cascade_choices(tmp_path) -> Non
     eval_cascade = load_pipeline(REPO / "pipelines" / "eval_cascade.py")
     from mefn.inference import Predictor
 
-    fine = tmp_path / "fine"
-    fine.mkdir()
-    weights = make_tiny_weights(fine)
-    weights.rename(fine / "model.safetensors")
-    weights.with_suffix(".json").rename(fine / "model.json")
+    fine = _fine_campaign(tmp_path)
     run = tmp_path / "run"
     eval_cascade.assemble(run, fine, {"candidate_threshold": 0.2})
     with pytest.raises(SystemExit, match="no scored cascade"):
