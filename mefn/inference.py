@@ -82,6 +82,7 @@ __all__ = [
     "list_models",
     "output_paths",
     "parse_tta_axes",
+    "parse_tta_scales",
     "resolve_adapter",
     "resolve_hot_spot_check",
     "resolve_pet_check",
@@ -164,6 +165,20 @@ def parse_tta_axes(text: str) -> tuple[int, ...]:
             f"found {text!r}"
         )
     return tuple("xyz".index(c) for c in letters)
+
+
+def parse_tta_scales(text: str) -> tuple[float, ...]:
+    """Test-time scales from a comma-separated list: ``"1,1.5,2"`` -> ``(1.0, 1.5, 2.0)``."""
+    from mefn.settings import check_tta_scales
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(
+            f"test-time scales expect comma-separated numbers such as 1,1.5,2 (multiples of "
+            f"the model's spacing), found {text!r}"
+        ) from None
+    return check_tta_scales(values)
 
 
 class _StageClock:
@@ -265,6 +280,7 @@ class Predictor:
         review_below: float | None = None,
         min_lesion_ml: float | None = None,
         tta_axes: Sequence[int] | None = None,
+        tta_scales: Sequence[float] | None = None,
         lesion_threshold: float | None = None,
         pet_check: PetCheck | dict[str, Any] | None = None,
         hot_spots: HotSpotCheck | dict[str, Any] | None = None,
@@ -299,6 +315,7 @@ class Predictor:
             new_heads,
             tuned,
             tta_axes=None if tta_axes is None else tuple(tta_axes),
+            tta_scales=None if tta_scales is None else tuple(tta_scales),
             lesion_threshold=lesion_threshold,
             min_lesion_ml=min_lesion_ml,
             review_threshold=review_threshold,
@@ -311,6 +328,10 @@ class Predictor:
     @property
     def tta_axes(self) -> tuple[int, ...]:
         return self.postprocess.tta_axes
+
+    @property
+    def tta_scales(self) -> tuple[float, ...]:
+        return self.postprocess.tta_scales
 
     @property
     def lesion_threshold(self) -> float | None:
@@ -452,6 +473,36 @@ class Predictor:
                 v.div_(len(mirrorings))
         return {k: v[0].numpy() for k, v in total.items()}
 
+    def _add_scale(
+        self,
+        out: dict[str, np.ndarray],
+        case: Case,
+        grid: Geometry,
+        scale: float,
+        keys: Sequence[str] | None,
+    ) -> None:
+        """Segment ``case`` on a grid ``scale`` times coarser than ``grid`` (the model grid),
+        bring its maps onto ``grid`` and, in ``out``, give each voxel where its lesion
+        probability is the higher one all of its maps (one opinion per voxel)."""
+        from mefn.data.preprocess import to_output_grid
+
+        spacing = tuple(s * scale for s in self.preprocess.spacing_mm)
+        coarse = model_grid(case.target_geometry, spacing)  # type: ignore[arg-type]
+        ct, pet, _ = resample_case(case, coarse, with_label=False)
+        image = normalise(ct, pet, self.preprocess)
+        del ct, pet
+        maps = self.predict_model_space(image, keys=keys)
+        del image
+        background = (1.0,) + (0.0,) * (self.num_classes - 1)
+        prob = to_output_grid(maps.pop("prob"), coarse, grid, default_values=background)
+        take = prob[0] < out["prob"][0]  # lower p(background): higher lesion probability
+        out["prob"][:, take] = prob[:, take]
+        del prob
+        for key, value in maps.items():
+            defaults = (1.0,) * value.shape[0] if key.startswith("uncertainty") else None
+            value = to_output_grid(value, coarse, grid, default_values=defaults)
+            out[key][:, take] = value[:, take]
+
     def predict(self, case: Case, keep_extra: bool = False) -> Prediction:
         """Segment one case; outputs on ``case.target_geometry``, the seconds of each stage
         in ``Prediction.timings``."""
@@ -468,7 +519,9 @@ class Predictor:
             # Without keep_extra only these two maps are blended and brought back (less memory).
             keys = None if (keep_extra or trust) else _MAIN_OUTPUTS
             out = self.predict_model_space(image, keys=keys)
-        del image
+            del image
+            for scale in self.tta_scales[1:]:
+                self._add_scale(out, case, grid, scale, keys)
         fine: list[tuple[Geometry, dict[str, np.ndarray]]] = []
         if self.fine is not None:
             with clock("fine_stage"):

@@ -25,11 +25,12 @@ from mefn.postprocess import (
 )
 from mefn.registry import resolve_hot_spot_check, resolve_pet_check
 
-__all__ = ["CARD_KEYS", "PostprocessSettings", "check_tta_axes"]
+__all__ = ["CARD_KEYS", "PostprocessSettings", "check_tta_axes", "check_tta_scales"]
 
 #: the card keys of the post-processing (in a ``"postprocess"`` mapping or at the top level)
 CARD_KEYS = (
     "tta_axes",
+    "tta_scales",
     "lesion_threshold",
     "min_lesion_ml",
     "review_threshold",
@@ -47,12 +48,37 @@ def check_tta_axes(tta_axes: Sequence[int]) -> tuple[int, ...]:
     return axes
 
 
+#: the largest test-time scale: beyond it a lesion shrinks to a few voxels of the model grid
+MAX_TTA_SCALE = 4.0
+
+
+def check_tta_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """Test-time scales (multiples of the model's spacing), sorted, without repeats; 1 (the
+    model's own grid, on which the scales are combined) must be among them."""
+    try:
+        values = tuple(sorted({float(s) for s in scales}))
+    except (TypeError, ValueError):
+        raise InputError(
+            f"tta_scales expects numbers (multiples of the model's spacing), found {scales!r}"
+        ) from None
+    if 1.0 not in values or not all(math.isfinite(s) and 1.0 <= s <= MAX_TTA_SCALE for s in values):
+        raise InputError(
+            f"tta_scales expects multiples of the model's spacing from 1 to {MAX_TTA_SCALE:g}, "
+            f"1 among them (e.g. 1,1.5,2), found {tuple(scales)}"
+        )
+    return values
+
+
 @dataclass(frozen=True)
 class PostprocessSettings:
     """What happens between the network's maps and the mask, lesion table and hot spots.
 
     tta_axes: test-time mirroring along these model-grid axes (every combination, averaged;
-    ``()``: one pass). lesion_threshold: a voxel is lesion when its probability of not being
+    ``()``: one pass). tta_scales: the case is also segmented on grids this many times coarser
+    than the model's (``(1.0,)``: only the model's own), and each voxel of the model grid takes
+    the maps of the scale that gives it the highest lesion probability (a large lesion that
+    the model, trained on smaller ones, misses at its own scale is found at a coarser one).
+    lesion_threshold: a voxel is lesion when its probability of not being
     background reaches it (None: the argmax). min_lesion_ml: smaller lesions are dropped.
     review_threshold: lesions whose mean uncertainty reaches it are flagged (weights without a
     lesion confidence model). review_below: with a lesion confidence model, lesions whose
@@ -63,6 +89,7 @@ class PostprocessSettings:
     """
 
     tta_axes: tuple[int, ...] = ()
+    tta_scales: tuple[float, ...] = (1.0,)
     lesion_threshold: float | None = None
     min_lesion_ml: float = 0.0
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD
@@ -72,6 +99,7 @@ class PostprocessSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta_axes", check_tta_axes(self.tta_axes))
+        object.__setattr__(self, "tta_scales", check_tta_scales(self.tta_scales))
         check_lesion_threshold(self.lesion_threshold)
         for name in ("min_lesion_ml", "review_threshold"):
             value = getattr(self, name)
@@ -135,6 +163,8 @@ class PostprocessSettings:
                 )
             elif key == "tta_axes":
                 changes[key] = tuple(value or ())
+            elif key == "tta_scales":
+                changes[key] = tuple(value) if isinstance(value, Sequence) else value
             elif key in ("lesion_threshold", "review_below"):
                 changes[key] = None if value is None else float(value)
             else:
@@ -144,6 +174,7 @@ class PostprocessSettings:
     def to_json(self) -> dict[str, Any]:
         return {
             "tta_axes": list(self.tta_axes),
+            "tta_scales": list(self.tta_scales),
             "lesion_threshold": self.lesion_threshold,
             "min_lesion_ml": self.min_lesion_ml,
             "review_threshold": self.review_threshold,

@@ -70,6 +70,68 @@ def test_tta_averages_the_mirrored_passes_mapped_back(tmp_path) -> None:
     )
 
 
+def test_tta_scales_give_each_voxel_the_maps_of_its_most_lesion_like_scale(tmp_path) -> None:
+    """Each voxel of the model grid takes every map of the scale with the lower p(background):
+    with constant maps per scale, the coarse scale's where it is more lesion-like, the
+    model grid's where it is not; with a real network, never a lower lesion probability."""
+    import numpy as np
+
+    weights = make_tiny_weights(tmp_path)
+    case = tiny_case(tmp_path)
+
+    def constant(p_background: dict[int, float], u: dict[int, float]):
+        calls: list[int] = []
+
+        def fake(image, keys=None):  # the model grid first, then the coarser one
+            scale = 1 if not calls else 2
+            calls.append(scale)
+            shape = image.shape[1:]
+            lesion = 1 - np.full(shape, p_background[scale])
+            maps = {
+                "prob": np.stack([1 - lesion, lesion]).astype(np.float32),
+                "uncertainty": np.full((1, *shape), u[scale], np.float32),
+            }
+            return {k: v for k, v in maps.items() if keys is None or k in keys}
+
+        return fake
+
+    both = Predictor(weights, device="cpu", tta_scales=(2.0, 1.0))
+    assert both.tta_scales == (1.0, 2.0) and both.settings()["tta_scales"] == [1.0, 2.0]
+    both.predict_model_space = constant({1: 0.9, 2: 0.2}, {1: 0.1, 2: 0.7})  # type: ignore[method-assign]
+    pred = both.predict(case, keep_extra=True)
+    assert pred.probabilities is not None
+    np.testing.assert_allclose(pred.probabilities[1], 0.8, atol=1e-5)  # the coarse scale's
+    np.testing.assert_allclose(
+        pred.evidential_u if pred.evidential_u is not None else pred.uncertainty, 0.7, atol=1e-5
+    )
+    both.predict_model_space = constant({1: 0.3, 2: 0.6}, {1: 0.1, 2: 0.7})  # type: ignore[method-assign]
+    pred = both.predict(case, keep_extra=True)
+    assert pred.probabilities is not None
+    np.testing.assert_allclose(pred.probabilities[1], 0.7, atol=1e-5)  # the model grid's
+    np.testing.assert_allclose(pred.uncertainty, 0.1, atol=1e-5)
+
+    plain = Predictor(weights, device="cpu").predict(case, keep_extra=True)
+    scaled = Predictor(weights, device="cpu", tta_scales=(1.0, 2.0)).predict(case, keep_extra=True)
+    assert plain.probabilities is not None and scaled.probabilities is not None
+    gain = plain.probabilities[0] - scaled.probabilities[0]  # p(background) can only drop
+    assert gain.min() > -1e-5 and gain.max() > 1e-3
+
+
+def test_tta_scales_parse_and_refuse(tmp_path) -> None:
+    import pytest
+
+    from mefn.errors import InputError
+    from mefn.inference import parse_tta_scales
+
+    assert parse_tta_scales("1,1.5,2") == parse_tta_scales(" 2, 1.5,1,1 ") == (1.0, 1.5, 2.0)
+    assert parse_tta_scales("1") == (1.0,)
+    for bad in ("1,x", "1.5,2", "1,0.5", "1,9", "", "1,nan"):
+        with pytest.raises(InputError, match="tta_scales expects|test-time scales expect"):
+            parse_tta_scales(bad)
+    with pytest.raises(InputError, match="1 among them"):
+        Predictor(make_tiny_weights(tmp_path), device="cpu", tta_scales=(2.0,))
+
+
 def test_tta_axes_outside_xyz_are_refused(tmp_path) -> None:
     import pytest
 
@@ -220,6 +282,7 @@ def test_names_moved_out_of_inference_still_import_from_it() -> None:
         "list_models",
         "output_paths",
         "parse_tta_axes",
+        "parse_tta_scales",
         "resolve_weights",
         "save_prediction",
         "sliding_window_predict",

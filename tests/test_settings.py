@@ -21,6 +21,8 @@ def test_defaults_and_loose_card_keys_read_like_a_postprocess_mapping() -> None:
     }
     settings = PostprocessSettings.from_card(loose)
     assert settings.tta_axes == (0, 2)  # sorted, without repeats
+    assert settings.tta_scales == (1.0,)  # the model grid alone unless a card says otherwise
+    assert PostprocessSettings.from_card({"tta_scales": [2, 1, 1.5, 2]}).tta_scales == (1, 1.5, 2)
     assert settings.lesion_threshold == 0.4 and settings.min_lesion_ml == 0.5
     assert settings.review_threshold == 0.0014
     assert settings.pet_check == PetCheck(min_suv=1.0, min_contrast=2.0)
@@ -55,6 +57,12 @@ def test_a_bad_card_is_the_cards_fault_and_a_bad_override_the_callers() -> None:
         PostprocessSettings.from_card({"postprocess": 3})
     with pytest.raises(CheckpointError, match="tta_axes must be among 0, 1, 2"):
         PostprocessSettings.from_card({"tta_axes": [3]})
+    with pytest.raises(CheckpointError, match=r"from 1 to 4, 1 among them .* found \(1.5,\)"):
+        PostprocessSettings.from_card({"postprocess": {"tta_scales": [1.5]}})
+    with pytest.raises(CheckpointError, match="tta_scales expects numbers"):
+        PostprocessSettings.from_card({"tta_scales": 2})
+    with pytest.raises(InputError, match=r"found \(1.0, 5.0\)"):
+        PostprocessSettings().with_overrides(tta_scales=(1.0, 5.0))
     with pytest.raises(CheckpointError, match="card's pet_check"):
         PostprocessSettings.from_card({"pet_check": {"min_suv": -1}})
     with pytest.raises(InputError, match=r"unknown post-processing settings \['floor'\]"):

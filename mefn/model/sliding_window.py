@@ -27,7 +27,9 @@ def sliding_window_predict(
     """MONAI sliding-window inference of ``model.infer`` over a (1, 2, X, Y, Z) tensor.
 
     The input is padded to a multiple of the model's size divisor and of the window, and
-    the outputs are cropped back. Tiles are blended with a Gaussian weight, on the CPU.
+    the outputs are cropped back. Tiles are blended with a Gaussian weight, on the CPU. A
+    window is at least two size divisors along one axis: at one divisor on every axis the
+    deepest features would be a single voxel, which instance normalisation refuses.
     ``keys`` keeps only those outputs of ``model.infer`` (default: all of them).
 
     All kept maps travel through MONAI as one tensor (their channels concatenated), so the
@@ -42,6 +44,8 @@ def sliding_window_predict(
     roi = tuple(
         max(divisor, min(r, int(math.ceil(s / divisor)) * divisor)) for r, s in zip(roi_size, shape)
     )
+    if divisor > 1 and all(r == divisor for r in roi) and max(roi_size) > divisor:
+        roi = (2 * divisor, *roi[1:])  # a case smaller than one divisor along every axis
     target = [max(r, int(math.ceil(s / divisor)) * divisor) for r, s in zip(roi, shape)]
     pad: list[int] = []
     for s, t in reversed(list(zip(shape, target))):

@@ -143,9 +143,10 @@ def test_four_d_nifti(tmp_path, tiny_weights):
     write_multichannel(np.stack([ct.array, pet_on_ct.array]), ct.geometry, tmp_path / "both.nii.gz")
     out = tmp_path / "out"
     args = ("segment", str(tmp_path / "both.nii.gz"), "-o", str(out), "--model", str(tiny_weights))
-    assert _run(*args, "--tta", "x") == 0  # test-time mirroring along x: 2 passes
+    assert _run(*args, "--tta", "x", "--tta-scales", "1,2") == 0  # 2 passes at 2 scales
     report = _check_outputs(out, "both", ct)
     assert report["settings"]["tta_axes"] == [0]
+    assert report["settings"]["tta_scales"] == [1.0, 2.0]
     assert report["settings"]["lesion_threshold"] is None  # the tiny card has none: argmax
     # a low lesion threshold keeps every argmax voxel and adds those of lower probability
     assert _run(*args, "--tta", "x", "--lesion-threshold", "0.1", "-o", str(tmp_path / "o2")) == 0
@@ -409,6 +410,8 @@ def test_usage_errors(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # no output folder left behind
     assert _run("segment", str(tmp_path / "a_0000.nii.gz"), "--tta", "xq") == 2
     assert "mirroring expects axis letters among x, y and z" in capsys.readouterr().err
+    assert _run("segment", str(tmp_path / "a_0000.nii.gz"), "--tta-scales", "2") == 2
+    assert "1 among them (e.g. 1,1.5,2), found (2.0,)" in capsys.readouterr().err
     weights = make_tiny_weights(tmp_path)
     args = (str(tmp_path / "a_0000.nii.gz"), "--model", str(weights), "-o", str(tmp_path / "o"))
     write_volume(_volumes()[0], tmp_path / "a_0000.nii.gz")
