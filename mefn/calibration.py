@@ -207,12 +207,14 @@ def calibrate_postprocessing(
     second: tuple[Sequence[Callable[[], Any]], Sequence[str]] | None = None,
     progress: Callable[[str], None] | None = None,
     adapter: str | Path | None = None,
+    tta_scales: tuple[float, ...] = (1.0,),
 ) -> dict[str, Any]:
     """The post-processing of ``model`` (a bundled name, weights file or run folder; with
     ``adapter``, those weights with that adapter) chosen on
     ``entries`` (labelled validation cases, never test cases: anything with ``ct``, ``pet``,
     ``label`` and ``case_id``, e.g. :class:`mefn.data.datasets.DatasetEntry`) for segmentation with
-    test-time mirroring along ``tta_axes``: ``lesion_threshold``, ``pet_check``,
+    test-time mirroring along ``tta_axes`` at the test-time scales ``tta_scales``:
+    ``lesion_threshold``, ``pet_check``,
     ``min_lesion_ml`` (:func:`choose_postprocessing`, with ``second``'s cases as the second
     set when given) and ``review_threshold`` (None when the detections are all true or all
     false), with every setting's scores. ``progress`` receives one line per step."""
@@ -228,7 +230,7 @@ def calibrate_postprocessing(
     # predict() makes is not used, so its settings only need to be valid, not the card's
     predictor = Predictor(
         model, adapter=adapter, device="cpu", min_lesion_ml=0.0, tta_axes=tta_axes,
-        lesion_threshold=0.5, pet_check=PetCheck(),
+        tta_scales=tta_scales, lesion_threshold=0.5, pet_check=PetCheck(),
     )  # fmt: skip
     settings: list[Setting] = [
         (t, name, v)
@@ -256,6 +258,7 @@ def calibrate_postprocessing(
     return {
         "cases": len(cases),
         "tta_axes": list(tta_axes),
+        "tta_scales": list(predictor.tta_scales),
         "lesion_threshold": best[0],
         "pet_check": PetCheck(**PET_CHECK_CANDIDATES[best[1]]).to_json(),
         "pet_check_name": best[1],
@@ -304,7 +307,7 @@ def _settings_of(card: dict[str, Any], path: Path) -> dict[str, Any]:
 def write_calibration(card_path: str | Path, calibration: dict[str, Any], **record: Any) -> None:
     """Store ``calibration`` (from :func:`calibrate_postprocessing`) in the card at
     ``card_path`` (a weights card, or an adapter's ``card.json``), atomically: the settings
-    ``mefn segment`` reads (``tta_axes``, ``lesion_threshold``, ``pet_check``,
+    ``mefn segment`` reads (``tta_axes``, ``tta_scales``, ``lesion_threshold``, ``pet_check``,
     ``min_lesion_ml``, ``review_threshold`` when calibrated) and the whole record under
     ``calibration`` (with ``record``'s fields). A trust calibration the card held is removed:
     it was fitted for the previous post-processing (:func:`write_trust` stores a new one)."""
@@ -314,6 +317,7 @@ def write_calibration(card_path: str | Path, calibration: dict[str, Any], **reco
     card = _read_card(path)
     settings = _settings_of(card, path)
     settings["tta_axes"] = list(calibration["tta_axes"])
+    settings["tta_scales"] = list(calibration.get("tta_scales", [1.0]))
     settings["lesion_threshold"] = calibration["lesion_threshold"]
     settings["pet_check"] = calibration["pet_check"]
     settings["min_lesion_ml"] = calibration["min_lesion_ml"]
@@ -404,6 +408,7 @@ def calibrate_card(
     adapter: str | Path | None = None,
     tta_axes: tuple[int, ...] = (),
     progress: Callable[[str], None] | None = None,
+    tta_scales: tuple[float, ...] = (1.0,),
     **record: Any,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
     """The whole calibration of ``model`` (with ``adapter``) on validation ``entries``, written
@@ -415,7 +420,7 @@ def calibrate_card(
     from mefn.errors import InputError
 
     calibration = calibrate_postprocessing(
-        model, entries, tta_axes, progress=progress, adapter=adapter
+        model, entries, tta_axes, progress=progress, adapter=adapter, tta_scales=tta_scales
     )
     write_calibration(card_path, calibration, **record)
     try:

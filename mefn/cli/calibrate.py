@@ -59,6 +59,13 @@ def add_parser(sub: Any) -> None:
         help="test-time mirroring to calibrate for and store in the card (none, x, xy, xyz; "
         "default none: one pass)",
     )
+    p.add_argument(
+        "--tta-scales",
+        default="1",
+        metavar="SCALES",
+        help="test-time scales to calibrate for and store in the card (mefn segment "
+        "--tta-scales; e.g. 1,1.5,2; default 1: the model grid only)",
+    )
     p.set_defaults(func=run)
 
 
@@ -67,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     from mefn.data.datasets import index_dataset
     from mefn.errors import InputError
-    from mefn.inference import parse_tta_axes
+    from mefn.inference import parse_tta_axes, parse_tta_scales
     from mefn.registry import ADAPTER_CARD, WEIGHTS_DIR, resolve_adapter, resolve_weights
 
     tta_axes = parse_tta_axes(args.tta)
+    tta_scales = parse_tta_scales(args.tta_scales)
     weights, card = resolve_weights(args.model)
     adapter = None
     if args.adapter is not None:
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     return calibrate_and_report(
         "mefn calibrate", weights, entries, card, adapter=adapter, tta_axes=tta_axes,
-        quiet=args.quiet, data=str(Path(args.data).resolve()), layout=args.layout,
+        tta_scales=tta_scales, quiet=args.quiet, data=str(Path(args.data).resolve()), layout=args.layout,
     )  # fmt: skip
 
 
@@ -103,6 +111,7 @@ def calibrate_and_report(
     adapter: Any = None,
     tta_axes: tuple[int, ...] = (),
     quiet: bool = False,
+    tta_scales: tuple[float, ...] = (1.0,),
     **record: Any,
 ) -> int:
     """Run :func:`mefn.calibration.calibrate_card` and say what it chose (progress on stderr,
@@ -116,8 +125,9 @@ def calibrate_and_report(
             print(f"calibrate: {line}", file=sys.stderr, flush=True)
 
     calibration, trust, why = calibrate_card(
-        model, entries, card, adapter=adapter, tta_axes=tta_axes, progress=progress, **record
-    )
+        model, entries, card, adapter=adapter, tta_axes=tta_axes, progress=progress,
+        tta_scales=tta_scales, **record,
+    )  # fmt: skip
     if not quiet:
         print(f"{card}: {summary(calibration)}")
         if trust is not None:

@@ -40,7 +40,8 @@ def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -
     weights = make_tiny_weights(_folder(tmp_path / "run"))
     card_path = weights.with_suffix(".json")
     before = json.loads(card_path.read_text())
-    assert main(["calibrate", str(weights), "--data", str(phantoms), "--tta", "x"]) == 0
+    args = ["calibrate", str(weights), "--data", str(phantoms), "--tta", "x"]
+    assert main([*args, "--tta-scales", "1,2"]) == 0
     out, err = capsys.readouterr()
     assert str(card_path) in out and "mean Dice" in out
     card = json.loads(card_path.read_text())
@@ -49,7 +50,7 @@ def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -
     n = len(LESION_THRESHOLD_CANDIDATES) * len(PET_CHECK_CANDIDATES)
     assert len(record["scores"]) == n * len(MIN_LESION_CANDIDATES_ML)
     # what mefn segment reads, from the chosen setting
-    assert card["tta_axes"] == [0]
+    assert card["tta_axes"] == [0] and card["tta_scales"] == record["tta_scales"] == [1.0, 2.0]
     assert card["lesion_threshold"] == record["lesion_threshold"]
     assert card["min_lesion_ml"] == record["min_lesion_ml"]
     assert card["pet_check"] == record["pet_check"]
@@ -69,7 +70,7 @@ def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -
     from mefn.inference import Predictor
 
     predictor = Predictor(weights)
-    assert predictor.tta_axes == (0,)
+    assert predictor.tta_axes == (0,) and predictor.tta_scales == (1.0, 2.0)
     # the untrained weights' lesions on these cases are both true and false: trust is fitted
     assert "lesion confidence fitted on" in out and "warning" not in err
     assert card["review_below"] == 0.5
@@ -108,6 +109,8 @@ def test_calibrate_refusals(tmp_path, phantoms, capsys) -> None:
     assert "nowhere" in capsys.readouterr().err
     assert main(["calibrate", str(weights), "--data", str(phantoms), "--max-cases", "0"]) == 2
     assert "--max-cases must be at least 1" in capsys.readouterr().err
+    assert main(["calibrate", str(weights), "--data", str(phantoms), "--tta-scales", "2"]) == 2
+    assert "1 among them" in capsys.readouterr().err
     empty = tmp_path / "empty"
     shutil.copytree(phantoms, empty)
     for label in (empty / "labelsTr").glob("*"):
