@@ -2,27 +2,30 @@
 
 Stages (``--stage``):
 
-- ``predict``: every case of ``../shared/data/sts`` segmented, in one pass, by the adapter of
-  ``--row`` (a row of ``campaigns/sts_adapters``, e.g. ``compacter`` or ``compacter@500``)
-  trained without it (the fold that held it out), and what calibration reads kept in
-  ``work_data/trust_sts/<row>/<case>.npz`` (cases kept are skipped: resumable).
-- ``test``: for each fold, on the other four folds' cases: the lesion probability threshold
-  with the best mean Dice (:data:`THRESHOLDS`, the base card's PET check after it), then the
-  lesion confidence and the voxel error map (:func:`mefn.confidence.fit_trust`) on the masks
-  it draws; both applied to this fold's cases. Dice, lesion AUROC, ECE and risk-coverage and
-  the voxel reliability near lesions over the 25 held-out cases, against the raw evidential
-  u; JSON to ``campaigns/trust_sts/<row>.json``.
-- ``card``: the same fitted on all 25 held-out predictions and stored in the card of the
-  bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the threshold in its
-  ``postprocess``, the trust beside it. The fold adapters stand in for the adapter trained on
-  every case, as cross-validation does for nnU-Net's post-processing.
+- ``predict``: every case of ``../shared/data/sts`` segmented, in one pass, by the adapter (or,
+  for ``full`` and ``scratch``, the weights) of ``--row`` (a row of ``--campaign``, by default
+  ``campaigns/sts_adapters``, e.g. ``compacter`` or ``compacter@500``) trained without it (the fold that held it out), with each test-time scale setting of
+  ``--tta-scales`` (``mefn segment --tta-scales``; settings separated by ``;``), and what
+  calibration reads kept in ``work_data/trust_sts/<row>/<case>.npz`` (model grid only) or
+  ``<row>/x<scales>/<case>.npz`` (cases kept are skipped: resumable).
+- ``test``: for each fold, on the other four folds' cases: the test-time scales of
+  ``--tta-scales`` and the lesion probability threshold (:data:`THRESHOLDS`, the base card's
+  PET check after it) with the best mean Dice, then the lesion confidence and the voxel error
+  map (:func:`mefn.confidence.fit_trust`) on the masks they draw; all applied to this fold's
+  cases. Dice, lesion AUROC, ECE and risk-coverage and the voxel reliability near lesions
+  over the 25 held-out cases, against the raw evidential u; JSON to
+  ``campaigns/trust_sts/<row>.json``.
+- ``card``: the same chosen and fitted on all 25 held-out predictions and stored in the card
+  of the bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the scales and
+  the threshold in its ``postprocess``, the trust beside it. The fold adapters stand in for
+  the adapter trained on every case, as cross-validation does for nnU-Net's post-processing.
 
 Usage (from the repository root; predict: about 5-10 s per case on one core; test and card
 hold the 25 kept cases in memory, about 3 GB)::
 
-    python -m pipelines.trust_sts --stage predict --row compacter
-    python -m pipelines.trust_sts --stage test --row compacter
-    python -m pipelines.trust_sts --stage card --row compacter
+    python -m pipelines.trust_sts --stage predict --row compacter --tta-scales "1;1,1.5;1,1.5,2"
+    python -m pipelines.trust_sts --stage test --row compacter --tta-scales "1;1,1.5;1,1.5,2"
+    python -m pipelines.trust_sts --stage card --row compacter --tta-scales "1;1,1.5;1,1.5,2"
 
 Data: TCIA Soft-tissue-Sarcoma (Vallieres et al. 2015, DOI 10.7937/K9/TCIA.2015.7GO2GSKS,
 CC BY 3.0), the IBSI crops in ``../shared/data/sts``.
@@ -52,60 +55,98 @@ REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS: tuple[float | None, ...] = (None, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02, 0.01)
 WORK = REPO / "work_data" / "trust_sts"
 OUT = REPO / "campaigns" / "trust_sts"
+Scales = tuple[float, ...]
+#: a setting the test and card stages choose: (test-time scales, lesion threshold)
+Setting = tuple[Scales, float | None]
 
 
-def predict(row: str, data: Path, campaign: Path, threads: int) -> None:
+def parse_scale_settings(text: str) -> list[Scales]:
+    """``"1;1,1.5;1,1.5,2"`` -> ``[(1.0,), (1.0, 1.5), (1.0, 1.5, 2.0)]``."""
+    from mefn.inference import parse_tta_scales
+
+    settings = [parse_tta_scales(part) for part in text.split(";") if part.strip()]
+    if not settings:
+        raise SystemExit(f"trust_sts: --tta-scales names no setting: {text!r}")
+    return settings
+
+
+def kept_dir(row: str, scales: Scales) -> Path:
+    """Where the kept predictions of ``row`` at ``scales`` are (the model grid alone: as
+    before scales existed)."""
+    if scales == (1.0,):
+        return WORK / row
+    return WORK / row / ("x" + "-".join(f"{s:g}" for s in scales))
+
+
+def predict(row: str, data: Path, campaign: Path, threads: int, scales: Scales) -> None:
     """Each case segmented by the adapter of the fold that held it out."""
     from mefn.data.datasets import load_folds
     from mefn.inference import Predictor
 
+    out = kept_dir(row, scales)
     for k, cases in enumerate(load_folds(FOLDS)):
-        adapter = campaign / row / f"fold{k}" / "adapter"
-        if not adapter.is_dir():
-            raise SystemExit(f"trust_sts: no adapter {adapter}; run pipelines.sts_adapters first")
-        todo = [c for c in cases if not (WORK / row / f"{c}.npz").exists()]
+        run = campaign / row / f"fold{k}"
+        adapter = run / "adapter"
+        whole = (run / "model.safetensors").is_file()  # full fine-tuning, from scratch
+        if not (adapter.is_dir() or whole):
+            raise SystemExit(
+                f"trust_sts: no adapter or weights in {run}; run pipelines.sts_adapters first "
+                "(it keeps the weights of full and scratch rows only in its own --out)"
+            )
+        todo = [c for c in cases if not (out / f"{c}.npz").exists()]
         if not todo:
             continue
         predictor = Predictor(
-            "default", adapter=adapter, device="cpu", threads=threads, tta_axes=()
+            run if whole else "default",
+            adapter=None if whole else adapter,
+            device="cpu",
+            threads=threads,
+            tta_axes=(),
+            tta_scales=scales,
         )
         for name in todo:
             t0 = time.monotonic()
             case = load_sts_case(data / name)
             pred = predictor.predict(case, keep_extra=True)
-            keep_prediction(WORK / row / f"{name}.npz", pred, np.asarray(case.label.array) > 0)
+            keep_prediction(out / f"{name}.npz", pred, np.asarray(case.label.array) > 0)
             print(
-                f"[fold {k}] {name}: {len(pred.lesions.lesions)} lesion(s), "
+                f"[fold {k}] {name} x{scales}: {len(pred.lesions.lesions)} lesion(s), "
                 f"{time.monotonic() - t0:.0f} s",
                 flush=True,
             )
 
 
 class _Kept:
-    """The kept held-out predictions of ``row``, each read once, and their masks at each
-    threshold drawn once (the nested fit reads every case in four of the five folds)."""
+    """The kept held-out predictions of ``row`` at each scale setting, each read once, and
+    their masks at each threshold drawn once (the nested fit reads every case in four of the
+    five folds)."""
 
-    def __init__(self, row: str, cases: list[str], check: Any) -> None:
-        paths = [WORK / row / f"{c}.npz" for c in cases]
-        missing = [p.stem for p in paths if not p.exists()]
-        if missing:
-            raise SystemExit(
-                f"trust_sts: {len(missing)} case(s) not predicted for {row} (first: "
-                f"{missing[0]}); run --stage predict first"
-            )
-        self.cases = {p.stem: load_kept(p) for p in paths}
+    def __init__(self, row: str, cases: list[str], check: Any, scales: list[Scales]) -> None:
+        self.cases: dict[tuple[str, Scales], Any] = {}
+        for setting in scales:
+            paths = [kept_dir(row, setting) / f"{c}.npz" for c in cases]
+            missing = [p.stem for p in paths if not p.exists()]
+            if missing:
+                raise SystemExit(
+                    f"trust_sts: {len(missing)} case(s) not predicted for {row} at scales "
+                    f"{setting} (first: {missing[0]}); run --stage predict first"
+                )
+            self.cases.update({(p.stem, setting): load_kept(p) for p in paths})
+        self.settings: list[Setting] = [(s, t) for s in scales for t in THRESHOLDS]
         self.check = check
-        self._drawn: dict[tuple[str, float | None], TrustCase] = {}
+        self._drawn: dict[tuple[str, Setting], TrustCase] = {}
 
-    def at(self, name: str, threshold: float | None) -> TrustCase:
-        """Case ``name`` with its mask drawn again from the kept lesion probability at
-        ``threshold``, then the PET check (what the Predictor does with that card)."""
+    def at(self, name: str, setting: Setting) -> TrustCase:
+        """Case ``name`` at the setting's scales with its mask drawn again from the kept
+        lesion probability at its threshold, then the PET check (what the Predictor does
+        with that card)."""
         from mefn.confidence import TrustCase
         from mefn.postprocess import apply_pet_check, mask_from_probabilities
 
-        key = (name, threshold)
+        key = (name, setting)
         if key not in self._drawn:
-            case = self.cases[name]
+            scales, threshold = setting
+            case = self.cases[(name, scales)]
             p = case.maps.lesion_probability
             mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
             if self.check.active:
@@ -113,15 +154,20 @@ class _Kept:
             self._drawn[key] = TrustCase(mask, case.reference, case.maps)
         return self._drawn[key]
 
-    def dice(self, name: str, threshold: float | None) -> float:
-        case = self.at(name, threshold)
+    def dice(self, name: str, setting: Setting) -> float:
+        case = self.at(name, setting)
         return dice(case.mask > 0, case.reference > 0)
 
-    def best_threshold(self, names: list[str]) -> float | None:
-        """The threshold of :data:`THRESHOLDS` with the best mean Dice over ``names`` (the
-        first of equals)."""
-        means = [float(np.mean([self.dice(c, t) for c in names])) for t in THRESHOLDS]
-        return THRESHOLDS[int(np.argmax(means))]
+    def best(self, names: list[str]) -> Setting:
+        """The setting (scales, then threshold of :data:`THRESHOLDS`) with the best mean Dice
+        over ``names`` (the first of equals: fewer scales, then the higher threshold)."""
+        means = [float(np.mean([self.dice(c, s) for c in names])) for s in self.settings]
+        return self.settings[int(np.argmax(means))]
+
+
+def _label(setting: Setting) -> str:
+    scales, threshold = setting
+    return f"x{','.join(f'{s:g}' for s in scales)} t={threshold}"
 
 
 def _adapter_pet_check() -> Any:
@@ -136,66 +182,88 @@ def _adapter_pet_check() -> Any:
     return PostprocessSettings.from_card({"postprocess": tuned}, base=base).pet_check
 
 
-def test(row: str) -> dict[str, Any]:
-    """Nested by fold: threshold and trust fitted on four folds' held-out predictions, scored
-    on the fifth's."""
+def test(row: str, scales: list[Scales]) -> dict[str, Any]:
+    """Nested by fold: scales, threshold and trust fitted on four folds' held-out
+    predictions, scored on the fifth's."""
     from mefn.confidence import fit_trust
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
     all_cases = [c for f in folds for c in f]
-    kept = _Kept(row, all_cases, _adapter_pet_check())
+    kept = _Kept(row, all_cases, _adapter_pet_check(), scales)
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
     held_dice: dict[str, float] = {}
     for k, held in enumerate(folds):
         others = [c for j, f in enumerate(folds) if j != k for c in f]
-        t = kept.best_threshold(others)
-        lesion_model, voxel_model, summary = fit_trust(kept.at(c, t) for c in others)
-        fitted.append({"fold": k, "lesion_threshold": t, **summary})
+        setting = kept.best(others)
+        lesion_model, voxel_model, summary = fit_trust(kept.at(c, setting) for c in others)
+        fitted.append(
+            {"fold": k, "tta_scales": list(setting[0]), "lesion_threshold": setting[1], **summary}
+        )
         for name in held:
-            tally.add(kept.at(name, t), lesion_model, voxel_model, name)
-            held_dice[name] = kept.dice(name, t)
+            tally.add(kept.at(name, setting), lesion_model, voxel_model, name)
+            held_dice[name] = kept.dice(name, setting)
+    plain: Setting = (scales[0], None)
     result = {
         "row": row,
         "cases": len(all_cases),
+        "tta_scales_tried": [list(s) for s in scales],
         "dice_nested": {
             "mean": float(np.mean(list(held_dice.values()))),
             "median": float(np.median(list(held_dice.values()))),
             "per_case": {c: round(d, 4) for c, d in held_dice.items()},
         },
-        "dice_by_threshold": {
-            str(t): float(np.mean([kept.dice(c, t) for c in all_cases])) for t in THRESHOLDS
+        "dice_by_setting": {
+            _label(s): float(np.mean([kept.dice(c, s) for c in all_cases])) for s in kept.settings
         },
         **tally.result("case"),
         "fitted_per_fold": fitted,
     }
     print(
         f"[{row}] {len(all_cases)} held-out cases: Dice {result['dice_nested']['mean']:.3f} "
-        f"with the threshold chosen on the other folds (argmax "
-        f"{result['dice_by_threshold']['None']:.3f}); {tally.line()}",
+        f"with the scales and threshold chosen on the other folds ({_label(plain)}: "
+        f"{result['dice_by_setting'][_label(plain)]:.3f}); {tally.line()}",
         flush=True,
     )
     return result
 
 
-def card(row: str, card_path: Path) -> dict[str, Any]:
-    """Choose the threshold and fit the trust on all held-out predictions; store both in
-    ``card_path``."""
+def card(row: str, card_path: Path, scales: list[Scales]) -> dict[str, Any]:
+    """Choose the scales and threshold and fit the trust on all held-out predictions; store
+    them in ``card_path``."""
     from mefn.confidence import fit_trust, trust_record
     from mefn.data.datasets import load_folds
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    kept = _Kept(row, cases, _adapter_pet_check())
-    t = kept.best_threshold(cases)
-    lesion, voxel, summary = fit_trust(kept.at(c, t) for c in cases)
+    kept = _Kept(row, cases, _adapter_pet_check(), scales)
+    setting = kept.best(cases)
+    lesion, voxel, summary = fit_trust(kept.at(c, setting) for c in cases)
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
-    summary["lesion_threshold"] = t
+    summary["tta_scales"] = list(setting[0])
+    summary["lesion_threshold"] = setting[1]
     record = trust_record(lesion, voxel, summary)
     content = json.loads(card_path.read_text(encoding="utf-8"))
     content.pop("note", None)  # "not calibrated" no longer holds
-    content.setdefault("postprocess", {})["lesion_threshold"] = t
+    post = content.setdefault("postprocess", {})
+    post["tta_scales"] = list(setting[0])
+    post["lesion_threshold"] = setting[1]
+    tested = OUT / f"{row}.json"  # the test stage's nested figures, when run on these settings
+    if tested.is_file():
+        result = json.loads(tested.read_text(encoding="utf-8"))
+        if result.get("tta_scales_tried") == [list(s) for s in scales]:
+            content.setdefault("cross_validation", {})["with_postprocess"] = {
+                "dice_mean": result["dice_nested"]["mean"],
+                "dice_median": result["dice_nested"]["median"],
+                "per_case": result["dice_nested"]["per_case"],
+                "chosen_per_fold": [
+                    {k: f[k] for k in ("fold", "tta_scales", "lesion_threshold")}
+                    for f in result["fitted_per_fold"]
+                ],
+                "scored": "each fold's held-out cases with the scales and threshold chosen on "
+                "the other four folds (python -m pipelines.trust_sts --stage test)",
+            }
     content.update(record)
     atomic_write_text(card_path, json.dumps(content, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
@@ -210,22 +278,30 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--campaign", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
+        "--tta-scales",
+        default="1",
+        help="test-time scale settings to keep (predict) and choose among (test, card), "
+        "separated by ';' (e.g. \"1;1,1.5;1,1.5,2\"; default: the model grid only)",
+    )
+    parser.add_argument(
         "--card",
         type=Path,
         default=REPO / "mefn" / "weights" / "adapters" / "sts" / "card.json",
         help="card stage: the adapter card to store the trust in",
     )
     args = parser.parse_args()
+    scales = parse_scale_settings(args.tta_scales)
     if args.stage == "predict":
-        predict(args.row, args.data, args.campaign, args.threads)
+        for setting in scales:
+            predict(args.row, args.data, args.campaign, args.threads, setting)
     elif args.stage == "test":
         from mefn.fileutil import atomic_write_text
 
-        result = test(args.row)
+        result = test(args.row, scales)
         OUT.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OUT / f"{args.row}.json", json.dumps(result, indent=1))
     else:
-        card(args.row, args.card)
+        card(args.row, args.card, scales)
     return 0
 
 

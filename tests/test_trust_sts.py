@@ -12,22 +12,23 @@ from support import load_pipeline
 trust_sts = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "trust_sts.py")
 
 
-def _keep(path: Path, rng: np.random.Generator) -> None:
+def _keep(path: Path, rng: np.random.Generator, true_size: int = 6) -> None:
     """A kept prediction (the keys of trust_phantoms.keep_prediction) with one true lesion,
-    hot and certain, and one false one, cold and uncertain, the evidence lying for a tenth."""
+    hot and certain, and one false one, cold and uncertain, the evidence lying for a tenth.
+    The true lesion is 6 voxels wide, the prediction of it ``true_size``."""
     shape = (20, 20, 20)
     mask, ref = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
     suv = rng.uniform(0.8, 1.2, shape).astype(np.float32)
     prob = np.full(shape, 0.02, np.float32)
     u = np.full(shape, 0.02, np.float32)
+    ref[(slice(2, 8),) * 3] = 1
     for corner, is_true in ((2, True), (12, False)):
-        box = (slice(corner, corner + 4),) * 3
+        box = (slice(corner, corner + (true_size if is_true else 4)),) * 3
         mask[box] = 1
         hot = is_true != (rng.random() < 0.1)
         suv[box] = rng.uniform(5, 9) if hot else rng.uniform(2.5, 3.5)  # passes the PET check
         prob[box] = rng.uniform(0.8, 0.95) if hot else rng.uniform(0.5, 0.7)
         u[box] = rng.uniform(0.01, 0.05) if hot else rng.uniform(0.1, 0.3)
-        ref[box] = 1 if is_true else 0
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, mask=mask, reference=ref, lesion_probability=prob.astype(np.float16),
              uncertainty=u, uncertainty_ct=u, uncertainty_pet=u, suv=suv,
@@ -41,25 +42,52 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
     monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
     rng = np.random.default_rng(0)
+    # on the model grid alone the true lesions are under-segmented; at scales 1 and 2, whole
+    model_grid, two = (1.0,), (1.0, 2.0)
     for case in [c for f in folds[:4] for c in f]:
-        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng)
-    with pytest.raises(SystemExit, match=r"8 case\(s\) not predicted for row \(first: C40\)"):
-        trust_sts.test("row")
+        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng, true_size=4)
+        _keep(tmp_path / "work" / "row" / "x1-2" / f"{case}.npz", rng)
+    with pytest.raises(SystemExit, match=r"8 case\(s\) not predicted for row at scales \(1.0,\)"):
+        trust_sts.test("row", [model_grid])
     for case in folds[4]:
-        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng)
-    result = trust_sts.test("row")
+        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng, true_size=4)
+        _keep(tmp_path / "work" / "row" / "x1-2" / f"{case}.npz", rng)
+    result = trust_sts.test("row", [model_grid])
     assert result["cases"] == 40 and len(result["per_lesion"]) == 80
     assert [f["fold"] for f in result["fitted_per_fold"]] == [0, 1, 2, 3, 4]
     assert all(f["cases"] == 32 for f in result["fitted_per_fold"])  # the other four folds
     # the threshold is chosen on the other folds too: every lesion holds >= 0.5: the argmax
     assert all(f["lesion_threshold"] is None for f in result["fitted_per_fold"])  # first of ties
-    assert result["dice_nested"]["mean"] == pytest.approx(result["dice_by_threshold"]["None"])
+    assert result["dice_nested"]["mean"] == pytest.approx(result["dice_by_setting"]["x1 t=None"])
     assert result["lesions"]["auroc"] > 0.75  # the evidence lies for a tenth
+    both = trust_sts.test("row", [model_grid, two])  # the scales are chosen on four folds too
+    assert all(f["tta_scales"] == [1.0, 2.0] for f in both["fitted_per_fold"])
+    assert both["dice_nested"]["mean"] > result["dice_nested"]["mean"]
+    assert both["dice_nested"]["mean"] == pytest.approx(both["dice_by_setting"]["x1,2 t=None"])
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"name": "sts", "note": "Not calibrated on sarcoma"}))
-    trust_sts.card("row", card)
+    monkeypatch.setattr(trust_sts, "OUT", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "row.json").write_text(json.dumps(both))  # what --stage test wrote
+    trust_sts.card("row", card, [model_grid, two])
     written = json.loads(card.read_text())
     assert "note" not in written and written["name"] == "sts"
     assert written["lesion_confidence"]["fitted_on"]["cases"] == 40
     assert written["postprocess"]["lesion_threshold"] is None
+    assert written["postprocess"]["tta_scales"] == [1.0, 2.0]
+    nested = written["cross_validation"]["with_postprocess"]  # the test stage's figures
+    assert nested["dice_mean"] == both["dice_nested"]["mean"]
+    assert nested["chosen_per_fold"][0] == {
+        "fold": 0,
+        "tta_scales": [1.0, 2.0],
+        "lesion_threshold": None,
+    }
     assert set(written) >= {"voxel_error", "review_below"}
+
+
+def test_scale_settings_are_parsed_and_kept_apart() -> None:
+    assert trust_sts.parse_scale_settings("1; 1,1.5 ;2,1") == [(1.0,), (1.0, 1.5), (1.0, 2.0)]
+    assert trust_sts.kept_dir("r", (1.0,)) == trust_sts.WORK / "r"
+    assert trust_sts.kept_dir("r", (1.0, 1.5)) == trust_sts.WORK / "r" / "x1-1.5"
+    with pytest.raises(Exception, match="1 among them"):
+        trust_sts.parse_scale_settings("1.5,2")

@@ -28,6 +28,6 @@ def test_the_bundled_sarcoma_adapter_outlines_sts_001(shared_data: Path, tmp_pat
     predicted = sitk.GetArrayFromImage(mask) > 0
     truth = sitk.GetArrayFromImage(reference) > 0
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-    # measured 0.714 (200-step Compacter, one pass, lesion threshold 0.01 of its card);
-    # issue 19 asks 0.80, not reached yet
-    assert dice >= 0.65, f"Dice {dice:.3f} against the contour"
+    # measured 0.763 (200-step Compacter, one pass at test-time scales 1, 1.5 and 2, the
+    # argmax: its card's settings; 0.562 on the model grid alone); issue 19 asks 0.80
+    assert dice >= 0.72, f"Dice {dice:.3f} against the contour"
