@@ -317,7 +317,7 @@ def write_calibration(card_path: str | Path, calibration: dict[str, Any], **reco
     card = _read_card(path)
     settings = _settings_of(card, path)
     settings["tta_axes"] = list(calibration["tta_axes"])
-    settings["tta_scales"] = list(calibration.get("tta_scales", [1.0]))
+    settings["tta_scales"] = list(calibration["tta_scales"])
     settings["lesion_threshold"] = calibration["lesion_threshold"]
     settings["pet_check"] = calibration["pet_check"]
     settings["min_lesion_ml"] = calibration["min_lesion_ml"]

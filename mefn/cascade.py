@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from mefn.data.preprocess import centred_grid, normalise, resample_case
+from mefn.data.preprocess import centred_grid, to_model_space
 from mefn.errors import CheckpointError
 from mefn.io.case import Case
 from mefn.io.volume import Geometry, Volume
@@ -218,8 +218,7 @@ class FineStage:
         from mefn.model.sliding_window import sliding_window_predict
 
         grid = box_grid(box, self.preprocess.spacing_mm, self.roi)
-        ct, pet, _ = resample_case(case, grid, with_label=False)
-        image = normalise(ct, pet, self.preprocess)
+        image = to_model_space(case, self.preprocess, grid, with_label=False).image
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         out = sliding_window_predict(
             self.net, x, self.roi, self.overlap, 1, self.device, keys=FINE_KEYS

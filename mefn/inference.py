@@ -124,7 +124,7 @@ class Prediction:
     #: PET hot spots the mask does not touch (:func:`mefn.postprocess.find_hot_spots`)
     hot_spots: tuple[HotSpot, ...] = ()
     #: seconds spent in each stage of :meth:`Predictor.predict` (``resample``, ``network``,
-    #: ``to_output_grid``, ``mask``, ``suv``, ``pet_check``, ``lesion_floor``,
+    #: ``tta_scales`` (bringing coarser scales' maps onto the model grid), ``to_output_grid``, ``mask``, ``suv``, ``pet_check``, ``lesion_floor``,
     #: ``lesion_table``, ``hot_spots``), measured with :func:`time.perf_counter`
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -473,6 +473,12 @@ class Predictor:
                 v.div_(len(mirrorings))
         return {k: v[0].numpy() for k, v in total.items()}
 
+    def _model_input(self, case: Case, grid: Geometry) -> np.ndarray:
+        """The case resampled onto ``grid`` and normalised: the network's input (through this
+        module's ``resample_case``, which pipelines/benchmark.py times)."""
+        ct, pet, _ = resample_case(case, grid, with_label=False)
+        return normalise(ct, pet, self.preprocess)
+
     def _add_scale(
         self,
         out: dict[str, np.ndarray],
@@ -480,28 +486,30 @@ class Predictor:
         grid: Geometry,
         scale: float,
         keys: Sequence[str] | None,
+        clock: _StageClock,
     ) -> None:
         """Segment ``case`` on a grid ``scale`` times coarser than ``grid`` (the model grid),
         bring its maps onto ``grid`` and, in ``out``, give each voxel where its lesion
         probability is the higher one all of its maps (one opinion per voxel)."""
         from mefn.data.preprocess import to_output_grid
 
-        spacing = tuple(s * scale for s in self.preprocess.spacing_mm)
-        coarse = model_grid(case.target_geometry, spacing)  # type: ignore[arg-type]
-        ct, pet, _ = resample_case(case, coarse, with_label=False)
-        image = normalise(ct, pet, self.preprocess)
-        del ct, pet
-        maps = self.predict_model_space(image, keys=keys)
+        sx, sy, sz = self.preprocess.spacing_mm
+        coarse = model_grid(case.target_geometry, (sx * scale, sy * scale, sz * scale))
+        with clock("resample"):
+            image = self._model_input(case, coarse)
+        with clock("network"):
+            maps = self.predict_model_space(image, keys=keys)
         del image
-        background = (1.0,) + (0.0,) * (self.num_classes - 1)
-        prob = to_output_grid(maps.pop("prob"), coarse, grid, default_values=background)
-        take = prob[0] < out["prob"][0]  # lower p(background): higher lesion probability
-        out["prob"][:, take] = prob[:, take]
-        del prob
-        for key, value in maps.items():
-            defaults = (1.0,) * value.shape[0] if key.startswith("uncertainty") else None
-            value = to_output_grid(value, coarse, grid, default_values=defaults)
-            out[key][:, take] = value[:, take]
+        with clock("tta_scales"):
+            background = (1.0,) + (0.0,) * (self.num_classes - 1)
+            prob = to_output_grid(maps.pop("prob"), coarse, grid, default_values=background)
+            take = prob[0] < out["prob"][0]  # lower p(background): higher lesion probability
+            out["prob"][:, take] = prob[:, take]
+            del prob
+            for key, value in maps.items():
+                defaults = (1.0,) * value.shape[0] if key.startswith("uncertainty") else None
+                value = to_output_grid(value, coarse, grid, default_values=defaults)
+                out[key][:, take] = value[:, take]
 
     def predict(self, case: Case, keep_extra: bool = False) -> Prediction:
         """Segment one case; outputs on ``case.target_geometry``, the seconds of each stage
@@ -511,17 +519,15 @@ class Predictor:
         target = case.target_geometry
         grid = model_grid(target, self.preprocess.spacing_mm)
         with clock("resample"):
-            ct, pet, _ = resample_case(case, grid, with_label=False)
-            image = normalise(ct, pet, self.preprocess)
-            del ct, pet
+            image = self._model_input(case, grid)
         trust = self.voxel_error is not None or self.lesion_confidence is not None
+        # Without keep_extra only these two maps are blended and brought back (less memory).
+        keys = None if (keep_extra or trust) else _MAIN_OUTPUTS
         with clock("network"):
-            # Without keep_extra only these two maps are blended and brought back (less memory).
-            keys = None if (keep_extra or trust) else _MAIN_OUTPUTS
             out = self.predict_model_space(image, keys=keys)
-            del image
-            for scale in self.tta_scales[1:]:
-                self._add_scale(out, case, grid, scale, keys)
+        del image
+        for scale in self.tta_scales[1:]:
+            self._add_scale(out, case, grid, scale, keys, clock)
         fine: list[tuple[Geometry, dict[str, np.ndarray]]] = []
         if self.fine is not None:
             with clock("fine_stage"):

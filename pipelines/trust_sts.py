@@ -4,8 +4,9 @@ Stages (``--stage``):
 
 - ``predict``: every case of ``../shared/data/sts`` segmented, in one pass, by the adapter (or,
   for ``full`` and ``scratch``, the weights) of ``--row`` (a row of ``--campaign``, by default
-  ``campaigns/sts_adapters``, e.g. ``compacter`` or ``compacter@500``) trained without it (the fold that held it out), with each test-time scale setting of
-  ``--tta-scales`` (``mefn segment --tta-scales``; settings separated by ``;``), and what
+  ``campaigns/sts_adapters``, e.g. ``compacter`` or ``compacter@500``) trained without it
+  (the fold that held it out), with each test-time scale setting of ``--tta-scales``
+  (``mefn segment --tta-scales``; settings separated by ``;``), and what
   calibration reads kept in ``work_data/trust_sts/<row>/<case>.npz`` (model grid only) or
   ``<row>/x<scales>/<case>.npz`` (cases kept are skipped: resumable).
 - ``test``: for each fold, on the other four folds' cases: the test-time scales of
@@ -78,12 +79,12 @@ def kept_dir(row: str, scales: Scales) -> Path:
     return WORK / row / ("x" + "-".join(f"{s:g}" for s in scales))
 
 
-def predict(row: str, data: Path, campaign: Path, threads: int, scales: Scales) -> None:
-    """Each case segmented by the adapter of the fold that held it out."""
+def predict(row: str, data: Path, campaign: Path, threads: int, settings: list[Scales]) -> None:
+    """Each case segmented by the adapter (or weights) of the fold that held it out, at each
+    scale setting; a case is read once for all the settings it still lacks."""
     from mefn.data.datasets import load_folds
     from mefn.inference import Predictor
 
-    out = kept_dir(row, scales)
     for k, cases in enumerate(load_folds(FOLDS)):
         run = campaign / row / f"fold{k}"
         adapter = run / "adapter"
@@ -93,27 +94,34 @@ def predict(row: str, data: Path, campaign: Path, threads: int, scales: Scales) 
                 f"trust_sts: no adapter or weights in {run}; run pipelines.sts_adapters first "
                 "(it keeps the weights of full and scratch rows only in its own --out)"
             )
-        todo = [c for c in cases if not (out / f"{c}.npz").exists()]
-        if not todo:
-            continue
-        predictor = Predictor(
-            run if whole else "default",
-            adapter=None if whole else adapter,
-            device="cpu",
-            threads=threads,
-            tta_axes=(),
-            tta_scales=scales,
-        )
-        for name in todo:
-            t0 = time.monotonic()
-            case = load_sts_case(data / name)
-            pred = predictor.predict(case, keep_extra=True)
-            keep_prediction(out / f"{name}.npz", pred, np.asarray(case.label.array) > 0)
-            print(
-                f"[fold {k}] {name} x{scales}: {len(pred.lesions.lesions)} lesion(s), "
-                f"{time.monotonic() - t0:.0f} s",
-                flush=True,
+        todo = {
+            c: [s for s in settings if not (kept_dir(row, s) / f"{c}.npz").exists()] for c in cases
+        }
+        predictors = {
+            scales: Predictor(
+                run if whole else "default",
+                adapter=None if whole else adapter,
+                device="cpu",
+                threads=threads,
+                tta_axes=(),
+                tta_scales=scales,
             )
+            for scales in {s for missing in todo.values() for s in missing}
+        }
+        for name, missing in todo.items():
+            if not missing:
+                continue
+            case = load_sts_case(data / name)
+            reference = np.asarray(case.label.array) > 0
+            for scales in missing:
+                t0 = time.monotonic()
+                pred = predictors[scales].predict(case, keep_extra=True)
+                keep_prediction(kept_dir(row, scales) / f"{name}.npz", pred, reference)
+                print(
+                    f"[fold {k}] {name} x{scales}: {len(pred.lesions.lesions)} lesion(s), "
+                    f"{time.monotonic() - t0:.0f} s",
+                    flush=True,
+                )
 
 
 class _Kept:
@@ -292,8 +300,7 @@ def main() -> int:
     args = parser.parse_args()
     scales = parse_scale_settings(args.tta_scales)
     if args.stage == "predict":
-        for setting in scales:
-            predict(args.row, args.data, args.campaign, args.threads, setting)
+        predict(args.row, args.data, args.campaign, args.threads, scales)
     elif args.stage == "test":
         from mefn.fileutil import atomic_write_text
 

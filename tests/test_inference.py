@@ -101,9 +101,7 @@ def test_tta_scales_give_each_voxel_the_maps_of_its_most_lesion_like_scale(tmp_p
     pred = both.predict(case, keep_extra=True)
     assert pred.probabilities is not None
     np.testing.assert_allclose(pred.probabilities[1], 0.8, atol=1e-5)  # the coarse scale's
-    np.testing.assert_allclose(
-        pred.evidential_u if pred.evidential_u is not None else pred.uncertainty, 0.7, atol=1e-5
-    )
+    np.testing.assert_allclose(pred.uncertainty, 0.7, atol=1e-5)  # the tiny card: raw u
     both.predict_model_space = constant({1: 0.3, 2: 0.6}, {1: 0.1, 2: 0.7})  # type: ignore[method-assign]
     pred = both.predict(case, keep_extra=True)
     assert pred.probabilities is not None
@@ -115,6 +113,18 @@ def test_tta_scales_give_each_voxel_the_maps_of_its_most_lesion_like_scale(tmp_p
     assert plain.probabilities is not None and scaled.probabilities is not None
     gain = plain.probabilities[0] - scaled.probabilities[0]  # p(background) can only drop
     assert gain.min() > -1e-5 and gain.max() > 1e-3
+
+
+def test_a_case_smaller_than_one_size_divisor_on_every_axis_is_segmented(tmp_path) -> None:
+    """The window grows to two divisors along one axis: one divisor everywhere would leave a
+    single voxel to instance normalisation, which raises."""
+    import numpy as np
+
+    predictor = Predictor(make_tiny_weights(tmp_path), device="cpu")
+    image = np.random.default_rng(0).normal(0, 1, (2, 3, 2, 2)).astype(np.float32)
+    out = predictor.predict_model_space(image)
+    assert out["prob"].shape == (2, 3, 2, 2)
+    np.testing.assert_allclose(out["prob"].sum(axis=0), 1.0, atol=1e-5)
 
 
 def test_tta_scales_parse_and_refuse(tmp_path) -> None:

@@ -91,3 +91,42 @@ def test_scale_settings_are_parsed_and_kept_apart() -> None:
     assert trust_sts.kept_dir("r", (1.0, 1.5)) == trust_sts.WORK / "r" / "x1-1.5"
     with pytest.raises(Exception, match="1 among them"):
         trust_sts.parse_scale_settings("1.5,2")
+
+
+def test_predict_reads_each_case_once_for_every_scale_setting_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fold weights (a full fine-tuning row) segment their held-out cases at each setting;
+    what is kept is skipped on a second run."""
+    from support import ct_pet_pair, make_tiny_weights
+
+    from mefn.io.sitk_bridge import write_volume
+
+    folds = [[f"C{k}"] for k in range(5)]
+    folds_file = tmp_path / "folds.yaml"
+    folds_file.write_text("folds:\n" + "".join(f"  - [{f[0]}]\n" for f in folds))
+    monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
+    monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
+    data = tmp_path / "data"
+    ct, pet = ct_pet_pair()
+    mask = ct.with_array((ct.array > 0).astype(np.uint8))
+    for (name,) in folds:
+        for volume, rel in ((ct, "CT/image"), (mask, "CT/mask"), (pet, "PET/image")):
+            (data / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_volume(volume, data / name / f"{rel}.nii.gz")
+        run = tmp_path / "campaign" / "full" / f"fold{name[1]}"
+        run.mkdir(parents=True)
+        weights = make_tiny_weights(run)
+        weights.rename(run / "model.safetensors")
+        weights.with_suffix(".json").rename(run / "model.json")
+    loads: list[str] = []
+    real_load = trust_sts.load_sts_case
+    monkeypatch.setattr(trust_sts, "load_sts_case", lambda f: loads.append(f.name) or real_load(f))
+    settings = [(1.0,), (1.0, 2.0)]
+    trust_sts.predict("full", data, tmp_path / "campaign", 1, settings)
+    assert sorted(loads) == ["C0", "C1", "C2", "C3", "C4"]  # once each, for both settings
+    for scales in settings:
+        kept = trust_sts.load_kept(trust_sts.kept_dir("full", scales) / "C0.npz")
+        assert kept.reference.any() and kept.maps.lesion_probability.shape == ct.shape
+    trust_sts.predict("full", data, tmp_path / "campaign", 1, settings)
+    assert len(loads) == 5  # all kept: nothing read again

@@ -342,13 +342,10 @@ def pet_check_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Check the flags, resolve the inputs, build the predictor, segment every case, then
     the summary and the cohort tables; each step fails before the next one writes."""
-    from mefn.inference import parse_tta_axes
+    from mefn.inference import parse_tta_axes, parse_tta_scales
 
     tta_axes = None if args.tta is None else parse_tta_axes(args.tta)
-    if args.tta_scales is not None:
-        from mefn.inference import parse_tta_scales
-
-        parse_tta_scales(args.tta_scales)  # a bad value fails before any input is read
+    tta_scales = None if args.tta_scales is None else parse_tta_scales(args.tta_scales)
     if args.list_models:
         _print_models()
         return 0
@@ -366,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = jobs[rank::world]
     if not args.overwrite:
         _refuse_existing_outputs(jobs, outdir, args)
-    predictor = _build_predictor(args, tta_axes, pet_overrides, spot_overrides, world)
+    predictor = _build_predictor(args, tta_axes, tta_scales, pet_overrides, spot_overrides, world)
     failures = _segment_cases(predictor, jobs, first_case, outdir, args)
     return _finish(len(jobs), failures, outdir, args.quiet)
 
@@ -445,13 +442,14 @@ def _refuse_existing_outputs(jobs: list[Any], outdir: Path, args: argparse.Names
 def _build_predictor(
     args: argparse.Namespace,
     tta_axes: tuple[int, ...] | None,
+    tta_scales: tuple[float, ...] | None,
     pet_overrides: dict[str, Any],
     spot_overrides: dict[str, Any],
     world: int,
 ) -> Any:
     """The :class:`mefn.inference.Predictor` of the flags (under torchrun, ``--device cuda``
     is each process's own GPU)."""
-    from mefn.inference import Predictor, parse_tta_scales
+    from mefn.inference import Predictor
 
     device = args.device
     if device == "cuda" and world > 1:
@@ -468,7 +466,7 @@ def _build_predictor(
         min_lesion_ml=args.min_lesion_ml,
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
-        tta_scales=None if args.tta_scales is None else parse_tta_scales(args.tta_scales),
+        tta_scales=tta_scales,
         pet_check=pet_overrides,
         hot_spots=spot_overrides,
         fine_stage=False if args.no_fine_stage else None,
