@@ -10,12 +10,19 @@ threshold that best separates false from true detections
 (:func:`mefn.postprocess.choose_review_threshold`). :func:`write_calibration` stores the choice
 in a model card, atomically. ``pipelines/train_phantoms.py`` adds the simple phantoms of
 ``pipelines/eval_simple_phantoms.py`` as a second set the limit must hold on.
+
+The trust calibration follows (:func:`calibrate_trust`, :func:`fit_trust_record`): the
+validation cases are segmented again with the chosen post-processing, the lesion confidence
+and voxel error map of :mod:`mefn.confidence` are fitted on what that delivers, and a
+confidence floor (``min_confidence``: lesions less likely than it to be true are removed) is
+chosen among :data:`MIN_CONFIDENCE_CANDIDATES` by :func:`choose_min_confidence` on
+out-of-fold confidences, so the floor is judged on lesions the model scoring them never saw.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ import numpy as np
 __all__ = [
     "FPV_LIMIT_ML",
     "LESION_THRESHOLD_CANDIDATES",
+    "MIN_CONFIDENCE_CANDIDATES",
     "MIN_LESION_CANDIDATES_ML",
     "PET_CHECK_CANDIDATES",
     "PLAIN",
@@ -31,7 +39,9 @@ __all__ = [
     "calibrate_card",
     "calibrate_postprocessing",
     "calibrate_trust",
+    "choose_min_confidence",
     "choose_postprocessing",
+    "fit_trust_record",
     "mean_scores",
     "summary",
     "trust_summary",
@@ -58,6 +68,8 @@ PET_CHECK_CANDIDATES: dict[str, dict[str, Any]] = {
 PLAIN = (None, "none", 0.0)
 #: The target for the mean false-positive volume, in mL (AutoPET 2022 definitions).
 FPV_LIMIT_ML = 3.0
+#: Confidence floors tried by :func:`choose_min_confidence` (0: keep every lesion).
+MIN_CONFIDENCE_CANDIDATES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 Setting = tuple[float | None, str, float]  # (lesion threshold, PET check name, floor in mL)
 
@@ -326,6 +338,7 @@ def write_calibration(card_path: str | Path, calibration: dict[str, Any], **reco
     for key in ("lesion_confidence", "voxel_error"):
         card.pop(key, None)
     settings.pop("review_below", None)
+    settings.pop("min_confidence", None)
     card["calibration"] = {**calibration, **record}
     atomic_write_text(path, json.dumps(card, indent=1))
 
@@ -340,7 +353,7 @@ def calibrate_trust(
     ``entries`` (labelled validation cases) segmented with the post-processing its card holds
     now (so after :func:`write_calibration`): the card entries of
     :func:`mefn.confidence.trust_record`, with ``review_below`` the card's or the default."""
-    from mefn.confidence import EvidenceMaps, TrustCase, fit_trust, trust_record
+    from mefn.confidence import EvidenceMaps, TrustCase
     from mefn.errors import InputError
     from mefn.inference import Predictor
     from mefn.metrics.scoring import case_loaders, reference_on_grid
@@ -348,7 +361,8 @@ def calibrate_trust(
     cases = case_loaders(entries)
     if not cases:
         raise InputError("calibration needs at least one labelled validation case, found none")
-    predictor = Predictor(model, adapter=adapter, device="cpu")
+    # every lesion the post-processing delivers: the floor is chosen after the fit
+    predictor = Predictor(model, adapter=adapter, device="cpu", min_confidence=0.0)
 
     def trust_cases() -> Any:
         for load, entry in zip(cases, entries):
@@ -372,8 +386,57 @@ def calibrate_trust(
                 )
             yield TrustCase(pred.mask, reference, maps)
 
-    lesion, voxel, fitted = fit_trust(trust_cases())
-    return trust_record(lesion, voxel, fitted, review_below=predictor.review_below)
+    return fit_trust_record(trust_cases(), predictor.review_below, progress=progress)
+
+
+def fit_trust_record(
+    cases: Iterable[Any],
+    review_below: float,
+    floor: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The trust calibration of validation ``cases`` (:class:`mefn.confidence.TrustCase`, read
+    one at a time) as card entries (:func:`mefn.confidence.trust_record`): the lesion
+    confidence and voxel error map (:func:`mefn.confidence.fit_trust`) and, with ``floor``,
+    the confidence floor chosen on out-of-fold confidences (:func:`choose_min_confidence`;
+    every candidate's scores under ``fitted_on``)."""
+    from mefn.confidence import LesionOutcomes, fit_trust, out_of_fold_confidence, trust_record
+
+    outcomes: list[LesionOutcomes] = []
+    lesion, voxel, fitted = fit_trust(cases, outcomes=outcomes)
+    min_confidence = 0.0
+    if floor:
+        held_out = out_of_fold_confidence(outcomes, lesion.model.features, fitted["lesion_l2"])
+        min_confidence, scores = choose_min_confidence(outcomes, held_out)
+        fitted["min_confidence_scores"] = scores
+        if progress:
+            progress(f"confidence floor {min_confidence:g} (chosen on out-of-fold confidences)")
+    return trust_record(lesion, voxel, fitted, review_below, min_confidence)
+
+
+def choose_min_confidence(
+    outcomes: Sequence[Any],
+    confidences: Sequence[np.ndarray],
+    candidates: Sequence[float] = MIN_CONFIDENCE_CANDIDATES,
+) -> tuple[float, list[dict[str, float]]]:
+    """The confidence floor (lesions below it are removed) for validation cases'
+    :class:`mefn.confidence.LesionOutcomes` whose lesions have ``confidences`` (out of fold:
+    :func:`mefn.confidence.out_of_fold_confidence`): the best mean Dice among the floors whose
+    mean false-positive volume is within FPV_LIMIT_ML, or among all when none is; on a tie
+    the smaller false-positive volume, then the lower floor. Returns the floor and every
+    candidate's AutoPET 2022 means."""
+    rows = []
+    for floor in candidates:
+        drops = [np.asarray(conf) < floor for conf in confidences]
+        metrics = [case.metrics_without(drop) for case, drop in zip(outcomes, drops)]
+        dropped = sum(int(drop.sum()) for drop in drops)
+        rows.append({"min_confidence": float(floor), **mean_scores(metrics), "dropped": dropped})
+    within = [r for r in rows if r["mean_fpv_ml"] <= FPV_LIMIT_ML] or rows
+    best = max(
+        within,
+        key=lambda r: (round(r["mean_dice"], 4), -round(r["mean_fpv_ml"], 4), -r["min_confidence"]),
+    )
+    return float(best["min_confidence"]), rows
 
 
 def write_trust(card_path: str | Path, trust: dict[str, Any]) -> None:
@@ -386,7 +449,9 @@ def write_trust(card_path: str | Path, trust: dict[str, Any]) -> None:
     card = _read_card(path)
     card["lesion_confidence"] = trust["lesion_confidence"]
     card["voxel_error"] = trust["voxel_error"]
-    _settings_of(card, path)["review_below"] = trust["review_below"]
+    settings = _settings_of(card, path)
+    settings["review_below"] = trust["review_below"]
+    settings["min_confidence"] = trust.get("min_confidence", 0.0)
     atomic_write_text(path, json.dumps(card, indent=1))
 
 
@@ -398,6 +463,7 @@ def trust_summary(trust: dict[str, Any]) -> str:
         f"{fitted['lesions_false']} false lesion(s) of {fitted['cases']} case(s) (L2 "
         f"{fitted['lesion_l2']:g}); voxel error map on {fitted['voxels_sampled']} voxels; "
         f"lesions below {trust['review_below']:.0%} confidence are flagged"
+        + (f", below {trust['min_confidence']:.0%} removed" if trust.get("min_confidence") else "")
     )
 
 

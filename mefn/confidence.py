@@ -43,6 +43,7 @@ __all__ = [
     "EvidenceMaps",
     "IsotonicMap",
     "LesionConfidence",
+    "LesionOutcomes",
     "LogisticModel",
     "TrustCase",
     "Calibrator",
@@ -53,8 +54,10 @@ __all__ = [
     "fit_trust",
     "iter_lesions",
     "lesion_evidence",
+    "lesion_outcomes",
     "lesion_truth",
     "near_lesions",
+    "out_of_fold_confidence",
     "trust_from_card",
     "trust_record",
 ]
@@ -560,6 +563,112 @@ class TrustCase:
     maps: EvidenceMaps
 
 
+@dataclass(frozen=True)
+class LesionOutcomes:
+    """One validation case's predicted lesions, as the AutoPET 2022 metrics count them: enough
+    to score the case again with any subset of its lesions removed
+    (:meth:`metrics_without`), without its arrays.
+
+    Per predicted lesion (the order of :func:`iter_lesions`): its evidence, whether it is true,
+    its voxels, those inside the reference, and the reference components (18-connected) it
+    touches; per reference component, its voxels."""
+
+    evidence: tuple[dict[str, float], ...]
+    true: np.ndarray
+    voxels: np.ndarray
+    overlap: np.ndarray
+    touches: tuple[np.ndarray, ...]
+    reference_voxels: np.ndarray
+    voxel_ml: float
+
+    def metrics_without(self, drop: np.ndarray, case: str = "") -> Any:
+        """The case's AutoPET 2022 metrics (:class:`mefn.metrics.autopet.AutopetCaseMetrics`)
+        when the lesions where ``drop`` is true are removed from the mask."""
+        from mefn.metrics.autopet import AutopetCaseMetrics
+
+        keep = ~np.asarray(drop, dtype=bool)
+        reference = int(self.reference_voxels.sum())
+        predicted = int(self.voxels[keep].sum())
+        overlap = int(self.overlap[keep].sum())
+        fp = int(self.voxels[keep & (self.overlap == 0)].sum())
+        touched = np.zeros(self.reference_voxels.size, dtype=bool)
+        for lesion in np.flatnonzero(keep):
+            touched[self.touches[lesion]] = True
+        fn = int(self.reference_voxels[~touched].sum())
+        total = reference + predicted
+        return AutopetCaseMetrics(
+            case=case,
+            year=2022,
+            dice=2 * overlap / total if total else math.nan,
+            fpv_ml=fp * self.voxel_ml,
+            fnv_ml=fn * self.voxel_ml,
+            fp_voxels=fp,
+            fn_voxels=fn,
+            reference_voxels=reference,
+            predicted_voxels=predicted,
+            voxel_volume_ml=self.voxel_ml,
+        )
+
+
+def lesion_outcomes(case: TrustCase) -> LesionOutcomes:
+    """The evidence and the AutoPET 2022 bookkeeping of each predicted lesion of ``case``."""
+    ref_labels = cc3d.connected_components(case.reference != 0, connectivity=CONNECTIVITY)
+    reference_voxels = np.bincount(ref_labels.ravel())[1:]
+    evidence, true, voxels, overlap, touches = [], [], [], [], []
+    for _label, box, lesion in iter_lesions(case.mask):
+        hit = ref_labels[box][lesion]
+        evidence.append(lesion_evidence(box, lesion, case.maps))
+        true.append(bool((hit != 0).any()))
+        voxels.append(int(lesion.sum()))
+        overlap.append(int(np.count_nonzero(hit)))
+        touches.append(np.unique(hit[hit != 0]) - 1)
+    return LesionOutcomes(
+        evidence=tuple(evidence),
+        true=np.asarray(true, dtype=bool),
+        voxels=np.asarray(voxels, dtype=np.int64),
+        overlap=np.asarray(overlap, dtype=np.int64),
+        touches=tuple(touches),
+        reference_voxels=reference_voxels.astype(np.int64),
+        voxel_ml=float(np.prod(case.maps.spacing_mm)) / 1000.0,
+    )
+
+
+def out_of_fold_confidence(
+    cases: Sequence[LesionOutcomes],
+    features: Sequence[str],
+    l2: float,
+    folds: int = 5,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Each case's lesion confidences from a model that never saw the case: the cases are
+    split into ``folds`` folds (in a seeded order) and each fold's lesions are scored by the
+    logistic model (penalty ``l2``) fitted on the other folds' lesions. A fold whose other
+    folds hold only true or only false lesions is scored by the model fitted on all cases
+    (then in-sample, and said so by nothing else: with that little data there is no
+    honest alternative)."""
+    rows = [
+        np.asarray([[e[f] for f in features] for e in c.evidence]).reshape(-1, len(features))
+        for c in cases
+    ]
+    truth = [c.true.astype(np.float64) for c in cases]
+    n = len(cases)
+    order = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, dtype=int)
+    fold[order] = np.arange(n) % max(1, min(folds, n))
+    x_all, y_all = np.vstack(rows), np.concatenate(truth)
+    everything = fit_logistic(x_all, y_all, features, l2)
+    out: list[np.ndarray] = [np.empty(0)] * n
+    for k in np.unique(fold):
+        train = [i for i in range(n) if fold[i] != k]
+        y = np.concatenate([truth[i] for i in train]) if train else np.empty(0)
+        model = everything
+        if y.size and y.min() != y.max():
+            model = fit_logistic(np.vstack([rows[i] for i in train]), y, features, l2)
+        for i in np.flatnonzero(fold == k):
+            out[i] = model.probability(rows[i]) if rows[i].size else np.empty(0)
+    return out
+
+
 @dataclass
 class _Samples:
     lesion_rows: list[dict[str, float]] = field(default_factory=list)
@@ -598,20 +707,24 @@ def fit_trust(
     n_near: int = 100_000,
     n_far: int = 20_000,
     far_weight: float = 1.0,
+    outcomes: list[LesionOutcomes] | None = None,
 ) -> tuple[LesionConfidence, VoxelErrorMap, dict[str, Any]]:
     """The lesion confidence and the voxel error map fitted on validation ``cases`` (read one at
     a time), with a summary of what they were fitted on (lesion counts, the chosen penalty).
     ``far_weight`` scales the weight of the voxels farther than NEAR_MM from any lesion (1:
     each voxel counts once, a map calibrated over whole volumes; docs/trust.md measures
-    lower values)."""
+    lower values). ``outcomes``, when given, receives each case's :class:`LesionOutcomes`
+    (to choose a confidence floor on: :func:`mefn.calibration.choose_min_confidence`)."""
     rng = np.random.default_rng(seed)
     s = _Samples()
     n_cases = 0
     for case in cases:
         n_cases += 1
-        for _label, box, lesion in iter_lesions(case.mask):
-            s.lesion_rows.append(lesion_evidence(box, lesion, case.maps))
-            s.lesion_true.append(lesion_truth(box, lesion, case.reference))
+        found = lesion_outcomes(case)
+        s.lesion_rows.extend(found.evidence)
+        s.lesion_true.extend(bool(t) for t in found.true)
+        if outcomes is not None:
+            outcomes.append(found)
         x, y, w, inside = _sample_voxels(case, rng, n_near, n_far, far_weight)
         s.voxel_x.append(x)
         s.voxel_y.append(y)
@@ -650,13 +763,15 @@ def trust_record(
     voxel: VoxelErrorMap,
     summary: dict[str, Any],
     review_below: float = DEFAULT_REVIEW_BELOW,
+    min_confidence: float = 0.0,
 ) -> dict[str, Any]:
     """The card entries of a fitted trust calibration (``lesion_confidence``, ``voxel_error``,
-    ``review_below``)."""
+    ``review_below``, ``min_confidence``)."""
     return {
         "lesion_confidence": {**lesion.to_json(), "fitted_on": summary},
         "voxel_error": voxel.to_json(),
         "review_below": float(review_below),
+        "min_confidence": float(min_confidence),
     }
 
 

@@ -41,11 +41,13 @@ from mefn.io.volume import Geometry
 from mefn.model.sliding_window import sliding_window_predict
 from mefn.outputs import output_paths, save_prediction
 from mefn.postprocess import (
+    DroppedLesion,
     HotSpot,
     HotSpotCheck,
     LesionTable,
     PetCheck,
     apply_pet_check,
+    drop_unconfident,
     find_hot_spots,
     lesion_table,
     mask_from_probabilities,
@@ -123,6 +125,9 @@ class Prediction:
     settings: dict[str, Any] = field(default_factory=dict)
     #: PET hot spots the mask does not touch (:func:`mefn.postprocess.find_hot_spots`)
     hot_spots: tuple[HotSpot, ...] = ()
+    #: lesions removed for a confidence below ``min_confidence``
+    #: (:func:`mefn.postprocess.drop_unconfident`)
+    dropped: tuple[DroppedLesion, ...] = ()
     #: seconds spent in each stage of :meth:`Predictor.predict` (``resample``, ``network``,
     #: ``tta_scales`` (bringing coarser scales' maps onto the model grid), ``to_output_grid``, ``mask``, ``suv``, ``pet_check``, ``lesion_floor``,
     #: ``lesion_table``, ``hot_spots``), measured with :func:`time.perf_counter`
@@ -148,6 +153,8 @@ class Prediction:
                 "max": float(self.uncertainty.max()),
             },
             **self.lesions.to_json(),
+            "n_dropped": len(self.dropped),
+            "dropped_lesions": [lesion.to_json() for lesion in self.dropped],
             "n_hot_spots": len(self.hot_spots),
             "hot_spots": [spot.to_json() for spot in self.hot_spots],
         }
@@ -235,6 +242,11 @@ class Predictor:
         With a lesion confidence model in the card (of the adapter, when one is given;
         :mod:`mefn.confidence`): lesions whose confidence is below this are flagged. Default:
         the card's ``review_below``, else 0.5.
+    min_confidence:
+        With a lesion confidence model: lesions whose confidence is below this are removed
+        from the mask and listed in the report as dropped (after the lesion floor, before the
+        voxel error map and the lesion table). Default: the card's ``min_confidence`` (chosen
+        on validation cases by ``mefn calibrate``), else 0 (keep all).
     min_lesion_ml:
         Predicted lesions smaller than this are dropped. Default: the value chosen on
         validation cases and stored in the card (``min_lesion_ml``), else 0 (keep all).
@@ -278,6 +290,7 @@ class Predictor:
         threads: int | None = None,
         review_threshold: float | None = None,
         review_below: float | None = None,
+        min_confidence: float | None = None,
         min_lesion_ml: float | None = None,
         tta_axes: Sequence[int] | None = None,
         tta_scales: Sequence[float] | None = None,
@@ -320,6 +333,7 @@ class Predictor:
             min_lesion_ml=min_lesion_ml,
             review_threshold=review_threshold,
             review_below=review_below,
+            min_confidence=min_confidence,
             pet_check=pet_check,
             hot_spots=hot_spots,
         )
@@ -349,6 +363,11 @@ class Predictor:
     def review_below(self) -> float:
         below = self.postprocess.review_below
         return DEFAULT_REVIEW_BELOW if below is None else below
+
+    @property
+    def min_confidence(self) -> float:
+        """The confidence floor in use: 0 (none) without a lesion confidence model."""
+        return self.postprocess.min_confidence if self.lesion_confidence is not None else 0.0
 
     @property
     def calibrated(self) -> bool:
@@ -439,6 +458,7 @@ class Predictor:
             **self.postprocess.to_json(),
             # the flag in use: the confidence rule when there is a confidence model
             "review_below": self.review_below if self.lesion_confidence is not None else None,
+            "min_confidence": self.min_confidence,
             "calibrated_uncertainty": self.calibrated,
             "fine_stage": self.fine.describe() if self.fine is not None else None,
         }
@@ -555,6 +575,12 @@ class Predictor:
                 uncertainty_ct=maps.uncertainty_ct,
                 uncertainty_pet=maps.uncertainty_pet,
             )
+        dropped: tuple[DroppedLesion, ...] = ()
+        if self.lesion_confidence is not None and evidence is not None:
+            with clock("min_confidence"):
+                mask, dropped = drop_unconfident(
+                    mask, self.lesion_confidence, evidence, target, self.min_confidence
+                )
         if self.voxel_error is not None and evidence is not None:
             with clock("voxel_error"):
                 delivered = self.voxel_error(mask, evidence)
@@ -586,6 +612,7 @@ class Predictor:
             seconds=time.monotonic() - t0,
             settings=self.settings(),
             hot_spots=spots,
+            dropped=dropped,
             timings=clock.seconds,
         )
 

@@ -27,10 +27,12 @@ from mefn.io.volume import Geometry
 
 __all__ = [
     "DEFAULT_REVIEW_THRESHOLD",
+    "DroppedLesion",
     "Lesion",
     "LesionTable",
     "check_lesion_threshold",
     "choose_review_threshold",
+    "drop_unconfident",
     "format_u",
     "HotSpot",
     "HotSpotCheck",
@@ -342,6 +344,61 @@ class LesionTable:
             "n_review": self.n_review,
             "lesions": [lesion.to_json() for lesion in self.lesions],
         }
+
+
+@dataclass(frozen=True)
+class DroppedLesion:
+    """A component removed from the mask because its lesion confidence was below the floor
+    (``min_confidence``): what a reader needs to find it again."""
+
+    label: int
+    volume_ml: float
+    centroid_mm: tuple[float, float, float]
+    suv_max: float
+    confidence: float
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["centroid_mm"] = [round(c, 2) for c in self.centroid_mm]
+        return data
+
+
+def drop_unconfident(
+    mask: np.ndarray,
+    model: LesionConfidence,
+    maps: EvidenceMaps,
+    geometry: Geometry,
+    min_confidence: float,
+) -> tuple[np.ndarray, tuple[DroppedLesion, ...]]:
+    """``mask`` without the lesions (18-connected components of each label) whose calibrated
+    confidence is below ``min_confidence``, and those lesions, largest first. The evidence of
+    every lesion is read from ``maps`` on the mask as given, so the order of removal does not
+    matter. ``min_confidence`` 0 keeps every lesion (and the mask itself)."""
+    if min_confidence <= 0:
+        return mask, ()
+    dropped: list[DroppedLesion] = []
+    out = mask
+    voxel_ml = geometry.voxel_volume_ml
+    for label, box, comp in iter_lesions(mask):
+        p_true = model(lesion_evidence(box, comp, maps))
+        if p_true >= min_confidence:
+            continue
+        if out is mask:
+            out = mask.copy()
+        out[box][comp] = 0
+        lo = np.asarray([b.start for b in box])
+        centroid = geometry.index_to_world(np.argwhere(comp).mean(axis=0) + lo)
+        dropped.append(
+            DroppedLesion(
+                label=label,
+                volume_ml=float(comp.sum()) * voxel_ml,
+                centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                suv_max=float(maps.suv[box][comp].max()),
+                confidence=p_true,
+            )
+        )
+    dropped.sort(key=lambda d: -d.volume_ml)
+    return out, tuple(dropped)
 
 
 def lesion_table(

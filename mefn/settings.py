@@ -35,6 +35,7 @@ CARD_KEYS = (
     "min_lesion_ml",
     "review_threshold",
     "review_below",
+    "min_confidence",
     "pet_check",
     "hot_spots",
 )
@@ -83,7 +84,9 @@ class PostprocessSettings:
     review_threshold: lesions whose mean uncertainty reaches it are flagged (weights without a
     lesion confidence model). review_below: with a lesion confidence model, lesions whose
     confidence is below it are flagged (None: the model's card's choice, else
-    :data:`mefn.confidence.DEFAULT_REVIEW_BELOW`). pet_check: what a
+    :data:`mefn.confidence.DEFAULT_REVIEW_BELOW`). min_confidence: with a lesion confidence
+    model, lesions whose confidence is below it are removed from the mask (and listed in the
+    report as dropped); 0: none are. pet_check: what a
     lesion must show on PET (:class:`~mefn.postprocess.PetCheck`). hot_spots: which PET hot
     spots outside the mask are listed (:class:`~mefn.postprocess.HotSpotCheck`).
     """
@@ -94,6 +97,7 @@ class PostprocessSettings:
     min_lesion_ml: float = 0.0
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD
     review_below: float | None = None
+    min_confidence: float = 0.0
     pet_check: PetCheck = field(default_factory=PetCheck)
     hot_spots: HotSpotCheck = field(default_factory=HotSpotCheck)
 
@@ -111,6 +115,13 @@ class PostprocessSettings:
                 f"review_below must be a probability in (0, 1], found {below!r}; e.g. 0.5 flags "
                 "lesions with less than an even chance of being true"
             )
+        floor = self.min_confidence
+        if not (isinstance(floor, int | float) and 0.0 <= floor < 1.0):
+            raise InputError(
+                f"min_confidence must be a probability in [0, 1), found {floor!r}; e.g. 0.2 "
+                "removes lesions with less than a 20 % chance of being true, 0 keeps all"
+            )
+        object.__setattr__(self, "min_confidence", float(floor))
 
     @classmethod
     def from_card(
@@ -167,6 +178,8 @@ class PostprocessSettings:
                 changes[key] = tuple(value) if isinstance(value, Sequence) else value
             elif key in ("lesion_threshold", "review_below"):
                 changes[key] = None if value is None else float(value)
+            elif key == "min_confidence":  # None in a card: no floor
+                changes[key] = 0.0 if value is None else value
             else:
                 changes[key] = float(value)
         return replace(self, **changes)
@@ -179,6 +192,7 @@ class PostprocessSettings:
             "min_lesion_ml": self.min_lesion_ml,
             "review_threshold": self.review_threshold,
             "review_below": self.review_below,
+            "min_confidence": self.min_confidence,
             "pet_check": self.pet_check.to_json(),
             "hot_spots": self.hot_spots.to_json(),
         }

@@ -9,10 +9,13 @@ Stages (``--stage``):
   ``test_fresh_phantoms``); neither overlaps the training seeds (1000-1199). Cases already kept
   are skipped, so the stage continues where a stopped run left off.
 - ``fit``: fit the lesion confidence and the voxel error map on the validation cases
-  (:func:`mefn.confidence.fit_trust`) and store them in the bundled card.
-- ``test``: score the trust of the stored calibration on the test cases
-  (:func:`mefn.confidence.trust_metrics`): lesion AUROC and ECE, voxel ECE near lesions,
-  reliability diagrams; JSON and figures in ``campaigns/trust_phantoms``.
+  (:func:`mefn.confidence.fit_trust`), choose the confidence floor on their out-of-fold
+  confidences (:func:`mefn.calibration.choose_min_confidence`; ``--no-floor``: none) and
+  store them in the bundled card (as ``mefn calibrate`` does).
+- ``test``: score the stored calibration on the test cases: the segmentation (AutoPET 2022)
+  as kept and with the card's confidence floor applied, and on the lesions delivered with the
+  floor the lesion AUROC and ECE, voxel ECE near lesions, reliability diagrams; JSON and
+  figures in ``campaigns/trust_phantoms``.
 
 Usage (from the repository root; the predict stage takes 1-4 min per case on 2 cores)::
 
@@ -126,20 +129,24 @@ def _kept(kind: str, work: Path = WORK) -> list[Path]:
     return sorted((work / kind).glob("*.npz"), key=lambda p: int(p.stem))
 
 
-def fit(card_path: Path, work: Path = WORK) -> dict[str, Any]:
-    """Fit on the validation cases kept under ``work`` and store the result in ``card_path``."""
-    from mefn.confidence import fit_trust, trust_record
+def fit(card_path: Path, work: Path = WORK, floor: bool = True) -> dict[str, Any]:
+    """Fit on the validation cases kept under ``work`` and store the result in ``card_path``
+    (a weights card: the trust and ``review_below`` / ``min_confidence`` at its top level)."""
+    from mefn.calibration import fit_trust_record
+    from mefn.confidence import DEFAULT_REVIEW_BELOW
     from mefn.fileutil import atomic_write_text
 
     paths = _kept("val", work)
-    lesion, voxel, summary = fit_trust(load_kept(p) for p in paths)
-    summary["seeds"] = [int(paths[0].stem), int(paths[-1].stem)]
-    record = trust_record(lesion, voxel, summary)
     card = json.loads(card_path.read_text(encoding="utf-8"))
+    below = float(card.get("review_below") or DEFAULT_REVIEW_BELOW)
+    record = fit_trust_record((load_kept(p) for p in paths), below, floor=floor, progress=print)
+    summary = record["lesion_confidence"]["fitted_on"]
+    summary["seeds"] = [int(paths[0].stem), int(paths[-1].stem)]
     card.update(record)
     atomic_write_text(card_path, json.dumps(card, indent=1))
-    print(json.dumps(summary), flush=True)
-    print(json.dumps(record["lesion_confidence"]), flush=True)
+    print(json.dumps({k: v for k, v in summary.items() if k != "min_confidence_scores"}))
+    for row in summary.get("min_confidence_scores", []):
+        print(json.dumps(row), flush=True)
     return record
 
 
@@ -200,24 +207,65 @@ class TrustTally:
         )
 
 
+def without_unconfident(case: TrustCase, lesion_model: Any, floor: float) -> TrustCase:
+    """``case`` with the lesions whose confidence is below ``floor`` removed from its mask
+    (what ``mefn segment`` delivers with ``min_confidence``)."""
+    from mefn.confidence import TrustCase, iter_lesions, lesion_evidence
+
+    if floor <= 0:
+        return case
+    mask = case.mask.copy()
+    for _label, box, lesion in iter_lesions(case.mask):
+        if lesion_model(lesion_evidence(box, lesion, case.maps)) < floor:
+            mask[box][lesion] = 0
+    return TrustCase(mask, case.reference, case.maps)
+
+
 def test(card_path: Path, kind: str = "test", work: Path = WORK) -> dict[str, Any]:
-    """Score the card's trust calibration on the ``kind`` cases kept under ``work``."""
+    """Score the card's calibration on the ``kind`` cases kept under ``work``: AutoPET 2022
+    means as kept and with the card's ``min_confidence``; the trust of what is delivered."""
+    from mefn.calibration import mean_scores
     from mefn.confidence import trust_from_card
+    from mefn.metrics.autopet import autopet_case_metrics
 
     card = json.loads(card_path.read_text(encoding="utf-8"))
     lesion_model, voxel_model, _ = trust_from_card(card)
     assert lesion_model is not None and voxel_model is not None
+    floor = float(card.get("min_confidence") or 0.0)
     tally = TrustTally()
     paths = _kept(kind, work)
+    as_kept, floored = [], []
     for path in paths:
-        tally.add(load_kept(path), lesion_model, voxel_model, int(path.stem))
+        case = load_kept(path)
+        voxel_ml = float(np.prod(case.maps.spacing_mm)) / 1000.0
+        as_kept.append(autopet_case_metrics(case.reference, case.mask, voxel_ml, 2022))
+        case = without_unconfident(case, lesion_model, floor)
+        floored.append(autopet_case_metrics(case.reference, case.mask, voxel_ml, 2022))
+        tally.add(case, lesion_model, voxel_model, int(path.stem))
     result = {
         "cases": len(paths),
         "seeds": [int(paths[0].stem), int(paths[-1].stem)],
+        "min_confidence": floor,
+        "segmentation_as_kept": mean_scores(as_kept),
+        "segmentation": mean_scores(floored),
+        "per_case": [
+            {"seed": int(p.stem), **{k: round(float(getattr(m, k)), 4) for k in _CASE_KEYS}}
+            for p, m in zip(paths, floored)
+        ],
         **tally.result("seed"),
     }
-    print(f"[{kind}] {len(paths)} cases, {tally.line()}", flush=True)
+    seg, seg0 = result["segmentation"], result["segmentation_as_kept"]
+    print(
+        f"[{kind}] {len(paths)} cases, floor {floor:g}: Dice {seg['mean_dice']:.3f} FPV "
+        f"{seg['mean_fpv_ml']:.2f} FNV {seg['mean_fnv_ml']:.2f} (as kept: "
+        f"{seg0['mean_dice']:.3f} / {seg0['mean_fpv_ml']:.2f} / {seg0['mean_fnv_ml']:.2f}); "
+        f"{tally.line()}",
+        flush=True,
+    )
     return result
+
+
+_CASE_KEYS = ("dice", "fpv_ml", "fnv_ml", "reference_voxels")
 
 
 def write_results(result: dict[str, Any], kind: str) -> None:
@@ -253,6 +301,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", default="test", choices=("val", "test"), help="test stage: which")
     parser.add_argument(
+        "--no-floor", action="store_true", help="fit stage: no confidence floor (keep all lesions)"
+    )
+    parser.add_argument(
         "--write",
         action="store_true",
         help="test stage: write the JSON to campaigns/trust_phantoms and the figures to docs/images",
@@ -279,7 +330,7 @@ def main() -> int:
     if args.stage == "predict":
         predict(args.n_val, args.n_test, args.threads, args.model, args.work)
     elif args.stage == "fit":
-        fit(card, args.work)
+        fit(card, args.work, floor=not args.no_floor)
     else:
         result = test(card, args.set, args.work)
         if args.write:

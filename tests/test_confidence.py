@@ -187,3 +187,55 @@ def test_trust_record_round_trips_through_a_card() -> None:
     assert les(ev) == pytest.approx(lesion_model(ev))
     with pytest.raises(InputError, match="calibrate"):
         les({})
+
+
+def test_lesion_outcomes_score_a_case_as_the_autopet_metrics_do() -> None:
+    from mefn.confidence import lesion_outcomes
+    from mefn.metrics.autopet import autopet_case_metrics
+
+    rng = np.random.default_rng(5)
+    for trial in range(6):
+        shape = (20, 22, 18)
+        ref = (rng.random(shape) > 0.97).astype(np.uint8)
+        mask = (rng.random(shape) > 0.96).astype(np.uint8)
+        if trial == 0:
+            ref[:] = 0  # a case without lesions: Dice 0, FPV counted
+        maps = EvidenceMaps(
+            rng.random(shape).astype(np.float32),
+            rng.uniform(0.01, 0.5, shape).astype(np.float32),
+            rng.uniform(0.5, 5.0, shape).astype(np.float32),
+            (2.0, 3.0, 4.0),
+        )
+        case = TrustCase(mask, ref, maps)
+        found = lesion_outcomes(case)
+        lesions = list(iter_lesions(mask))
+        assert len(found.evidence) == len(lesions) == found.voxels.size
+        assert list(found.true) == [lesion_truth(b, les, ref) for _l, b, les in lesions]
+        drop = rng.random(len(lesions)) < 0.4
+        kept = mask.copy()
+        for (_label, box, lesion), gone in zip(lesions, drop):
+            if gone:
+                kept[box][lesion] = 0
+        want = autopet_case_metrics(ref, kept, (2.0, 3.0, 4.0), 2022)
+        got = found.metrics_without(drop)
+        for key in ("fp_voxels", "fn_voxels", "reference_voxels", "predicted_voxels"):
+            assert getattr(got, key) == getattr(want, key), key
+        assert got.dice == pytest.approx(want.dice)
+        assert got.fpv_ml == pytest.approx(want.fpv_ml)
+        assert got.fnv_ml == pytest.approx(want.fnv_ml)
+
+
+def test_out_of_fold_confidence_never_scores_a_case_with_its_own_lesions() -> None:
+    from mefn.confidence import lesion_outcomes, out_of_fold_confidence
+
+    cases = [lesion_outcomes(c) for c in _synthetic_cases(10, 6)]
+    features = ["log_suv_max", "p_mean"]
+    held_out = out_of_fold_confidence(cases, features, l2=1.0, folds=5)
+    assert [h.size for h in held_out] == [c.voxels.size for c in cases]
+    assert all(((h > 0) & (h < 1)).all() for h in held_out)
+    # one case whose labels contradict its evidence: its held-out confidences follow the
+    # others (hot is true), an in-sample fit with it alone would say the opposite
+    liar = cases[0]
+    flipped = type(liar)(**{**liar.__dict__, "true": ~liar.true})
+    again = out_of_fold_confidence([flipped, *cases[1:]], features, l2=1.0, folds=10)
+    assert np.allclose(again[0], out_of_fold_confidence(cases, features, 1.0, folds=10)[0])

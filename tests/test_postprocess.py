@@ -308,3 +308,34 @@ def test_hot_spot_check_refuses_bad_values():
         from mefn.postprocess import find_hot_spots
 
         find_hot_spots(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), _geo((3, 3, 3)))
+
+
+def test_drop_unconfident_removes_lesions_below_the_floor_and_says_where() -> None:
+    from mefn.confidence import EvidenceMaps, LesionConfidence, LogisticModel
+    from mefn.postprocess import drop_unconfident
+
+    geo = _geo((20, 20, 20))
+    mask = np.zeros(geo.shape, np.uint8)
+    suv = np.ones(geo.shape, np.float32)
+    mask[2:5, 2:5, 2:5] = 1  # hot: kept
+    suv[2:5, 2:5, 2:5] = 9.0
+    mask[12:14, 12:14, 12:16] = 1  # faint: dropped
+    suv[12:14, 12:14, 12:16] = 1.5
+    maps = EvidenceMaps(np.full(geo.shape, 0.6, np.float32), np.full(geo.shape, 0.1, np.float32),
+                        suv, geo.spacing_mm)  # fmt: skip
+    # confidence rises with SUVmax: log(1 + 9) -> 0.92, log(1 + 1.5) -> 0.33
+    model = LesionConfidence(
+        LogisticModel(("log_suv_max",), np.zeros(1), np.ones(1), np.asarray([2.0]), -2.5)
+    )
+    kept, dropped = drop_unconfident(mask, model, maps, geo, 0.5)
+    assert kept[3, 3, 3] == 1 and kept[12:14, 12:14, 12:16].sum() == 0
+    assert mask[12, 12, 12] == 1  # the input is left as it was
+    (gone,) = dropped
+    assert gone.label == 1 and gone.volume_ml == pytest.approx(16 * 8 / 1000)
+    assert gone.suv_max == pytest.approx(1.5)
+    assert gone.confidence == pytest.approx(1 / (1 + np.exp(2.5 - 2 * np.log(2.5))))
+    centre = geo.index_to_world(np.asarray([12.5, 12.5, 13.5]))
+    assert gone.centroid_mm == pytest.approx(tuple(centre))
+    assert gone.to_json()["centroid_mm"] == [round(c, 2) for c in centre]
+    same, none = drop_unconfident(mask, model, maps, geo, 0.0)
+    assert same is mask and none == ()

@@ -71,3 +71,19 @@ def test_a_bad_card_is_the_cards_fault_and_a_bad_override_the_callers() -> None:
         PostprocessSettings().with_overrides(min_lesion_ml=-1.0)
     with pytest.raises(InputError, match="override names unknown fields"):
         PostprocessSettings().with_overrides(hot_spots={"min_sv": 1.0})
+
+
+def test_min_confidence_is_a_probability_below_one_and_null_means_none() -> None:
+    assert PostprocessSettings().min_confidence == 0.0
+    assert PostprocessSettings.from_card({"min_confidence": 0.25}).min_confidence == 0.25
+    assert (
+        PostprocessSettings.from_card({"postprocess": {"min_confidence": None}}).min_confidence
+        == 0.0
+    )
+    assert (
+        PostprocessSettings().with_overrides(min_confidence=0.1).to_json()["min_confidence"] == 0.1
+    )
+    with pytest.raises(CheckpointError, match=r"min_confidence must be a probability in \[0, 1\)"):
+        PostprocessSettings.from_card({"min_confidence": 1.0})
+    with pytest.raises(InputError, match="found 'high'"):
+        PostprocessSettings().with_overrides(min_confidence="high")

@@ -140,3 +140,38 @@ def test_tables_name_the_calibrated_map_and_show_confidences(tmp_path) -> None:
     assert "confidence below 50% flagged for review" in text
     plain = Predictor(make_tiny_weights(_mk(tmp_path / "p")), device="cpu").predict(_case())
     assert viz.lesion_columns(plain.lesions) == viz.LESION_COLUMNS
+
+
+def test_a_confidence_floor_removes_lesions_and_the_report_lists_them(tmp_path) -> None:
+    case = _case()
+    weights = _trusted_weights(_mk(tmp_path / "w"))
+    everything = Predictor(weights, device="cpu").predict(case)
+    found = everything.lesions.lesions
+    assert found and everything.dropped == ()
+    # a floor above the most confident lesion removes every lesion (the untrained weights
+    # find a single one on this case), one below the least confident none
+    top = max(les.confidence or 0.0 for les in found)
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["min_confidence"] = floor = min(0.99, top + 0.05)
+    card_path.write_text(json.dumps(card))
+    predictor = Predictor(weights, device="cpu")
+    assert predictor.min_confidence == floor
+    pred = predictor.predict(case)
+    assert pred.lesions.lesions == () and not pred.mask.any()
+    assert len(pred.dropped) == len(found)
+    assert sorted(d.volume_ml for d in pred.dropped) == pytest.approx(
+        sorted(les.volume_ml for les in found)
+    )
+    assert [d.confidence for d in pred.dropped] == pytest.approx([les.confidence for les in found])
+    report = pred.report(case)
+    assert report["settings"]["min_confidence"] == floor
+    assert report["n_dropped"] == len(found) == len(report["dropped_lesions"])
+    low = min(les.confidence or 0.0 for les in found) - 0.01
+    assert Predictor(weights, device="cpu", min_confidence=low).predict(case).dropped == ()
+    assert Predictor(weights, device="cpu", min_confidence=0.0).predict(case).dropped == ()
+    # weights without a lesion confidence model have no floor, whatever their card says
+    plain = make_tiny_weights(_mk(tmp_path / "plain"))
+    plain_card = json.loads(plain.with_suffix(".json").read_text())
+    plain.with_suffix(".json").write_text(json.dumps({**plain_card, "min_confidence": 0.9}))
+    assert Predictor(plain, device="cpu").min_confidence == 0.0

@@ -130,6 +130,15 @@ def _add_postprocess_arguments(g: Any) -> None:
         "card's review_below; 0.5 if the card has none)",
     )
     g.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="for weights with a lesion confidence model: remove lesions whose confidence is "
+        "below P, in [0, 1), from the mask; the report lists them as dropped (default: the "
+        "floor chosen for the weights, in their card; 0 keeps every lesion)",
+    )
+    g.add_argument(
         "--min-lesion-ml",
         type=float,
         default=None,
@@ -259,6 +268,19 @@ def _print_table(report: dict[str, Any], file: Any, max_rows: int = 20) -> None:
         print(file=file)
 
 
+def _print_dropped(report: dict[str, Any], file: Any) -> None:
+    dropped = report.get("dropped_lesions") or []
+    if not dropped:
+        return
+    floor = (report.get("settings") or {}).get("min_confidence")
+    volume = sum(d["volume_ml"] for d in dropped)
+    print(
+        f"    {len(dropped)} lesion(s) of {volume:.2f} mL in all removed for a confidence below "
+        f"{floor:.0%} (listed in the report; --min-confidence 0 keeps them)",
+        file=file,
+    )
+
+
 def _print_hot_spots(report: dict[str, Any], file: Any, max_rows: int = 10) -> None:
     spots = report.get("hot_spots") or []
     if not spots:
@@ -383,6 +405,7 @@ def _check_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     overrides, hot-spot overrides)."""
     from mefn.errors import InputError
     from mefn.postprocess import check_lesion_threshold
+    from mefn.settings import PostprocessSettings
 
     if (args.ct is None) != (args.pet is None):
         raise InputError("--ct and --pet go together; give both or neither")
@@ -391,6 +414,12 @@ def _check_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
     check_lesion_threshold(args.lesion_threshold)
+    PostprocessSettings().with_overrides(  # the scalar settings, refused as they would be later
+        review_threshold=args.review_threshold,
+        review_below=args.review_below,
+        min_confidence=args.min_confidence,
+        min_lesion_ml=args.min_lesion_ml,
+    )
     return pet_check_overrides(args), hot_spot_overrides(args)
 
 
@@ -463,6 +492,7 @@ def _build_predictor(
         threads=args.threads,
         review_threshold=args.review_threshold,
         review_below=args.review_below,
+        min_confidence=args.min_confidence,
         min_lesion_ml=args.min_lesion_ml,
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
@@ -536,6 +566,7 @@ def _print_case(case: Any, prediction: Any, mask_path: Path, with_tables: bool) 
     if with_tables:
         report = prediction.report(case)
         _print_table(report, sys.stdout)
+        _print_dropped(report, sys.stdout)
         _print_hot_spots(report, sys.stdout)
 
 

@@ -77,6 +77,9 @@ def test_calibrate_writes_the_choice_into_the_card(tmp_path, phantoms, capsys) -
     assert predictor.lesion_confidence is not None and predictor.voxel_error is not None
     fitted = card["lesion_confidence"]["fitted_on"]
     assert fitted["cases"] == 2 and fitted["lesions_true"] and fitted["lesions_false"]
+    # the confidence floor, chosen on out-of-fold confidences among the candidates
+    floors = [row["min_confidence"] for row in fitted["min_confidence_scores"]]
+    assert card["min_confidence"] in floors and predictor.min_confidence == card["min_confidence"]
 
 
 def test_calibrate_drops_a_stale_trust_calibration(tmp_path, phantoms, capsys) -> None:
@@ -88,7 +91,10 @@ def test_calibrate_drops_a_stale_trust_calibration(tmp_path, phantoms, capsys) -
     iso = IsotonicMap(np.asarray([0.0, 1.0]), np.asarray([0.0, 1.0]))
     n = len(VOXEL_FEATURES)
     voxel = Calibrator(LogisticModel(VOXEL_FEATURES, np.zeros(n), np.ones(n), np.ones(n), 0.0), iso)
-    old = trust_record(LesionConfidence(stale), VoxelErrorMap(voxel, voxel), {}, review_below=0.2)
+    old = trust_record(
+        LesionConfidence(stale), VoxelErrorMap(voxel, voxel), {}, review_below=0.2,
+        min_confidence=0.45,
+    )  # fmt: skip
     card.update(old)
     card_path.write_text(json.dumps(card))
     assert main(["calibrate", str(weights), "--data", str(phantoms), "--max-cases", "1"]) == 0
@@ -97,7 +103,10 @@ def test_calibrate_drops_a_stale_trust_calibration(tmp_path, phantoms, capsys) -
     assert card.get("voxel_error") != old["voxel_error"]
     if "lesion_confidence" not in card:  # one case may not have both kinds of lesion
         assert "not fitted" in capsys.readouterr().err
-        assert "review_below" not in card
+        assert "review_below" not in card and "min_confidence" not in card
+    else:
+        scores = card["lesion_confidence"]["fitted_on"]["min_confidence_scores"]
+        assert card["min_confidence"] in [row["min_confidence"] for row in scores]  # not 0.45
 
 
 def test_calibrate_refusals(tmp_path, phantoms, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -425,6 +426,7 @@ def test_usage_errors(tmp_path, capsys):
         ("--pet-refine", "half", "--pet-refine expects a fraction in (0, 1)"),
         ("--min-lesion-contrast", "-1", "min_contrast >= 0, found -1.0"),
         ("--pet-refine-mm", "nan", "refine_mm >= 0, found nan"),
+        ("--min-confidence", "1", "min_confidence must be a probability in [0, 1), found 1.0"),
     ):
         assert _run("segment", *args, flag, value) == 2
         err = capsys.readouterr().err
@@ -446,7 +448,12 @@ def test_help_groups_the_flags_by_concern(capsys):
     expected = {
         "inputs and outputs": ("INPUT", "--ct", "--pet-series", "--output", "--dicom"),
         "model": ("--model", "--adapter", "--device", "--tta", "--list-models"),
-        "post-processing": ("--review-threshold", "--lesion-threshold", "--pet-refine-mm"),
+        "post-processing": (
+            "--review-threshold",
+            "--lesion-threshold",
+            "--pet-refine-mm",
+            "--min-confidence",
+        ),
         "hot spots (PET uptake the mask leaves out)": ("--hot-spot-suv", "--no-hot-spots"),
         "performance": ("--sw-batch-size", "--overlap", "--threads"),
     }
@@ -455,6 +462,18 @@ def test_help_groups_the_flags_by_concern(capsys):
         for flag in flags:
             assert f"  {flag}" in sections[heading] or f", {flag}" in sections[heading], flag
     assert "--hot-spot-suv" not in sections["post-processing"]
+
+
+def test_dropped_lesions_are_summed_up_under_the_table(capsys):
+    from mefn.cli.segment import _print_dropped
+
+    _print_dropped({"settings": {"min_confidence": 0.2}, "dropped_lesions": []}, sys.stdout)
+    assert capsys.readouterr().out == ""
+    dropped = [{"volume_ml": 1.25}, {"volume_ml": 0.5}]
+    _print_dropped({"settings": {"min_confidence": 0.2}, "dropped_lesions": dropped}, sys.stdout)
+    out = capsys.readouterr().out
+    assert "2 lesion(s) of 1.75 mL in all removed for a confidence below 20%" in out
+    assert "--min-confidence 0 keeps them" in out
 
 
 # --- DICOM outputs (--dicom) -----------------------------------------------------------------
