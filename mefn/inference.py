@@ -327,6 +327,7 @@ class Predictor:
             self.card,
             new_heads,
             tuned,
+            with_adapter=adapter is not None,
             tta_axes=None if tta_axes is None else tuple(tta_axes),
             tta_scales=None if tta_scales is None else tuple(tta_scales),
             lesion_threshold=lesion_threshold,
@@ -695,16 +696,24 @@ def _load_network(model_cfg: Any, weights: Path) -> Any:
 
 
 def _postprocess_settings(
-    card: dict[str, Any], new_heads: bool, tuned: dict[str, Any], **overrides: Any
+    card: dict[str, Any],
+    new_heads: bool,
+    tuned: dict[str, Any],
+    with_adapter: bool = False,
+    **overrides: Any,
 ) -> PostprocessSettings:
     """The card's post-processing, then the adapter's card's, then the caller's overrides.
 
     The card's choices were made for the base weights' own heads: an adapter with new heads
     (another task) starts from the defaults, but keeps the card's hot-spot listing, which
-    does not depend on the heads."""
+    does not depend on the heads. The card's confidence floor belongs to the card's own
+    confidence model: with an adapter (which brings its own model, or none) only the
+    adapter's card or the caller sets one."""
     settings = PostprocessSettings.from_card(card)
     if new_heads:
         settings = PostprocessSettings(hot_spots=settings.hot_spots)
+    if with_adapter:
+        settings = replace(settings, min_confidence=0.0)
     if tuned:
         settings = PostprocessSettings.from_card({"postprocess": tuned}, base=settings)
     return settings.with_overrides(**overrides)

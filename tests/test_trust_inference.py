@@ -175,3 +175,35 @@ def test_a_confidence_floor_removes_lesions_and_the_report_lists_them(tmp_path) 
     plain_card = json.loads(plain.with_suffix(".json").read_text())
     plain.with_suffix(".json").write_text(json.dumps({**plain_card, "min_confidence": 0.9}))
     assert Predictor(plain, device="cpu").min_confidence == 0.0
+
+
+def test_the_base_cards_floor_does_not_reach_an_adapters_confidence_model(tmp_path) -> None:
+    from support import TINY_MODEL
+
+    from mefn.adapters import AdapterConfig, inject_adapters, save_adapter
+    from mefn.config import from_dict
+    from mefn.fileutil import file_sha256
+    from mefn.model import ModelConfig, build_model
+
+    weights = _trusted_weights(_mk(tmp_path / "w"))
+    card_path = weights.with_suffix(".json")
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "min_confidence": 0.4}))
+    net = build_model(from_dict(ModelConfig, TINY_MODEL))
+    inject_adapters(net, from_dict(AdapterConfig, {"type": "bottleneck"}))
+    adapter = save_adapter(net, tmp_path / "adapter", base_model_hash=file_sha256(weights))
+    # the adapter brings a confidence model of its own, fitted without a floor
+    base_card = json.loads(card_path.read_text())
+    (adapter / "card.json").write_text(
+        json.dumps({k: base_card[k] for k in ("lesion_confidence", "voxel_error")})
+    )
+    assert Predictor(weights, device="cpu").min_confidence == 0.4
+    tuned = Predictor(weights, adapter=adapter, device="cpu")
+    assert tuned.lesion_confidence is not None and tuned.min_confidence == 0.0
+    (adapter / "card.json").write_text(
+        json.dumps({**json.loads((adapter / "card.json").read_text()),
+                    "postprocess": {"min_confidence": 0.2}})
+    )  # fmt: skip
+    assert Predictor(weights, adapter=adapter, device="cpu").min_confidence == 0.2
+    assert (
+        Predictor(weights, adapter=adapter, device="cpu", min_confidence=0.3).min_confidence == 0.3
+    )
