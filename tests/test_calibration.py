@@ -49,14 +49,15 @@ def test_the_floor_removes_unconfident_false_lesions_and_keeps_true_ones() -> No
     assert floor == 0.15  # the best Dice, then the smaller FPV, then the lower floor
 
 
-def test_the_floor_meets_the_fpv_limit_when_a_floor_can() -> None:
+def test_the_floor_does_not_buy_false_positive_volume_with_true_lesions() -> None:
     big_false = 3 * FPV_LIMIT_ML + 3  # one case's false lesion: mean FPV over 3 cases > limit
     cases = [_case([(10, 0)], [10]), _case([(10, 0)], [10]), _case([(int(big_false), -1)], [])]
     # the false lesion is more confident than one true lesion: removing it costs Dice
     conf = [np.asarray([0.9]), np.asarray([0.2]), np.asarray([0.3])]
     floor, rows = choose_min_confidence(cases, conf)
-    assert floor == 0.4  # within the limit at a Dice of 0.5 rather than 1.0 above it
-    assert {r["min_confidence"]: r for r in rows}[0.4]["mean_fpv_ml"] == 0.0
+    by_floor = {r["min_confidence"]: r for r in rows}
+    assert by_floor[0.4]["mean_fpv_ml"] == 0.0 and by_floor[0.4]["mean_dice"] == 0.5
+    assert floor == 0.0  # Dice 1.0 with the false lesion rather than 0.5 without
 
 
 def test_fit_trust_record_chooses_a_floor_on_held_out_lesions() -> None:
