@@ -362,6 +362,18 @@ class DroppedLesion:
         data["centroid_mm"] = [round(c, 2) for c in self.centroid_mm]
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DroppedLesion:
+        """A dropped lesion from its ``to_json`` form (a report's ``dropped_lesions`` entry)."""
+        c = data["centroid_mm"]
+        return cls(
+            label=int(data["label"]),
+            volume_ml=float(data["volume_ml"]),
+            centroid_mm=(float(c[0]), float(c[1]), float(c[2])),
+            suv_max=float(data["suv_max"]),
+            confidence=float(data["confidence"]),
+        )
+
 
 def drop_unconfident(
     mask: np.ndarray,

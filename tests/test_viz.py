@@ -380,6 +380,7 @@ def test_from_prediction_takes_volumes_on_its_grid(case_arrays):
         probabilities=None,
         case_id="p",
         hot_spots=(),
+        dropped=(),
     )
     data = viz.ReviewData.from_prediction(
         prediction, Volume(ct, geo), reference=Volume(reference.astype(np.float32), geo)
@@ -461,3 +462,21 @@ def test_hot_spots_are_listed_and_marked_on_the_mip(case_arrays):
     )
     page = viz.review_figure(data)
     assert "1 PET hot spot(s) outside the mask" in page.texts[0].get_text()
+
+
+def test_lesions_removed_for_low_confidence_are_counted_on_the_page(case_arrays):
+    from mefn.postprocess import DroppedLesion
+    from mefn.viz.review_data import _report_dropped
+
+    geo, ct, suv, mask, unc, reference, u_ct, u_pet, table = case_arrays
+    gone = DroppedLesion(label=1, volume_ml=0.4, centroid_mm=(1.0, 2.0, 3.0), suv_max=2.5,
+                         confidence=0.04)  # fmt: skip
+    report = {"dropped_lesions": [gone.to_json()]}
+    assert _report_dropped(report) == (gone,)
+    assert _report_dropped(None) == () and _report_dropped({}) == ()
+    assert _report_dropped({"dropped_lesions": [{"label": 1}]}) == ()  # unreadable: none
+    data = viz.ReviewData(
+        geometry=geo, ct=ct, suv=suv, mask=mask, uncertainty=unc, lesions=table, dropped=(gone,)
+    )
+    page = viz.review_figure(data)
+    assert "1 removed for a confidence below the floor" in page.texts[0].get_text()

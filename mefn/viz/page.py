@@ -151,7 +151,12 @@ def review_figure(
     fig.suptitle(
         f"{data.case_id}: slice point [i, j, k] = {tuple(int(p) for p in point)}; "
         f"{len(table.lesions)} lesion(s), {table.n_review} flagged for review"
-        + (f", {len(data.hot_spots)} PET hot spot(s) outside the mask" if data.hot_spots else ""),
+        + (f", {len(data.hot_spots)} PET hot spot(s) outside the mask" if data.hot_spots else "")
+        + (
+            f", {len(data.dropped)} removed for a confidence below the floor"
+            if data.dropped
+            else ""
+        ),
         fontsize=11,
     )
     return fig

@@ -20,7 +20,7 @@ from mefn.viz.orientation import _check_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from mefn.inference import Prediction
-    from mefn.postprocess import HotSpot, LesionTable
+    from mefn.postprocess import DroppedLesion, HotSpot, LesionTable
 
 __all__ = ["ReviewData", "load_review", "output_case_id", "prepare_review"]
 
@@ -44,6 +44,8 @@ class ReviewData:
     case_id: str = "case"
     #: PET hot spots the mask leaves out (the report's ``hot_spots``)
     hot_spots: tuple[HotSpot, ...] = ()
+    #: lesions removed for a confidence below the floor (the report's ``dropped_lesions``)
+    dropped: tuple[DroppedLesion, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -91,6 +93,7 @@ class ReviewData:
             reference=_reference_on_grid(reference, geo),
             case_id=prediction.case_id,
             hot_spots=prediction.hot_spots,
+            dropped=prediction.dropped,
         )
 
     def lesion_table(self) -> LesionTable:
@@ -195,6 +198,20 @@ def _report_lesions(report: dict[str, Any] | None) -> LesionTable | None:
         return None
 
 
+def _report_dropped(report: dict[str, Any] | None) -> tuple[DroppedLesion, ...]:
+    """The lesions a report says were removed for low confidence (none without the list)."""
+    if report is None:
+        return ()
+    from mefn.postprocess import DroppedLesion
+
+    try:
+        entries = report.get("dropped_lesions") or []
+        return tuple(DroppedLesion.from_json(entry) for entry in entries)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        logger.warning("the report has no readable dropped lesions; none are counted")
+        return ()
+
+
 def _report_hot_spots(report: dict[str, Any] | None) -> tuple[HotSpot, ...]:
     """The hot spots a report lists (none for a report without them, or no report)."""
     if report is None:
@@ -283,6 +300,7 @@ def load_review(
         reference=_reference_on_grid(ref_volume, geo),
         case_id=case_id,
         hot_spots=_report_hot_spots(report),
+        dropped=_report_dropped(report),
         **extra,
     )
 
