@@ -644,8 +644,7 @@ def out_of_fold_confidence(
     split into ``folds`` folds (in a seeded order) and each fold's lesions are scored by the
     logistic model (penalty ``l2``) fitted on the other folds' lesions. A fold whose other
     folds hold only true or only false lesions is scored by the model fitted on all cases
-    (then in-sample, and said so by nothing else: with that little data there is no
-    honest alternative)."""
+    (in-sample for that fold: with so few lesions nothing better can be fitted)."""
     rows = [
         np.asarray([[e[f] for f in features] for e in c.evidence]).reshape(-1, len(features))
         for c in cases

@@ -272,7 +272,7 @@ def _print_dropped(report: dict[str, Any], file: Any) -> None:
     dropped = report.get("dropped_lesions") or []
     if not dropped:
         return
-    floor = (report.get("settings") or {}).get("min_confidence")
+    floor = float((report.get("settings") or {}).get("min_confidence") or 0.0)
     volume = sum(d["volume_ml"] for d in dropped)
     print(
         f"    {len(dropped)} lesion(s) of {volume:.2f} mL in all removed for a confidence below "
