@@ -355,7 +355,7 @@ def calibrate_trust(
     :func:`mefn.confidence.trust_record`, with ``review_below`` the card's or the default."""
     from mefn.confidence import EvidenceMaps, TrustCase
     from mefn.errors import InputError
-    from mefn.inference import Predictor
+    from mefn.inference import Predictor, ct_on_grid
     from mefn.metrics.scoring import case_loaders, reference_on_grid
 
     cases = case_loaders(entries)
@@ -379,6 +379,7 @@ def calibrate_trust(
                 spacing_mm=pred.geometry.spacing_mm,
                 uncertainty_ct=pred.uncertainty_ct,
                 uncertainty_pet=pred.uncertainty_pet,
+                ct=ct_on_grid(case, pred.geometry),
             )
             if progress:
                 progress(

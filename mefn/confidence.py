@@ -36,6 +36,7 @@ from scipy import ndimage
 from mefn.errors import CheckpointError, InputError
 
 __all__ = [
+    "CT_FEATURES",
     "DEFAULT_REVIEW_BELOW",
     "LESION_FEATURES",
     "NEAR_MM",
@@ -81,7 +82,16 @@ LESION_FEATURES = (
     "log_suv_max",
     "log_contrast",
     "log_volume_ml",
+    "ct_fat_fraction",
+    "ct_air_fraction",
+    "ct_bone_fraction",
 )
+#: CT tissue classes of a lesion's voxels (HU): fat (brown fat's uptake is a classic false
+#: positive), lung or air, bone (marrow uptake is another); soft tissue is the rest
+FAT_HU = (-200.0, -30.0)
+BONE_HU = 150.0
+#: the lesion features read from the CT (present when the evidence maps hold a CT)
+CT_FEATURES = ("ct_fat_fraction", "ct_air_fraction", "ct_bone_fraction")
 VOXEL_FEATURES = ("logit_network_error", "log_u", "edge_in", "edge_out", "log_suv")
 #: the evidence of the voxels inside the mask (where an error is a false positive) and outside
 #: (a missed lesion): each has its own calibrator
@@ -95,7 +105,7 @@ class EvidenceMaps:
 
     ``lesion_probability`` is ``1 - p(background)``; ``uncertainty`` the fused evidential u;
     ``uncertainty_ct`` and ``uncertainty_pet`` the CT and PET opinions' u (None for models
-    without them); ``suv`` the PET in SUV."""
+    without them); ``suv`` the PET in SUV; ``ct`` the CT in HU (None: no CT evidence)."""
 
     lesion_probability: np.ndarray
     uncertainty: np.ndarray
@@ -103,6 +113,7 @@ class EvidenceMaps:
     spacing_mm: tuple[float, float, float]
     uncertainty_ct: np.ndarray | None = None
     uncertainty_pet: np.ndarray | None = None
+    ct: np.ndarray | None = None
 
 
 def iter_lesions(mask: np.ndarray) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray]]:
@@ -125,7 +136,7 @@ def lesion_evidence(
 ) -> dict[str, float]:
     """The evidence of one lesion (``lesion``: its voxels inside ``box``), by the names of
     :data:`LESION_FEATURES` (without the modality feature when ``maps`` has no CT and PET
-    opinions)."""
+    opinions, without :data:`CT_FEATURES` when it has no CT)."""
     from mefn.postprocess import BACKGROUND_GAP_MM, BACKGROUND_SHELL_MM, _background
 
     spacing = np.asarray(maps.spacing_mm, dtype=np.float64)
@@ -152,6 +163,11 @@ def lesion_evidence(
         "log_contrast": math.log((max(suv_max, 0.0) + 0.1) / (max(background, 0.0) + 0.1)),
         "log_volume_ml": math.log(volume_ml),
     }
+    if maps.ct is not None:  # what tissue the lesion lies in, as the CT shows it
+        hu = maps.ct[box][lesion].astype(np.float64)
+        out["ct_fat_fraction"] = float(np.mean((hu > FAT_HU[0]) & (hu < FAT_HU[1])))
+        out["ct_air_fraction"] = float(np.mean(hu <= FAT_HU[0]))
+        out["ct_bone_fraction"] = float(np.mean(hu >= BONE_HU))
     if maps.uncertainty_ct is not None and maps.uncertainty_pet is not None:
         diff = maps.uncertainty_ct[box][lesion].astype(np.float64) - maps.uncertainty_pet[box][
             lesion

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mefn import __version__
-from mefn.confidence import DEFAULT_REVIEW_BELOW, EvidenceMaps, trust_from_card
+from mefn.confidence import CT_FEATURES, DEFAULT_REVIEW_BELOW, EvidenceMaps, trust_from_card
 from mefn.data.preprocess import model_grid, normalise, resample_case
 from mefn.errors import CheckpointError, InputError
 from mefn.fileutil import file_sha256
@@ -578,6 +578,9 @@ class Predictor:
             )
         dropped: tuple[DroppedLesion, ...] = ()
         if self.lesion_confidence is not None and evidence is not None:
+            if any(f in CT_FEATURES for f in self.lesion_confidence.model.features):
+                with clock("ct"):
+                    evidence = replace(evidence, ct=ct_on_grid(case, target))
             with clock("min_confidence"):
                 mask, dropped = drop_unconfident(
                     mask, self.lesion_confidence, evidence, target, self.min_confidence
@@ -717,6 +720,19 @@ def _postprocess_settings(
     if tuned:
         settings = PostprocessSettings.from_card({"postprocess": tuned}, base=settings)
     return settings.with_overrides(**overrides)
+
+
+def ct_on_grid(case: Case, target: Geometry) -> np.ndarray:
+    """The case's CT (HU, float32) on ``target`` (linear; air outside the CT), the evidence
+    of what tissue a lesion lies in (:data:`mefn.confidence.CT_FEATURES`)."""
+    from mefn.io.geometry import resample_to
+
+    ct = (
+        case.ct.array
+        if case.ct.geometry.same_grid(target)
+        else resample_to(case.ct, target, interpolation="linear", default_value=-1000.0).array
+    )
+    return np.asarray(ct, dtype=np.float32)
 
 
 def _suv_on_grid(case: Case, target: Geometry) -> np.ndarray:

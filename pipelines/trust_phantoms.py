@@ -8,6 +8,8 @@ Stages (``--stage``):
   :data:`VAL_SEED0`, test seeds at ``pipelines.train_phantoms.TEST_SEED0`` (the card's
   ``test_fresh_phantoms``); neither overlaps the training seeds (1000-1199). Cases already kept
   are skipped, so the stage continues where a stopped run left off.
+- ``ct``: add the CT (on the prediction's grid) to cases kept without it, regenerating each
+  phantom from its seed (the lesion confidence reads what tissue a lesion lies in).
 - ``fit``: fit the lesion confidence and the voxel error map on the validation cases
   (:func:`mefn.confidence.fit_trust`), choose the confidence floor on their out-of-fold
   confidences (:func:`mefn.calibration.choose_min_confidence`; ``--no-floor``: none) and
@@ -59,7 +61,7 @@ def _seeds(kind: str, n: int) -> list[int]:
 def predict(
     n_val: int, n_test: int, threads: int, model: str = "default", work: Path = WORK
 ) -> None:
-    from mefn.inference import Predictor
+    from mefn.inference import Predictor, ct_on_grid
     from pipelines.train_phantoms import fresh_phantom
 
     predictor = Predictor(model, device="cpu", threads=threads)
@@ -76,7 +78,9 @@ def predict(
         study, case = fresh_phantom(seed)
         pred = predictor.predict(case, keep_extra=True)
         assert case.label is not None  # phantoms come with their reference
-        keep_prediction(path, pred, np.asarray(case.label.array) > 0)
+        keep_prediction(
+            path, pred, np.asarray(case.label.array) > 0, ct_on_grid(case, pred.geometry)
+        )
         print(
             f"[{kind}] {seed}: {len(pred.lesions.lesions)} lesion(s), "
             f"{time.monotonic() - t0:.0f} s",
@@ -84,10 +88,13 @@ def predict(
         )
 
 
-def keep_prediction(path: Path, pred: Prediction, reference: np.ndarray) -> None:
+def keep_prediction(
+    path: Path, pred: Prediction, reference: np.ndarray, ct: np.ndarray | None = None
+) -> None:
     """Keep what calibration reads of ``pred`` (made with ``keep_extra``) in ``path`` (npz):
     mask, reference, lesion probability, the raw fused u (not a calibrated error map the card
-    may apply), per-modality u, SUV and spacing."""
+    may apply), per-modality u, SUV, spacing and, when given, the CT on the same grid (HU,
+    rounded to int16)."""
     from mefn.fileutil import atomic_path
 
     assert pred.probabilities is not None and pred.uncertainty_ct is not None
@@ -105,7 +112,36 @@ def keep_prediction(path: Path, pred: Prediction, reference: np.ndarray) -> None
             uncertainty_pet=pred.uncertainty_pet.astype(np.float32),
             suv=pred.suv.astype(np.float32),
             spacing_mm=np.asarray(pred.geometry.spacing_mm),
+            **({} if ct is None else {"ct": _hu16(ct)}),
         )
+
+
+def _hu16(ct: np.ndarray) -> np.ndarray:
+    return np.asarray(np.clip(np.round(ct), -32768, 32767), dtype=np.int16)
+
+
+def add_ct(work: Path = WORK) -> None:
+    """Add the CT to every case kept under ``work`` without one (the phantom regenerated from
+    its seed, its CT brought onto the kept grid), atomically, case by case."""
+    from mefn.fileutil import atomic_path
+    from mefn.inference import ct_on_grid
+    from pipelines.train_phantoms import fresh_phantom
+
+    for kind in ("val", "test"):
+        for path in _kept(kind, work):
+            with np.load(path) as z:
+                if "ct" in z.files:
+                    continue
+                arrays = {k: z[k] for k in z.files}
+            _study, case = fresh_phantom(int(path.stem))
+            ct = ct_on_grid(case, case.target_geometry)
+            if ct.shape != arrays["mask"].shape:
+                raise SystemExit(
+                    f"{path}: the regenerated phantom's grid {ct.shape} is not the kept one"
+                )
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays, ct=_hu16(ct))
+            print(f"[ct] {kind} {path.stem}", flush=True)
 
 
 def load_kept(path: Path) -> TrustCase:
@@ -121,6 +157,7 @@ def load_kept(path: Path) -> TrustCase:
             spacing_mm=(spacing[0], spacing[1], spacing[2]),
             uncertainty_ct=z["uncertainty_ct"],
             uncertainty_pet=z["uncertainty_pet"],
+            ct=z["ct"].astype(np.float32) if "ct" in z.files else None,
         )
         return TrustCase(z["mask"], z["reference"], maps)
 
@@ -295,7 +332,7 @@ def write_results(result: dict[str, Any], kind: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("predict", "fit", "test"), required=True)
+    parser.add_argument("--stage", choices=("predict", "ct", "fit", "test"), required=True)
     parser.add_argument("--n-val", type=int, default=60)
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -329,6 +366,8 @@ def main() -> int:
     card = args.card
     if args.stage == "predict":
         predict(args.n_val, args.n_test, args.threads, args.model, args.work)
+    elif args.stage == "ct":
+        add_ct(args.work)
     elif args.stage == "fit":
         fit(card, args.work, floor=not args.no_floor)
     else:

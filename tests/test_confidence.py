@@ -83,7 +83,11 @@ def _maps(shape: tuple[int, int, int] = (30, 30, 30)) -> EvidenceMaps:
     u[5:9, 5:9, 5:9] = 0.2
     u_ct = np.full(shape, 0.3, np.float32)
     u_pet = np.full(shape, 0.1, np.float32)
-    return EvidenceMaps(prob, u, suv, (2.0, 2.0, 2.0), u_ct, u_pet)
+    ct = np.full(shape, 40.0, np.float32)  # soft tissue, but the hot cube is half fat,
+    ct[5:7, 5:9, 5:9] = -100.0  # a quarter bone and a quarter air
+    ct[7, 5:9, 5:9] = 400.0
+    ct[8, 5:9, 5:9] = -800.0
+    return EvidenceMaps(prob, u, suv, (2.0, 2.0, 2.0), u_ct, u_pet, ct)
 
 
 def test_lesion_evidence_reads_the_lesion_and_its_surroundings() -> None:
@@ -102,8 +106,12 @@ def test_lesion_evidence_reads_the_lesion_and_its_surroundings() -> None:
     assert ev["p_mean"] == pytest.approx(0.9) and ev["p_max"] == pytest.approx(0.9)
     assert ev["log_u_mean"] == pytest.approx(math.log(0.2 + 1e-6), rel=1e-5)
     assert ev["log_modality_disagreement"] == pytest.approx(math.log(0.2 + 1e-6), rel=1e-5)
+    assert ev["ct_fat_fraction"] == 0.5 and ev["ct_bone_fraction"] == 0.25
+    assert ev["ct_air_fraction"] == 0.25
+    assert lesion_evidence(found[1][1], found[1][2], maps)["ct_fat_fraction"] == 0.0
     no_opinions = EvidenceMaps(maps.lesion_probability, maps.uncertainty, maps.suv, (2, 2, 2))
-    assert "log_modality_disagreement" not in lesion_evidence(box, lesion, no_opinions)
+    bare = lesion_evidence(box, lesion, no_opinions)
+    assert "log_modality_disagreement" not in bare and "ct_fat_fraction" not in bare
     reference = np.zeros_like(mask)
     reference[8, 8, 8] = 1
     assert lesion_truth(box, lesion, reference)

@@ -207,3 +207,31 @@ def test_the_base_cards_floor_does_not_reach_an_adapters_confidence_model(tmp_pa
     assert (
         Predictor(weights, adapter=adapter, device="cpu", min_confidence=0.3).min_confidence == 0.3
     )
+
+
+def test_a_confidence_model_that_reads_the_ct_gets_it_on_the_output_grid(tmp_path) -> None:
+    from mefn.confidence import CT_FEATURES, EvidenceMaps, lesion_evidence
+    from mefn.inference import ct_on_grid
+
+    case = _case()
+    weights = _trusted_weights(_mk(tmp_path / "w"))
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    model = LogisticModel(CT_FEATURES, np.zeros(3), np.ones(3), np.asarray([-3.0, 1.0, 2.0]), 0.5)
+    card["lesion_confidence"] = {**LesionConfidence(model).to_json(), "fitted_on": {}}
+    card_path.write_text(json.dumps(card))
+    pred = Predictor(weights, device="cpu").predict(case, keep_extra=True)
+    assert "ct" in pred.timings and pred.lesions.lesions
+    ct = ct_on_grid(case, pred.geometry)
+    assert ct.shape == pred.mask.shape and ct.dtype == np.float32
+    maps = EvidenceMaps(pred.suv, pred.suv, pred.suv, pred.geometry.spacing_mm, ct=ct)
+    from mefn.confidence import iter_lesions
+
+    expected = sorted(
+        LesionConfidence(model)(lesion_evidence(box, les, maps))
+        for _l, box, les in iter_lesions(pred.mask)
+    )
+    assert sorted(les.confidence or 0.0 for les in pred.lesions.lesions) == pytest.approx(expected)
+    # a model without CT features does not pay for the CT
+    plain = Predictor(_trusted_weights(_mk(tmp_path / "p")), device="cpu").predict(case)
+    assert "ct" not in plain.timings
