@@ -539,6 +539,19 @@ class VoxelErrorMap:
             out[part] = values
         return out.reshape(mask.shape)
 
+    def after_removal(
+        self, drawn: np.ndarray, delivered: np.ndarray, maps: EvidenceMaps
+    ) -> np.ndarray:
+        """The error-probability map of ``delivered``, the mask ``drawn`` less some lesions
+        (a confidence floor): the map of ``drawn``, on which the calibrators were fitted,
+        with its complement on the removed voxels, whose label flipped to background (the
+        probability that a voxel called lesion is wrong is that of its being background)."""
+        out = self(drawn, maps)
+        if delivered is not drawn:
+            removed = (drawn != 0) & (delivered == 0)
+            out[removed] = 1.0 - out[removed]
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "logistic+isotonic, inside and outside the mask",
@@ -752,9 +765,8 @@ def fit_trust(
             f"cases, found {int(y_les.sum())} true and {int((1 - y_les).sum())} false in "
             f"{n_cases} case(s); calibrate on more (or more varied) labelled cases"
         )
-    features = [f for f in LESION_FEATURES if all(f in row for row in s.lesion_rows)]
+    features, l2, losses, set_losses = _choose_lesion_features(s.lesion_rows, y_les)
     x_les = np.asarray([[row[f] for f in features] for row in s.lesion_rows])
-    l2, losses = choose_l2(x_les, y_les, features)
     lesion_model = LesionConfidence(fit_logistic(x_les, y_les, features, l2))
     vx, vy, vw, vin = (np.concatenate(v) for v in (s.voxel_x, s.voxel_y, s.voxel_w, s.voxel_in))
     strata = []
@@ -767,10 +779,35 @@ def fit_trust(
         "lesions_false": int((1 - y_les).sum()),
         "lesion_l2": l2,
         "lesion_cv_log_loss": {str(k): round(v, 4) for k, v in losses.items()},
+        "lesion_features": list(features),
+        "lesion_feature_sets_cv_log_loss": set_losses,
         "voxels_sampled": int(vy.size),
         "voxel_error_rate": float(np.average(vy, weights=vw)),
     }
     return lesion_model, VoxelErrorMap(strata[0], strata[1]), summary
+
+
+def _choose_lesion_features(
+    rows: Sequence[dict[str, float]], y: np.ndarray
+) -> tuple[list[str], float, dict[float, float], dict[str, float]]:
+    """The lesion features (every one the rows all hold, or those without the CT's) and the
+    L2 penalty with the smallest cross-validated log-loss (:func:`choose_l2`): what the CT
+    adds is kept only where it predicts better on these lesions. Returns the features, the
+    penalty, that set's loss per penalty and each set's best loss."""
+    present = [f for f in LESION_FEATURES if all(f in row for row in rows)]
+    sets = {"all": present}
+    if any(f in CT_FEATURES for f in present):
+        sets["without_ct"] = [f for f in present if f not in CT_FEATURES]
+    best: tuple[float, list[str], float, dict[float, float]] | None = None
+    set_losses: dict[str, float] = {}
+    for name, features in sets.items():
+        x = np.asarray([[row[f] for f in features] for row in rows])
+        l2, losses = choose_l2(x, y, features)
+        set_losses[name] = round(losses[l2], 4)
+        if best is None or round(losses[l2], 6) < round(best[0], 6):
+            best = (losses[l2], features, l2, losses)
+    assert best is not None  # sets always holds "all"
+    return best[1], best[2], best[3], set_losses
 
 
 def trust_record(

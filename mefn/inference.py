@@ -577,6 +577,7 @@ class Predictor:
                 uncertainty_pet=maps.uncertainty_pet,
             )
         dropped: tuple[DroppedLesion, ...] = ()
+        drawn = mask
         if self.lesion_confidence is not None and evidence is not None:
             if any(f in CT_FEATURES for f in self.lesion_confidence.model.features):
                 with clock("ct"):
@@ -587,7 +588,7 @@ class Predictor:
                 )
         if self.voxel_error is not None and evidence is not None:
             with clock("voxel_error"):
-                delivered = self.voxel_error(mask, evidence)
+                delivered = self.voxel_error.after_removal(drawn, mask, evidence)
         with clock("lesion_table"):
             table = lesion_table(
                 mask,

@@ -199,7 +199,16 @@ class TrustTally:
     rel: Any = None
     raw_rel: Any = None
 
-    def add(self, case: TrustCase, lesion_model: Any, voxel_model: Any, where: Any) -> None:
+    def add(
+        self,
+        case: TrustCase,
+        lesion_model: Any,
+        voxel_model: Any,
+        where: Any,
+        drawn: np.ndarray | None = None,
+    ) -> None:
+        """Score one case as delivered; ``drawn``: its mask before a confidence floor removed
+        lesions (the error map is then that of :meth:`VoxelErrorMap.after_removal`)."""
         from mefn.confidence import iter_lesions, lesion_evidence, lesion_truth
         from mefn.metrics.trust import voxel_reliability_near_lesions
 
@@ -210,7 +219,7 @@ class TrustTally:
             self.true.append(lesion_truth(box, lesion, case.reference))
             self.where.append(where)
         spacing = case.maps.spacing_mm
-        err = voxel_model(case.mask, case.maps)
+        err = voxel_model.after_removal(case.mask if drawn is None else drawn, case.mask, case.maps)
         r = voxel_reliability_near_lesions(err, case.mask, case.reference, spacing)
         r0 = voxel_reliability_near_lesions(u, case.mask, case.reference, spacing)
         self.rel = r if self.rel is None else self.rel + r
@@ -276,9 +285,10 @@ def test(card_path: Path, kind: str = "test", work: Path = WORK) -> dict[str, An
         case = load_kept(path)
         voxel_ml = float(np.prod(case.maps.spacing_mm)) / 1000.0
         as_kept.append(autopet_case_metrics(case.reference, case.mask, voxel_ml, 2022))
+        drawn = case.mask
         case = without_unconfident(case, lesion_model, floor)
         floored.append(autopet_case_metrics(case.reference, case.mask, voxel_ml, 2022))
-        tally.add(case, lesion_model, voxel_model, int(path.stem))
+        tally.add(case, lesion_model, voxel_model, int(path.stem), drawn)
     result = {
         "cases": len(paths),
         "seeds": [int(paths[0].stem), int(paths[-1].stem)],

@@ -247,3 +247,25 @@ def test_out_of_fold_confidence_never_scores_a_case_with_its_own_lesions() -> No
     flipped = type(liar)(**{**liar.__dict__, "true": ~liar.true})
     again = out_of_fold_confidence([flipped, *cases[1:]], features, l2=1.0, folds=10)
     assert np.allclose(again[0], out_of_fold_confidence(cases, features, 1.0, folds=10)[0])
+
+
+def test_the_ct_features_are_kept_only_where_they_predict_better() -> None:
+    from dataclasses import replace
+
+    def with_ct(cases: list[TrustCase], informative: bool) -> list[TrustCase]:
+        out = []
+        for case in cases:
+            ct = np.full(case.mask.shape, 40.0, np.float32)  # soft tissue
+            if informative:  # the false lesions lie in fat, as brown fat does
+                ct[(case.mask != 0) & (case.reference == 0)] = -100.0
+            out.append(replace(case, maps=replace(case.maps, ct=ct)))
+        return out
+
+    cases = _synthetic_cases(40, 7)
+    _l, _v, told = fit_trust(with_ct(cases, True), n_near=500, n_far=500)
+    assert "ct_fat_fraction" in told["lesion_features"]
+    losses = told["lesion_feature_sets_cv_log_loss"]
+    assert losses["all"] < losses["without_ct"]
+    _l, _v, plain = fit_trust(cases, n_near=500, n_far=500)  # no CT: one set
+    assert set(plain["lesion_feature_sets_cv_log_loss"]) == {"all"}
+    assert not set(plain["lesion_features"]) & {"ct_fat_fraction", "ct_bone_fraction"}
