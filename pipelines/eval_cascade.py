@@ -39,6 +39,7 @@ from pipelines._bench import REPO
 COARSE_ONLY_KEYS = (
     "tta_axes", "lesion_threshold", "pet_check", "min_lesion_ml", "review_threshold",
     "calibration", "lesion_confidence", "voxel_error", "review_below", "test_fresh_phantoms",
+    "min_confidence",
 )  # fmt: skip
 VAL_SEED = 9
 #: where --install puts the fine stage's weights, relative to the bundled card
@@ -47,6 +48,7 @@ STAGE_FILE = "stages/mefn_default_fine.safetensors"
 INSTALLED_KEYS = (
     "fine_stage", "tta_axes", "lesion_threshold", "pet_check", "min_lesion_ml",
     "review_threshold", "calibration", "test_fresh_phantoms", "reproduce",
+    "lesion_confidence", "voxel_error", "review_below", "min_confidence",
 )  # fmt: skip
 
 
@@ -69,17 +71,20 @@ def assemble(run: Path, fine: Path | None, fine_settings: dict[str, Any]) -> Non
 
 
 def install(run: Path, weights_dir: Path) -> Path:
-    """Make the scored cascade of ``run`` the bundled default (see the module's docstring)."""
+    """Make the scored run of ``run`` the bundled default (see the module's docstring): a
+    cascade, or the coarse stage alone with its one-pass post-processing (and the trust that
+    ``pipelines.trust_phantoms`` fitted into the run's card, when it did)."""
     from mefn.fileutil import atomic_write_text
 
     card = json.loads((run / "model.json").read_text())
-    if "fine_stage" not in card or "test_fresh_phantoms" not in card:
+    if "test_fresh_phantoms" not in card:
         raise SystemExit(f"eval_cascade: {run} holds no scored cascade; run it without --install")
-    target = weights_dir / STAGE_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run / "fine.safetensors", target)
-    shutil.copy(run / "fine.json", target.with_suffix(".json"))
-    card["fine_stage"] = {**card["fine_stage"], "weights": STAGE_FILE}
+    if "fine_stage" in card:
+        target = weights_dir / STAGE_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run / "fine.safetensors", target)
+        shutil.copy(run / "fine.json", target.with_suffix(".json"))
+        card["fine_stage"] = {**card["fine_stage"], "weights": STAGE_FILE}
     bundled_path = weights_dir / "mefn_default.json"
     bundled = json.loads(bundled_path.read_text())
     coarse_reproduce = bundled.get("reproduce")
@@ -87,7 +92,8 @@ def install(run: Path, weights_dir: Path) -> Path:
         bundled.pop(key, None)
     bundled.update({k: card[k] for k in INSTALLED_KEYS if k in card})
     if coarse_reproduce and "reproduce" in card:
-        bundled["reproduce"] = f"coarse stage: {coarse_reproduce}; cascade: {card['reproduce']}"
+        what = "cascade" if "fine_stage" in card else "post-processing and trust"
+        bundled["reproduce"] = f"coarse stage: {coarse_reproduce}; {what}: {card['reproduce']}"
     atomic_write_text(bundled_path, json.dumps(bundled, indent=1))
     return bundled_path
 
@@ -159,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     card["test_fresh_phantoms"] = json.loads(text)
     command = "python -m pipelines.eval_cascade "
     command += "--coarse-only" if args.coarse_only else f"--fine {args.fine}"
-    card["reproduce"] = f"python -m pipelines.train_fine, then {command}"
+    card["reproduce"] = (
+        command if args.coarse_only else f"python -m pipelines.train_fine, then {command}"
+    )
     (run / "model.json").write_text(json.dumps(card, indent=1))
     print(f"[test] summary {json.dumps(summary, default=float)}", flush=True)
     return 0

@@ -156,20 +156,28 @@ def evaluate(
     def lesion_flags(case: Case, pred: Any, label: np.ndarray) -> dict[str, Any]:
         assert case.label is not None  # fresh phantoms are labelled
         if keep_dir is not None:
+            from mefn.inference import ct_on_grid
             from pipelines.trust_phantoms import keep_prediction
 
             seed = case.case_id.removeprefix("test_")
-            keep_prediction(keep_dir / f"{seed}.npz", pred, label > 0)
+            keep_prediction(
+                keep_dir / f"{seed}.npz", pred, label > 0, ct_on_grid(case, pred.geometry)
+            )
         u, fp, _ = predicted_lesion_errors(
             (label > 0).astype(np.uint8), pred.mask, pred.uncertainty
         )
+        # the u rule of weights without a confidence model (with one, the trust test stage
+        # of pipelines.trust_phantoms scores the flags: keep_dir)
         flags = u >= predictor.review_threshold
+        if predictor.lesion_confidence is not None:
+            flags = np.zeros_like(fp)
         return {
             "grid_ceiling_dice": grid_ceiling_dice(case.label, ceiling),
             "predicted_lesions": len(u),
             "false_positive_lesions": int(sum(fp)),
             "flagged_false_positive": int((flags & fp).sum()),
             "flagged_true": int((flags & ~fp).sum()),
+            "dropped_lesions": len(pred.dropped),
         }
 
     scores = score_cases(
@@ -203,10 +211,14 @@ def evaluate(
         "pet_check": predictor.pet_check.to_json(),
         "tta_axes": list(predictor.tta_axes),
         "false_positive_lesions": n_fp,
-        "false_positive_lesions_flagged": _share(rows, "flagged_false_positive", n_fp),
         "true_lesions": n_tp,
-        "true_lesions_flagged": _share(rows, "flagged_true", n_tp),
     }
+    if predictor.lesion_confidence is None:
+        summary["false_positive_lesions_flagged"] = _share(rows, "flagged_false_positive", n_fp)
+        summary["true_lesions_flagged"] = _share(rows, "flagged_true", n_tp)
+    else:
+        summary["min_confidence"] = predictor.min_confidence
+        summary["dropped_lesions"] = sum(int(r["dropped_lesions"]) for r in rows)
     return summary
 
 

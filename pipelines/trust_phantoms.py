@@ -315,6 +315,47 @@ def test(card_path: Path, kind: str = "test", work: Path = WORK) -> dict[str, An
 _CASE_KEYS = ("dice", "fpv_ml", "fnv_ml", "reference_voxels")
 
 
+def record_in_card(card_path: Path, result: dict[str, Any], work: Path) -> None:
+    """The test figures in the card's ``test_fresh_phantoms`` (the segmentation as delivered,
+    with the card's floor, and its trust), atomically; the card's ``reproduce`` gains the
+    commands of this pipeline."""
+    from mefn.fileutil import atomic_write_text
+
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    lesions = result["lesions"]
+    record = dict(card.get("test_fresh_phantoms") or {})
+    record.update(
+        {
+            "n_cases": result["cases"],
+            "seeds": result["seeds"],
+            **result["segmentation"],
+            "min_confidence": result["min_confidence"],
+            "without_floor": result["segmentation_as_kept"],
+            "true_lesions": int(sum(row["true"] for row in result["per_lesion"])),
+            "false_positive_lesions": int(sum(not row["true"] for row in result["per_lesion"])),
+            "trust": {
+                "lesion_auroc": round(float(lesions["auroc"]), 4),
+                "lesion_ece": round(float(lesions["ece"]), 4),
+                "voxel_ece_near_lesions": round(float(result["voxels_near_lesions"]["ece"]), 4),
+                "lesions": len(result["per_lesion"]),
+                "details": "campaigns/trust_phantoms/test.json, docs/trust.md",
+            },
+        }
+    )
+    for stale in ("false_positive_lesions_flagged", "true_lesions_flagged", "dropped_lesions"):
+        record.pop(stale, None)
+    card["test_fresh_phantoms"] = record
+    commands = (
+        f"python -m pipelines.trust_phantoms --stage predict --n-val N --n-test "
+        f"{result['cases']} --model RUN --work {work}; --stage fit --card RUN/model.json "
+        f"--work {work}; --stage test --card RUN/model.json --work {work} --write"
+    )
+    reproduce = str(card.get("reproduce") or "")
+    if "pipelines.trust_phantoms" not in reproduce:
+        card["reproduce"] = f"{reproduce}, then {commands}" if reproduce else commands
+    atomic_write_text(card_path, json.dumps(card, indent=1))
+
+
 def write_results(result: dict[str, Any], kind: str) -> None:
     """``campaigns/trust_phantoms/<kind>.json`` and the reliability diagrams and risk-coverage
     curve of the calibrated trust in ``docs/images/trust_*.png``."""
@@ -384,6 +425,8 @@ def main() -> int:
         result = test(card, args.set, args.work)
         if args.write:
             write_results(result, args.set)
+            if args.set == "test":
+                record_in_card(card, result, args.work)
     return 0
 
 

@@ -69,3 +69,28 @@ def test_install_bundles_the_fine_stage_and_the_cascade_choices(tmp_path) -> Non
     assert (bundled / eval_cascade.STAGE_FILE).with_suffix(".json").is_file()
     predictor = Predictor(bundled / "mefn_default.safetensors", device="cpu")
     assert predictor.fine is not None and predictor.tta_axes == ()
+
+
+def test_install_bundles_a_coarse_run_with_its_trust(tmp_path) -> None:
+    eval_cascade = load_pipeline(REPO / "pipelines" / "eval_cascade.py")
+    from mefn.inference import Predictor
+
+    fine = _fine_campaign(tmp_path)
+    run = tmp_path / "run"
+    eval_cascade.assemble(run, fine, {})
+    card = json.loads((run / "model.json").read_text())
+    card.pop("fine_stage")
+    card.update({"test_fresh_phantoms": {"mean_dice": 0.3}, "tta_axes": [], "reproduce": "b",
+                 "min_confidence": 0.2, "review_below": 0.4})  # fmt: skip
+    (run / "model.json").write_text(json.dumps(card))
+    bundled = tmp_path / "weights"
+    bundled.mkdir()
+    (bundled / "mefn_default.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    old = {**card, "tta_axes": [0, 1, 2], "min_confidence": 0.5, "reproduce": "a"}
+    (bundled / "mefn_default.json").write_text(json.dumps(old))
+    eval_cascade.install(run, bundled)
+    card = json.loads((bundled / "mefn_default.json").read_text())
+    assert "fine_stage" not in card and not (bundled / eval_cascade.STAGE_FILE).exists()
+    assert card["tta_axes"] == [] and card["min_confidence"] == 0.2
+    assert card["reproduce"] == "coarse stage: a; post-processing and trust: b"
+    assert Predictor(bundled / "mefn_default.safetensors", device="cpu").tta_axes == ()

@@ -235,4 +235,34 @@ def test_evaluate_scores_fresh_phantoms_and_keeps_them_for_the_trust(tp, tmp_pat
     assert rows[0]["seed"] == tp.TEST_SEED0
     kept = trust.load_kept(keep / f"{tp.TEST_SEED0}.npz")
     assert kept.mask.shape == kept.reference.shape == kept.maps.suv.shape
+    assert kept.maps.ct is not None and kept.maps.ct.shape == kept.mask.shape
     assert kept.reference.any()  # the first test phantom has lesions
+
+
+def test_the_trust_test_stage_records_its_figures_in_the_card(tmp_path) -> None:
+    trust = load_pipeline(REPO / "pipelines" / "trust_phantoms.py")
+    card = tmp_path / "model.json"
+    card.write_text(json.dumps({
+        "reproduce": "python -m pipelines.eval_cascade --coarse-only",
+        "test_fresh_phantoms": {"grid_ceiling_mean_dice": 0.85, "true_lesions_flagged": 0.5},
+    }))  # fmt: skip
+    result = {
+        "cases": 2,
+        "seeds": [10, 11],
+        "min_confidence": 0.2,
+        "segmentation": {"mean_dice": 0.3, "mean_fpv_ml": 4.0, "mean_fnv_ml": 3.0},
+        "segmentation_as_kept": {"mean_dice": 0.25, "mean_fpv_ml": 14.0, "mean_fnv_ml": 3.0},
+        "lesions": {"auroc": 0.9, "ece": 0.12},
+        "voxels_near_lesions": {"ece": 0.2},
+        "per_lesion": [{"true": True}, {"true": False}, {"true": False}],
+    }
+    trust.record_in_card(card, result, Path("work_data/w"))
+    record = json.loads(card.read_text())
+    fresh = record["test_fresh_phantoms"]
+    assert fresh["mean_dice"] == 0.3 and fresh["without_floor"]["mean_fpv_ml"] == 14.0
+    assert fresh["grid_ceiling_mean_dice"] == 0.85 and "true_lesions_flagged" not in fresh
+    assert (fresh["true_lesions"], fresh["false_positive_lesions"]) == (1, 2)
+    assert fresh["trust"]["lesion_auroc"] == 0.9 and fresh["trust"]["lesions"] == 3
+    assert record["reproduce"].startswith("python -m pipelines.eval_cascade --coarse-only, then")
+    trust.record_in_card(card, result, Path("work_data/w"))  # the commands are added once
+    assert json.loads(card.read_text())["reproduce"].count("trust_phantoms") == 1
