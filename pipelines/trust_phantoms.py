@@ -345,8 +345,9 @@ def record_in_card(card_path: Path, result: dict[str, Any], work: Path) -> None:
     for stale in ("false_positive_lesions_flagged", "true_lesions_flagged", "dropped_lesions"):
         record.pop(stale, None)
     card["test_fresh_phantoms"] = record
+    n_val = (card.get("lesion_confidence") or {}).get("fitted_on", {}).get("cases", "N")
     commands = (
-        f"python -m pipelines.trust_phantoms --stage predict --n-val N --n-test "
+        f"python -m pipelines.trust_phantoms --stage predict --n-val {n_val} --n-test "
         f"{result['cases']} --model RUN --work {work}; --stage fit --card RUN/model.json "
         f"--work {work}; --stage test --card RUN/model.json --work {work} --write"
     )
