@@ -198,32 +198,33 @@ def _report_lesions(report: dict[str, Any] | None) -> LesionTable | None:
         return None
 
 
-def _report_dropped(report: dict[str, Any] | None) -> tuple[DroppedLesion, ...]:
-    """The lesions a report says were removed for low confidence (none without the list)."""
+def _report_entries(
+    report: dict[str, Any] | None, key: str, read: Any, what: str
+) -> tuple[Any, ...]:
+    """The entries of a report's list ``key``, each read by ``read`` (a ``from_json``); none
+    for no report, a report without the list, or one whose list cannot be read (``what`` is
+    then named in a warning)."""
     if report is None:
         return ()
+    try:
+        return tuple(read(entry) for entry in report.get(key) or [])
+    except (ValueError, TypeError, AttributeError, KeyError):
+        logger.warning("the report has no readable %s; none are shown", what)
+        return ()
+
+
+def _report_dropped(report: dict[str, Any] | None) -> tuple[DroppedLesion, ...]:
+    """The lesions a report says were removed for low confidence."""
     from mefn.postprocess import DroppedLesion
 
-    try:
-        entries = report.get("dropped_lesions") or []
-        return tuple(DroppedLesion.from_json(entry) for entry in entries)
-    except (ValueError, TypeError, AttributeError, KeyError):
-        logger.warning("the report has no readable dropped lesions; none are counted")
-        return ()
+    return _report_entries(report, "dropped_lesions", DroppedLesion.from_json, "dropped lesions")
 
 
 def _report_hot_spots(report: dict[str, Any] | None) -> tuple[HotSpot, ...]:
-    """The hot spots a report lists (none for a report without them, or no report)."""
-    if report is None:
-        return ()
+    """The hot spots a report lists."""
     from mefn.postprocess import HotSpot
 
-    try:
-        entries = report.get("hot_spots") or []
-        return tuple(HotSpot.from_json(entry) for entry in entries)
-    except (ValueError, TypeError, AttributeError, KeyError):
-        logger.warning("the report has no readable hot spots; none are marked")
-        return ()
+    return _report_entries(report, "hot_spots", HotSpot.from_json, "hot spots")
 
 
 def load_review(
