@@ -83,7 +83,7 @@ def predict(row: str, data: Path, campaign: Path, threads: int, settings: list[S
     """Each case segmented by the adapter (or weights) of the fold that held it out, at each
     scale setting; a case is read once for all the settings it still lacks."""
     from mefn.data.datasets import load_folds
-    from mefn.inference import Predictor
+    from mefn.inference import Predictor, ct_on_grid
 
     for k, cases in enumerate(load_folds(FOLDS)):
         run = campaign / row / f"fold{k}"
@@ -116,7 +116,10 @@ def predict(row: str, data: Path, campaign: Path, threads: int, settings: list[S
             for scales in missing:
                 t0 = time.monotonic()
                 pred = predictors[scales].predict(case, keep_extra=True)
-                keep_prediction(kept_dir(row, scales) / f"{name}.npz", pred, reference)
+                keep_prediction(
+                    kept_dir(row, scales) / f"{name}.npz", pred, reference,
+                    ct_on_grid(case, pred.geometry),
+                )  # fmt: skip
                 print(
                     f"[fold {k}] {name} x{scales}: {len(pred.lesions.lesions)} lesion(s), "
                     f"{time.monotonic() - t0:.0f} s",
