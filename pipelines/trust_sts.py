@@ -275,7 +275,12 @@ def card(row: str, card_path: Path, scales: list[Scales]) -> dict[str, Any]:
                 "scored": "each fold's held-out cases with the scales and threshold chosen on "
                 "the other four folds (python -m pipelines.trust_sts --stage test)",
             }
-    content.update(record)
+    # an adapter's card keeps the settings mefn segment reads under postprocess
+    content["lesion_confidence"] = record["lesion_confidence"]
+    content["voxel_error"] = record["voxel_error"]
+    for key in ("review_below", "min_confidence"):
+        content.pop(key, None)
+        post[key] = record[key]
     atomic_write_text(card_path, json.dumps(content, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
     return record

@@ -82,7 +82,9 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
         "tta_scales": [1.0, 2.0],
         "lesion_threshold": None,
     }
-    assert set(written) >= {"voxel_error", "review_below"}
+    assert "voxel_error" in written and "review_below" not in written  # settings: postprocess
+    assert written["postprocess"]["review_below"] == 0.5
+    assert written["postprocess"]["min_confidence"] == 0.0
 
 
 def test_scale_settings_are_parsed_and_kept_apart() -> None:
