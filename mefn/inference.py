@@ -129,8 +129,10 @@ class Prediction:
     #: (:func:`mefn.postprocess.drop_unconfident`)
     dropped: tuple[DroppedLesion, ...] = ()
     #: seconds spent in each stage of :meth:`Predictor.predict` (``resample``, ``network``,
-    #: ``tta_scales`` (bringing coarser scales' maps onto the model grid), ``to_output_grid``, ``mask``, ``suv``, ``pet_check``, ``lesion_floor``,
-    #: ``lesion_table``, ``hot_spots``), measured with :func:`time.perf_counter`
+    #: ``tta_scales`` (bringing coarser scales' maps onto the model grid), ``to_output_grid``,
+    #: ``mask``, ``suv``, ``pet_check``, ``lesion_floor``; with a trust calibration ``ct``,
+    #: ``min_confidence``, ``voxel_error``; ``lesion_table``, ``hot_spots``), measured with
+    #: :func:`time.perf_counter`
     timings: dict[str, float] = field(default_factory=dict)
 
     def report(self, case: Case | None = None) -> dict[str, Any]:
