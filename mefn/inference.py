@@ -579,13 +579,14 @@ class Predictor:
                 uncertainty_pet=maps.uncertainty_pet,
             )
         dropped: tuple[DroppedLesion, ...] = ()
+        scored: list[float] | None = None  # the kept lesions' confidences, once computed
         drawn = mask
         if self.lesion_confidence is not None and evidence is not None:
             if any(f in CT_FEATURES for f in self.lesion_confidence.model.features):
                 with clock("ct"):
                     evidence = replace(evidence, ct=ct_on_grid(case, target))
             with clock("min_confidence"):
-                mask, dropped = drop_unconfident(
+                mask, dropped, scored = drop_unconfident(
                     mask, self.lesion_confidence, evidence, target, self.min_confidence
                 )
         if self.voxel_error is not None and evidence is not None:
@@ -602,6 +603,7 @@ class Predictor:
                 if self.lesion_confidence is not None and evidence is not None
                 else None,
                 review_below=self.review_below,
+                confidences=scored,
             )
         with clock("hot_spots"):
             spots = find_hot_spots(mask, suv, target, self.hot_spots, maps.lesion_probability)
@@ -712,39 +714,38 @@ def _postprocess_settings(
 
     The card's choices were made for the base weights' own heads: an adapter with new heads
     (another task) starts from the defaults, but keeps the card's hot-spot listing, which
-    does not depend on the heads. The card's confidence floor belongs to the card's own
-    confidence model: with an adapter (which brings its own model, or none) only the
-    adapter's card or the caller sets one."""
+    does not depend on the heads. The review flag's and the floor's confidence levels
+    (``review_below``, ``min_confidence``) belong to the card's own lesion confidence model:
+    an adapter brings its own model (or none), so with an adapter only its card or the
+    caller sets them."""
     settings = PostprocessSettings.from_card(card)
     if new_heads:
         settings = PostprocessSettings(hot_spots=settings.hot_spots)
     if with_adapter:
-        settings = replace(settings, min_confidence=0.0)
+        settings = replace(settings, review_below=None, min_confidence=0.0)
     if tuned:
         settings = PostprocessSettings.from_card({"postprocess": tuned}, base=settings)
     return settings.with_overrides(**overrides)
 
 
 def ct_on_grid(case: Case, target: Geometry) -> np.ndarray:
-    """The case's CT (HU, float32) on ``target`` (linear; air outside the CT), the evidence
-    of what tissue a lesion lies in (:data:`mefn.confidence.CT_FEATURES`)."""
-    from mefn.io.geometry import resample_to
-
-    ct = (
-        case.ct.array
-        if case.ct.geometry.same_grid(target)
-        else resample_to(case.ct, target, interpolation="linear", default_value=-1000.0).array
-    )
-    return np.asarray(ct, dtype=np.float32)
+    """The case's CT (HU, float32) on ``target`` (air outside the CT), the evidence of what
+    tissue a lesion lies in (:data:`mefn.confidence.CT_FEATURES`)."""
+    return _on_grid(case.ct, target, -1000.0)
 
 
 def _suv_on_grid(case: Case, target: Geometry) -> np.ndarray:
-    """The case's PET (SUV, float32) on ``target``, resampled only when on another grid."""
+    """The case's PET (SUV, float32) on ``target`` (0 outside the PET)."""
+    return _on_grid(case.pet, target, 0.0)
+
+
+def _on_grid(volume: Any, target: Geometry, outside: float) -> np.ndarray:
+    """``volume`` as float32 on ``target``, linearly resampled only when on another grid."""
     from mefn.io.geometry import resample_to
 
-    suv = (
-        case.pet.array
-        if case.pet.geometry.same_grid(target)
-        else resample_to(case.pet, target, interpolation="linear", default_value=0.0).array
+    array = (
+        volume.array
+        if volume.geometry.same_grid(target)
+        else resample_to(volume, target, interpolation="linear", default_value=outside).array
     )
-    return np.asarray(suv, dtype=np.float32)
+    return np.asarray(array, dtype=np.float32)

@@ -7,7 +7,7 @@ Connected components use 18-connectivity (faces and edges), as the AutoPET evalu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -381,36 +381,48 @@ def drop_unconfident(
     maps: EvidenceMaps,
     geometry: Geometry,
     min_confidence: float,
-) -> tuple[np.ndarray, tuple[DroppedLesion, ...]]:
+) -> tuple[np.ndarray, tuple[DroppedLesion, ...], list[float] | None]:
     """``mask`` without the lesions (18-connected components of each label) whose calibrated
-    confidence is below ``min_confidence``, and those lesions, largest first. The evidence of
-    every lesion is read from ``maps`` on the mask as given, so the order of removal does not
-    matter. ``min_confidence`` 0 keeps every lesion (and the mask itself)."""
+    confidence is below ``min_confidence``, those lesions (largest first), and the confidences
+    of the lesions kept, in the order :func:`iter_lesions` reads the returned mask (removing
+    whole components keeps the others' order), for :func:`lesion_table`. The evidence of every
+    lesion is read from ``maps`` on the mask as given, so the order of removal does not
+    matter. ``min_confidence`` 0 keeps every lesion (and the mask itself) and scores none."""
     if min_confidence <= 0:
-        return mask, ()
+        return mask, (), None
     dropped: list[DroppedLesion] = []
+    kept: list[float] = []
     out = mask
     voxel_ml = geometry.voxel_volume_ml
     for label, box, comp in iter_lesions(mask):
         p_true = model(lesion_evidence(box, comp, maps))
         if p_true >= min_confidence:
+            kept.append(p_true)
             continue
         if out is mask:
             out = mask.copy()
         out[box][comp] = 0
-        lo = np.asarray([b.start for b in box])
-        centroid = geometry.index_to_world(np.argwhere(comp).mean(axis=0) + lo)
         dropped.append(
             DroppedLesion(
                 label=label,
                 volume_ml=float(comp.sum()) * voxel_ml,
-                centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                centroid_mm=_centroid(geometry, box, comp)[0],
                 suv_max=float(maps.suv[box][comp].max()),
                 confidence=p_true,
             )
         )
     dropped.sort(key=lambda d: -d.volume_ml)
-    return out, tuple(dropped)
+    return out, tuple(dropped), kept
+
+
+def _centroid(
+    geometry: Geometry, box: tuple[slice, ...], comp: np.ndarray
+) -> tuple[tuple[float, float, float], np.ndarray]:
+    """The world centroid (mm) of a component given in its box, and its voxel indices on the
+    whole grid."""
+    voxels = np.argwhere(comp) + np.asarray([b.start for b in box])
+    c = geometry.index_to_world(voxels.mean(axis=0))
+    return (float(c[0]), float(c[1]), float(c[2])), voxels
 
 
 def lesion_table(
@@ -421,6 +433,7 @@ def lesion_table(
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
     confidence: tuple[LesionConfidence, EvidenceMaps] | None = None,
     review_below: float = DEFAULT_REVIEW_BELOW,
+    confidences: Sequence[float] | None = None,
 ) -> LesionTable:
     """Per-lesion quantities of a label map on ``geometry``.
 
@@ -429,6 +442,8 @@ def lesion_table(
     confidence model and the evidence maps it reads, :mod:`mefn.confidence`) each lesion gets
     its calibrated confidence and is flagged for review when that is below ``review_below``;
     without, a lesion is flagged when its mean uncertainty is at least ``review_threshold``.
+    ``confidences``: the lesions' confidences already computed, in :func:`iter_lesions` order
+    (:func:`drop_unconfident` gives them), instead of reading the evidence again.
     Lesions are sorted by decreasing volume and numbered from 1.
     """
     if not (mask.shape == suv.shape == uncertainty.shape == geometry.shape):
@@ -439,14 +454,12 @@ def lesion_table(
     voxel_ml = geometry.voxel_volume_ml
     offsets = _sphere_offsets(geometry.spacing_mm, SUV_PEAK_VOLUME_ML)
     rows: list[dict[str, object]] = []
-    for label, box, comp in iter_lesions(mask):
-        lo = np.asarray([b.start for b in box])
+    for index, (label, box, comp) in enumerate(iter_lesions(mask)):
         values = suv[box][comp].astype(np.float64)
         unc = uncertainty[box][comp].astype(np.float64)
         count = int(comp.sum())
         volume_ml = count * voxel_ml
-        voxels = np.argwhere(comp) + lo
-        centroid = geometry.index_to_world(voxels.mean(axis=0))
+        centroid, voxels = _centroid(geometry, box, comp)
         suv_mean = float(values.mean())
         peak = _peak_at(suv, voxels, offsets)
         rows.append(
@@ -454,7 +467,7 @@ def lesion_table(
                 "label": label,
                 "voxels": count,
                 "volume_ml": float(volume_ml),
-                "centroid_mm": (float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                "centroid_mm": centroid,
                 "suv_max": float(values.max()),
                 "suv_mean": suv_mean,
                 "suv_peak": float(peak),
@@ -466,9 +479,15 @@ def lesion_table(
         )
         if confidence is not None:
             model, maps = confidence
-            p_true = model(lesion_evidence(box, comp, maps))
+            p_true = (
+                confidences[index]
+                if confidences is not None
+                else model(lesion_evidence(box, comp, maps))
+            )
             rows[-1]["confidence"] = p_true
             rows[-1]["review"] = p_true < review_below
+    if confidence is not None and confidences is not None and len(confidences) != len(rows):
+        raise ValueError(f"{len(confidences)} confidences given for {len(rows)} lesions")
     rows.sort(key=lambda row: -int(row["voxels"]))  # type: ignore[call-overload]
     lesions = [Lesion(lesion_id=n, **row) for n, row in enumerate(rows, start=1)]  # type: ignore[arg-type]
     return LesionTable(

@@ -166,19 +166,17 @@ def evaluate(
         u, fp, _ = predicted_lesion_errors(
             (label > 0).astype(np.uint8), pred.mask, pred.uncertainty
         )
-        # the u rule of weights without a confidence model (with one, the trust test stage
-        # of pipelines.trust_phantoms scores the flags: keep_dir)
-        flags = u >= predictor.review_threshold
-        if predictor.lesion_confidence is not None:
-            flags = np.zeros_like(fp)
-        return {
+        row = {
             "grid_ceiling_dice": grid_ceiling_dice(case.label, ceiling),
             "predicted_lesions": len(u),
             "false_positive_lesions": int(sum(fp)),
-            "flagged_false_positive": int((flags & fp).sum()),
-            "flagged_true": int((flags & ~fp).sum()),
             "dropped_lesions": len(pred.dropped),
         }
+        if predictor.lesion_confidence is None:  # the mean-u flag; the confidence flag is
+            flags = u >= predictor.review_threshold  # scored by pipelines.trust_phantoms
+            row["flagged_false_positive"] = int((flags & fp).sum())
+            row["flagged_true"] = int((flags & ~fp).sum())
+        return row
 
     scores = score_cases(
         predictor,

@@ -254,16 +254,15 @@ class TrustTally:
 
 
 def without_unconfident(case: TrustCase, lesion_model: Any, floor: float) -> TrustCase:
-    """``case`` with the lesions whose confidence is below ``floor`` removed from its mask
-    (what ``mefn segment`` delivers with ``min_confidence``)."""
-    from mefn.confidence import TrustCase, iter_lesions, lesion_evidence
+    """``case`` with the lesions whose confidence is below ``floor`` removed from its mask,
+    by what ``mefn segment`` runs (:func:`mefn.postprocess.drop_unconfident`; a kept case has
+    no world position, so the dropped lesions' centroids are not read)."""
+    from mefn.confidence import TrustCase
+    from mefn.io.volume import Geometry
+    from mefn.postprocess import drop_unconfident
 
-    if floor <= 0:
-        return case
-    mask = case.mask.copy()
-    for _label, box, lesion in iter_lesions(case.mask):
-        if lesion_model(lesion_evidence(box, lesion, case.maps)) < floor:
-            mask[box][lesion] = 0
+    grid = Geometry(case.mask.shape, case.maps.spacing_mm, (0.0, 0.0, 0.0))
+    mask, _dropped, _kept = drop_unconfident(case.mask, lesion_model, case.maps, grid, floor)
     return TrustCase(mask, case.reference, case.maps)
 
 

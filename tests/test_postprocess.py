@@ -323,11 +323,11 @@ def test_drop_unconfident_removes_lesions_below_the_floor_and_says_where() -> No
     suv[12:14, 12:14, 12:16] = 1.5
     maps = EvidenceMaps(np.full(geo.shape, 0.6, np.float32), np.full(geo.shape, 0.1, np.float32),
                         suv, geo.spacing_mm)  # fmt: skip
-    # confidence rises with SUVmax: log(1 + 9) -> 0.92, log(1 + 1.5) -> 0.33
+    # confidence rises with SUVmax: log(1 + 9) -> 0.89, log(1 + 1.5) -> 0.33
     model = LesionConfidence(
         LogisticModel(("log_suv_max",), np.zeros(1), np.ones(1), np.asarray([2.0]), -2.5)
     )
-    kept, dropped = drop_unconfident(mask, model, maps, geo, 0.5)
+    kept, dropped, scored = drop_unconfident(mask, model, maps, geo, 0.5)
     assert kept[3, 3, 3] == 1 and kept[12:14, 12:14, 12:16].sum() == 0
     assert mask[12, 12, 12] == 1  # the input is left as it was
     (gone,) = dropped
@@ -337,5 +337,18 @@ def test_drop_unconfident_removes_lesions_below_the_floor_and_says_where() -> No
     centre = geo.index_to_world(np.asarray([12.5, 12.5, 13.5]))
     assert gone.centroid_mm == pytest.approx(tuple(centre))
     assert gone.to_json()["centroid_mm"] == [round(c, 2) for c in centre]
-    same, none = drop_unconfident(mask, model, maps, geo, 0.0)
-    assert same is mask and none == ()
+    # the kept lesion's confidence, as the lesion table would compute it again
+    table = lesion_table(kept, suv, np.zeros(geo.shape, np.float32), geo, confidence=(model, maps))
+    assert (
+        scored
+        == [les.confidence for les in table.lesions]
+        == [pytest.approx(1 / (1 + np.exp(2.5 - 2 * np.log(10.0))))]
+    )
+    given = lesion_table(kept, suv, np.zeros(geo.shape, np.float32), geo,
+                         confidence=(model, maps), confidences=scored)  # fmt: skip
+    assert given == table
+    with pytest.raises(ValueError, match="2 confidences given for 1 lesions"):
+        lesion_table(kept, suv, np.zeros(geo.shape, np.float32), geo,
+                     confidence=(model, maps), confidences=[0.5, 0.5])  # fmt: skip
+    same, none, unscored = drop_unconfident(mask, model, maps, geo, 0.0)
+    assert same is mask and none == () and unscored is None

@@ -177,7 +177,7 @@ def test_a_confidence_floor_removes_lesions_and_the_report_lists_them(tmp_path) 
     assert Predictor(plain, device="cpu").min_confidence == 0.0
 
 
-def test_the_base_cards_floor_does_not_reach_an_adapters_confidence_model(tmp_path) -> None:
+def test_the_base_cards_confidence_levels_do_not_reach_an_adapters_model(tmp_path) -> None:
     from support import TINY_MODEL
 
     from mefn.adapters import AdapterConfig, inject_adapters, save_adapter
@@ -187,7 +187,11 @@ def test_the_base_cards_floor_does_not_reach_an_adapters_confidence_model(tmp_pa
 
     weights = _trusted_weights(_mk(tmp_path / "w"))
     card_path = weights.with_suffix(".json")
-    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "min_confidence": 0.4}))
+    card_path.write_text(
+        json.dumps(
+            {**json.loads(card_path.read_text()), "min_confidence": 0.4, "review_below": 0.3}
+        )
+    )
     net = build_model(from_dict(ModelConfig, TINY_MODEL))
     inject_adapters(net, from_dict(AdapterConfig, {"type": "bottleneck"}))
     adapter = save_adapter(net, tmp_path / "adapter", base_model_hash=file_sha256(weights))
@@ -196,9 +200,11 @@ def test_the_base_cards_floor_does_not_reach_an_adapters_confidence_model(tmp_pa
     (adapter / "card.json").write_text(
         json.dumps({k: base_card[k] for k in ("lesion_confidence", "voxel_error")})
     )
-    assert Predictor(weights, device="cpu").min_confidence == 0.4
+    base = Predictor(weights, device="cpu")
+    assert base.min_confidence == 0.4 and base.review_below == 0.3
     tuned = Predictor(weights, adapter=adapter, device="cpu")
     assert tuned.lesion_confidence is not None and tuned.min_confidence == 0.0
+    assert tuned.review_below == 0.5  # the default, not the base card's level
     (adapter / "card.json").write_text(
         json.dumps({**json.loads((adapter / "card.json").read_text()),
                     "postprocess": {"min_confidence": 0.2}})
