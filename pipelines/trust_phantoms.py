@@ -64,7 +64,8 @@ def predict(
     from mefn.inference import Predictor, ct_on_grid
     from pipelines.train_phantoms import fresh_phantom
 
-    predictor = Predictor(model, device="cpu", threads=threads)
+    # the masks as drawn: the fit chooses the confidence floor on them, the test applies it
+    predictor = Predictor(model, device="cpu", threads=threads, min_confidence=0.0)
     # alternate the two sets, so that a stopped run leaves some of each
     val, test = _seeds("val", n_val), _seeds("test", n_test)
     order = [("val", s) for s in val[: len(test)]]
@@ -163,7 +164,9 @@ def load_kept(path: Path) -> TrustCase:
 
 
 def _kept(kind: str, work: Path = WORK) -> list[Path]:
-    return sorted((work / kind).glob("*.npz"), key=lambda p: int(p.stem))
+    # not the hidden temporary files of a predict stage still writing (mefn.fileutil)
+    kept = [p for p in (work / kind).glob("*.npz") if not p.name.startswith(".")]
+    return sorted(kept, key=lambda p: int(p.stem))
 
 
 def fit(card_path: Path, work: Path = WORK, floor: bool = True) -> dict[str, Any]:
@@ -266,9 +269,12 @@ def without_unconfident(case: TrustCase, lesion_model: Any, floor: float) -> Tru
     return TrustCase(mask, case.reference, case.maps)
 
 
-def test(card_path: Path, kind: str = "test", work: Path = WORK) -> dict[str, Any]:
-    """Score the card's calibration on the ``kind`` cases kept under ``work``: AutoPET 2022
-    means as kept and with the card's ``min_confidence``; the trust of what is delivered."""
+def test(
+    card_path: Path, kind: str = "test", work: Path = WORK, limit: int | None = None
+) -> dict[str, Any]:
+    """Score the card's calibration on the ``kind`` cases kept under ``work`` (the first
+    ``limit`` seeds, or all): AutoPET 2022 means as kept and with the card's
+    ``min_confidence``; the trust of what is delivered."""
     from mefn.calibration import mean_scores
     from mefn.confidence import trust_from_card
     from mefn.metrics.autopet import autopet_case_metrics
@@ -278,7 +284,7 @@ def test(card_path: Path, kind: str = "test", work: Path = WORK) -> dict[str, An
     assert lesion_model is not None and voxel_model is not None
     floor = float(card.get("min_confidence") or 0.0)
     tally = TrustTally()
-    paths = _kept(kind, work)
+    paths = _kept(kind, work)[:limit]
     as_kept, floored = [], []
     for path in paths:
         case = load_kept(path)
@@ -356,14 +362,16 @@ def record_in_card(card_path: Path, result: dict[str, Any], work: Path) -> None:
     atomic_write_text(card_path, json.dumps(card, indent=1))
 
 
-def write_results(result: dict[str, Any], kind: str) -> None:
-    """``campaigns/trust_phantoms/<kind>.json`` and the reliability diagrams and risk-coverage
-    curve of the calibrated trust in ``docs/images/trust_*.png``."""
+def write_results(result: dict[str, Any], kind: str, figures: bool = True) -> None:
+    """``campaigns/trust_phantoms/<kind>.json`` and, with ``figures``, the reliability
+    diagrams and risk-coverage curve of the calibrated trust in ``docs/images/trust_*.png``."""
     from mefn.fileutil import atomic_write_text
     from mefn.metrics.plots import plot_binned_reliability, plot_lesion_risk_coverage
 
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / f"{kind}.json", json.dumps(result, indent=1))
+    if not figures:
+        return
     images = REPO / "docs" / "images"
     n = result["cases"]
     plot_binned_reliability(
@@ -385,7 +393,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("predict", "ct", "fit", "test"), required=True)
     parser.add_argument("--n-val", type=int, default=60)
-    parser.add_argument("--n-test", type=int, default=20)
+    parser.add_argument(
+        "--n-test",
+        type=int,
+        default=20,
+        help="predict: test phantoms to keep; test stage: score the first N kept (default 20, "
+        "the card's test_fresh_phantoms; another N writes <set>_<N>_phantoms.json only)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", default="test", choices=("val", "test"), help="test stage: which")
     parser.add_argument(
@@ -422,10 +436,12 @@ def main() -> int:
     elif args.stage == "fit":
         fit(card, args.work, floor=not args.no_floor)
     else:
-        result = test(card, args.set, args.work)
+        result = test(card, args.set, args.work, args.n_test)
         if args.write:
-            write_results(result, args.set)
-            if args.set == "test":
+            default = args.n_test == parser.get_default("n_test")
+            name = args.set if default else f"{args.set}_{args.n_test}_phantoms"
+            write_results(result, name, figures=default)
+            if args.set == "test" and default:
                 record_in_card(card, result, args.work)
     return 0
 

@@ -266,3 +266,12 @@ def test_the_trust_test_stage_records_its_figures_in_the_card(tmp_path) -> None:
     assert record["reproduce"].startswith("python -m pipelines.eval_cascade --coarse-only, then")
     trust.record_in_card(card, result, Path("work_data/w"))  # the commands are added once
     assert json.loads(card.read_text())["reproduce"].count("trust_phantoms") == 1
+
+
+def test_kept_cases_skip_files_still_being_written(tmp_path) -> None:
+    trust = load_pipeline(REPO / "pipelines" / "trust_phantoms.py")
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for name in ("12.npz", "3.npz", ".13.npz.x1y2.tmp.npz"):  # the last: a predict stage writing
+        (folder / name).write_bytes(b"")
+    assert [p.name for p in trust._kept("val", tmp_path)] == ["3.npz", "12.npz"]
