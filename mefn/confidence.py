@@ -204,6 +204,15 @@ class LogisticModel:
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
         return _sigmoid(self.intercept + z @ self.coef)
 
+    def folded(self, names: Sequence[str]) -> tuple[np.ndarray, float]:
+        """The weights over the columns ``names`` (a superset of the features; 0 for the
+        others) and the intercept of the same linear score with the standardisation folded
+        in: ``x @ w + b`` equals the score :meth:`probability` takes the sigmoid of."""
+        w = np.zeros(len(names), dtype=np.float64)
+        for k, name in enumerate(self.features):
+            w[list(names).index(name)] = self.coef[k] / self.scale[k]
+        return w, float(self.intercept - np.dot(self.mean / self.scale, self.coef))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "features": list(self.features),
@@ -522,20 +531,23 @@ class VoxelErrorMap:
     def __call__(self, mask: np.ndarray, maps: EvidenceMaps, chunk: int = 1 << 21) -> np.ndarray:
         """The error-probability map of ``mask`` (float32 in [0, 1], the grid of ``mask``)."""
         edges = _edges(mask, maps.spacing_mm)
-        strata = [(True, self.inside), (False, self.outside)]
-        names = sorted({n for _, c in strata for n in c.model.features}, key=VOXEL_FEATURES.index)
-        columns = [[names.index(n) for n in c.model.features] for _, c in strata]
+        features = {n for c in (self.inside, self.outside) for n in c.model.features}
+        names = sorted(features, key=VOXEL_FEATURES.index)
+        # each stratum's linear score over the shared columns, in float32: a whole-body grid
+        # holds 50 M voxels, almost all outside the mask
+        (w_in, b_in), (w_out, b_out) = (
+            (w.astype(np.float32), np.float32(b))
+            for w, b in (self.inside.model.folded(names), self.outside.model.folded(names))
+        )
         flat_mask = mask.reshape(-1)
         out = np.empty(mask.size, dtype=np.float32)
         for start in range(0, mask.size, chunk):  # bounded temporaries on large grids
             part = slice(start, start + chunk)
             inside = flat_mask[part] != 0
             feats = voxel_features(mask, maps, part, edges, names)  # once for both strata
-            values = np.empty(inside.size, dtype=np.float32)
-            for (is_inside, calibrator), cols in zip(strata, columns):
-                where = inside if is_inside else ~inside
-                if where.any():
-                    values[where] = calibrator(feats[where][:, cols])
+            values = self.outside.isotonic(_sigmoid(feats @ w_out + b_out))
+            if inside.any():
+                values[inside] = self.inside.isotonic(_sigmoid(feats[inside] @ w_in + b_in))
             out[part] = values
         return out.reshape(mask.shape)
 

@@ -24,6 +24,7 @@ from mefn.confidence import (
     near_lesions,
     trust_from_card,
     trust_record,
+    voxel_features,
 )
 from mefn.errors import CheckpointError, InputError
 
@@ -175,6 +176,30 @@ def test_fit_trust_separates_and_calibrates_on_fresh_cases() -> None:
     assert trust["auroc"] > 0.7
     assert trust["ece"] < 0.15
     assert rel is not None and rel.ece < 0.05
+
+
+def test_the_voxel_map_is_each_stratum_s_calibrator() -> None:
+    from mefn.confidence import INSIDE_FEATURES, OUTSIDE_FEATURES
+
+    _lesions, voxel_model, _ = fit_trust(_synthetic_cases(20, 4), n_near=2000)
+    case = _synthetic_cases(1, 5)[0]
+    inside = (case.mask != 0).ravel()
+    expected = np.empty(case.mask.size)
+    for where, calibrator, names in (
+        (inside, voxel_model.inside, INSIDE_FEATURES),
+        (~inside, voxel_model.outside, OUTSIDE_FEATURES),
+    ):
+        feats = voxel_features(case.mask, case.maps, names=names).astype(np.float64)
+        expected[where] = calibrator(feats[where])
+    # one float32 linear score over the shared columns, in chunks smaller than the grid
+    err = voxel_model(case.mask, case.maps, chunk=1000)
+    np.testing.assert_allclose(err.ravel(), expected, atol=1e-5)
+    w, b = voxel_model.inside.model.folded(("edge_out", *INSIDE_FEATURES))
+    assert w[0] == 0.0
+    x = voxel_features(case.mask, case.maps, names=INSIDE_FEATURES).astype(np.float64)
+    np.testing.assert_allclose(
+        voxel_model.inside.model.probability(x[:50]), 1 / (1 + np.exp(-(x[:50] @ w[1:] + b)))
+    )
 
 
 def test_fit_trust_refuses_cases_with_one_kind_of_lesion() -> None:
