@@ -357,7 +357,10 @@ def record_in_card(card_path: Path, result: dict[str, Any], work: Path) -> None:
         f"--work {work}; --stage test --card RUN/model.json --work {work} --write"
     )
     reproduce = str(card.get("reproduce") or "")
-    if "pipelines.trust_phantoms" not in reproduce:
+    at = reproduce.find("python -m pipelines.trust_phantoms")
+    if at >= 0:  # the commands of an earlier record, which end the string: replaced
+        card["reproduce"] = reproduce[:at] + commands
+    else:
         card["reproduce"] = f"{reproduce}, then {commands}" if reproduce else commands
     atomic_write_text(card_path, json.dumps(card, indent=1))
 

@@ -264,8 +264,10 @@ def test_the_trust_test_stage_records_its_figures_in_the_card(tmp_path) -> None:
     assert (fresh["true_lesions"], fresh["false_positive_lesions"]) == (1, 2)
     assert fresh["trust"]["lesion_auroc"] == 0.9 and fresh["trust"]["lesions"] == 3
     assert record["reproduce"].startswith("python -m pipelines.eval_cascade --coarse-only, then")
-    trust.record_in_card(card, result, Path("work_data/w"))  # the commands are added once
-    assert json.loads(card.read_text())["reproduce"].count("trust_phantoms") == 1
+    trust.record_in_card(card, result, Path("work_data/w2"))  # the commands are added once
+    reproduce = json.loads(card.read_text())["reproduce"]
+    assert reproduce.count("trust_phantoms") == 1 and "work_data/w2" in reproduce
+    assert "work_data/w " not in reproduce
 
 
 def test_kept_cases_skip_files_still_being_written(tmp_path) -> None:
