@@ -69,6 +69,8 @@ REPO = _bench.REPO
 DEFAULT_OUT = REPO / "runs" / "benchmark"
 DEFAULT_DOC = REPO / "docs" / "benchmarks.md"
 MODELS = ("mefn_small", "dynunet_small", "dynunet_mcdropout_small")
+#: ``--bundled``: the row of the bundled weights with their card (trust stages included)
+BUNDLED = "mefn_bundled"
 ABLATIONS = ("cfl", "mutual_attention", "calibrator", "ds_fusion", "uncertainty_loss")
 TRAIN_SEED = 7000  # study seeds 700,000,000 + i (mefn.data.phantom_layouts.study_seed)
 TEST_SEED = 7777  # study seeds 777,700,000 + i
@@ -401,6 +403,11 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         weights[m] = (
             run if trained[m] else make_weights(out / "weights", m, args.spacing, args.patch)
         )
+    models = list(args.models)
+    if args.bundled:  # as mefn segment runs them: the card's lesion confidence and error map
+        weights[BUNDLED] = REPO / "mefn" / "weights" / "mefn_default.safetensors"
+        trained[BUNDLED] = True
+        models.append(BUNDLED)
     shapes = {"wholebody": tuple(args.wb_shape), "headneck": tuple(args.hn_shape)}
     studies = {}
     for kind in args.studies:
@@ -416,9 +423,9 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     rows = []
     for device in devices:
         for kind, (case_path, info) in studies.items():
-            results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.models}
+            results: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
             for _ in range(args.runs):  # round-robin: load from other jobs hits all models alike
-                for model in args.models:
+                for model in models:
                     spec = {
                         "case": str(case_path),
                         "weights": str(weights[model]),
@@ -436,6 +443,8 @@ def run_inference(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     )
             for model, res_list in results.items():
                 weights_kind = "trained" if trained[model] else "untrained"
+                if model == BUNDLED:
+                    weights_kind = "bundled card"
                 row = inference_row(res_list, info["output_voxels"], rates[device], weights_kind)
                 rows.append({"device": device, "study": kind, "model": model, **row})
     return {
@@ -742,6 +751,26 @@ def check_targets(
     if inference:
         by = {(r["device"], r["study"], r["model"]): r for r in inference["rows"]}
         for device, study, model in sorted(by):
+            if model == BUNDLED and (device, study, "dynunet_small") in by:
+                # mefn segment as shipped, trust stages included, against the plain network
+                # (without the lesion tables: untrained weights fill theirs with noise)
+                bundled, dyn = by[(device, study, model)], by[(device, study, "dynunet_small")]
+                add(
+                    f"{device} {study}: bundled card's time / DynUNet time (no lesion tables)",
+                    (bundled["seconds"] - (bundled.get("lesion_table_seconds") or 0.0))
+                    / (dyn["seconds"] - (dyn.get("lesion_table_seconds") or 0.0)),
+                    TARGETS["time_vs_dynunet"],
+                    False,
+                    "x",
+                )
+                if study == "wholebody" and device == "cpu":
+                    add(
+                        f"{device} {study}: bundled card's peak RSS",
+                        bundled["peak_rss_gib"],
+                        TARGETS["wholebody_rss_gib"],
+                        False,
+                        " GiB",
+                    )
             if model != "mefn_small":
                 continue
             mefn = by[(device, study, model)]
@@ -1020,6 +1049,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sw-batch-size", type=int, default=1)
     g.add_argument("--overlap", type=float, default=None, help="default: the card's (0.25)")
     g.add_argument("--matmul-size", type=int, default=4096)
+    g.add_argument(
+        "--bundled",
+        action="store_true",
+        help="also time the bundled weights with their card, trust stages included (row "
+        f"{BUNDLED}), against dynunet_small without the lesion tables",
+    )
     g.add_argument(
         "--untrained",
         dest="trained_weights",

@@ -92,6 +92,18 @@ def test_slow_mefn_and_missing_measurements(bench):
     assert [c["met"] for c in nan if "AUROC" in c["what"]] == [None]
 
 
+def test_the_bundled_card_is_held_to_the_same_limits_without_lesion_tables(bench):
+    rows = [
+        {**_row(bench.BUNDLED, 15.0, rss=2.5), "lesion_table_seconds": 1.0},
+        {**_row("dynunet_small", 60.0), "lesion_table_seconds": 50.0},  # noise lesions
+    ]
+    checks = {c["what"]: c for c in bench.check_targets({"rows": rows}, None)}
+    ratio = checks["cpu wholebody: bundled card's time / DynUNet time (no lesion tables)"]
+    assert ratio["met"] is False and ratio["value"] == pytest.approx(14.0 / 10.0)
+    assert checks["cpu wholebody: bundled card's peak RSS"]["met"] is True
+    assert "cpu wholebody: MEFN time / DynUNet time" not in checks  # mefn_small not run
+
+
 def test_doc_keeps_hand_written_text(bench, tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nHand-written notes.\n")
