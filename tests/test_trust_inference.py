@@ -140,6 +140,14 @@ def test_tables_name_the_calibrated_map_and_show_confidences(tmp_path) -> None:
     assert "confidence below 50% flagged for review" in text
     plain = Predictor(make_tiny_weights(_mk(tmp_path / "p")), device="cpu").predict(_case())
     assert viz.lesion_columns(plain.lesions) == viz.LESION_COLUMNS
+    # the figure's table: long names on two lines, columns sized to their text, the axes' width
+    fig = viz.plot_lesion_table(pred.lesions)
+    drawn = fig.axes[0].tables[0]
+    header = [drawn[0, c].get_text().get_text() for c in range(len(viz.LESION_COLUMNS))]
+    assert "p wrong\nmean" in header and "confidence" in header
+    widths = [drawn[0, c].get_width() for c in range(len(header))]
+    assert sum(widths) == pytest.approx(1.0)
+    assert widths[header.index("confidence")] > widths[header.index("#")]
 
 
 def test_a_confidence_floor_removes_lesions_and_the_report_lists_them(tmp_path) -> None:

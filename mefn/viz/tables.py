@@ -176,9 +176,20 @@ def plot_lesion_table(table: LesionTable, ax: Axes | None = None, max_rows: int 
     if not shown:
         ax.text(0.5, 0.5, "no lesion found", ha="center", va="center", transform=ax.transAxes)
         return fig  # type: ignore[return-value]
-    mpl_table = ax.table(cellText=shown, colLabels=list(lesion_columns(table)), loc="upper center")
+    # long names on two lines, columns as wide as their longest line, together the axes'
+    # width (equal cells let "p wrong mean" and "confidence" overlap)
+    labels = [c.replace("wrong ", "wrong\n") for c in lesion_columns(table)]
+    chars = [
+        max(len(line) for v in (label, *column) for line in str(v).split("\n")) + 1
+        for label, *column in zip(labels, *shown)
+    ]
+    widths = [c / sum(chars) for c in chars]
+    mpl_table = ax.table(cellText=shown, colLabels=labels, colWidths=widths, loc="upper center")
     mpl_table.auto_set_font_size(False)
     mpl_table.set_fontsize(7)
+    if any("\n" in label for label in labels):
+        for c in range(len(labels)):
+            mpl_table[0, c].set_height(2 * mpl_table[0, c].get_height())
     for r, row in enumerate(shown, start=1):
         if row[-1]:
             for c in range(len(LESION_COLUMNS)):
