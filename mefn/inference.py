@@ -52,6 +52,7 @@ from mefn.postprocess import (
     lesion_table,
     mask_from_probabilities,
     remove_small_components,
+    reshape_lesions,
 )
 from mefn.registry import (
     ADAPTER_CARD,
@@ -252,6 +253,11 @@ class Predictor:
     min_lesion_ml:
         Predicted lesions smaller than this are dropped. Default: the value chosen on
         validation cases and stored in the card (``min_lesion_ml``), else 0 (keep all).
+    lesion_shape:
+        What is done to the lesions' outlines after the lesion floor
+        (:func:`mefn.postprocess.reshape_lesions`): ``"hull"`` fills each lesion's convex
+        hull, ``"largest_hull"`` keeps the largest lesion and fills its hull, ``"none"``
+        leaves them as drawn. Default: the card's ``lesion_shape``, else ``"none"``.
     tta_axes:
         Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
         the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
@@ -294,6 +300,7 @@ class Predictor:
         review_below: float | None = None,
         min_confidence: float | None = None,
         min_lesion_ml: float | None = None,
+        lesion_shape: str | None = None,
         tta_axes: Sequence[int] | None = None,
         tta_scales: Sequence[float] | None = None,
         lesion_threshold: float | None = None,
@@ -334,6 +341,7 @@ class Predictor:
             tta_scales=None if tta_scales is None else tuple(tta_scales),
             lesion_threshold=lesion_threshold,
             min_lesion_ml=min_lesion_ml,
+            lesion_shape=lesion_shape,
             review_threshold=review_threshold,
             review_below=review_below,
             min_confidence=min_confidence,
@@ -357,6 +365,10 @@ class Predictor:
     @property
     def min_lesion_ml(self) -> float:
         return self.postprocess.min_lesion_ml
+
+    @property
+    def lesion_shape(self) -> str:
+        return self.postprocess.lesion_shape
 
     @property
     def review_threshold(self) -> float:
@@ -567,6 +579,9 @@ class Predictor:
         with clock("lesion_floor"):
             min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
             mask = remove_small_components(mask, min_vox)
+        if self.lesion_shape != "none":
+            with clock("lesion_shape"):
+                mask = reshape_lesions(mask, self.lesion_shape)
         delivered, evidence = unc, None
         if trust:
             assert maps.lesion_probability is not None  # kept for the trust models

@@ -30,6 +30,7 @@ __all__ = [
     "DroppedLesion",
     "Lesion",
     "LesionTable",
+    "check_lesion_shape",
     "check_lesion_threshold",
     "choose_review_threshold",
     "drop_unconfident",
@@ -43,6 +44,8 @@ __all__ = [
     "PetCheck",
     "apply_pet_check",
     "remove_small_components",
+    "LESION_SHAPES",
+    "reshape_lesions",
     "suv_peak",
     "SUV_PEAK_VOLUME_ML",
 ]
@@ -118,6 +121,67 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     if small.size:
         mask[np.isin(labels, small)] = 0
     return mask
+
+
+#: What :func:`reshape_lesions` can do to the lesions of a mask.
+LESION_SHAPES = ("none", "hull", "largest_hull")
+
+
+def check_lesion_shape(shape: object) -> str:
+    """``shape`` if it is one of :data:`LESION_SHAPES`, else an :class:`InputError`."""
+    if shape not in LESION_SHAPES:
+        raise InputError(
+            f"lesion_shape must be one of {', '.join(LESION_SHAPES)}, found {shape!r}; "
+            "'none' leaves the lesions as the network drew them"
+        )
+    return str(shape)
+
+
+def reshape_lesions(mask: np.ndarray, shape: str) -> np.ndarray:
+    """``mask`` with its lesions (18-connected components of each label) reshaped: ``"none"``
+    leaves it as it is; ``"hull"`` fills each lesion's convex hull (a tumour whose cold or
+    necrotic part the network leaves out is outlined whole); ``"largest_hull"`` keeps only the
+    largest lesion of each label and fills its hull (one tumour per study, as in crops cut
+    around it). Voxels of other labels are never taken over. A new array; ``mask`` is unchanged.
+    """
+    check_lesion_shape(shape)
+    out = mask.copy()
+    if shape == "none":
+        return out
+    for label in (int(v) for v in np.unique(mask) if v != 0):
+        components = cc3d.connected_components(mask == label, connectivity=CONNECTIVITY)
+        boxes = ndimage.find_objects(components)
+        keep = range(1, len(boxes) + 1)
+        if shape == "largest_hull" and len(boxes) > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            largest = int(np.argmax(sizes)) + 1
+            out[(components != 0) & (components != largest)] = 0
+            keep = range(largest, largest + 1)
+        for index in keep:
+            box = boxes[index - 1]
+            if box is None:
+                continue
+            hull = _convex_hull(components[box] == index)
+            out[box][hull & (out[box] == 0)] = label
+    return out
+
+
+def _convex_hull(component: np.ndarray) -> np.ndarray:
+    """The voxels of ``component``'s box whose centres lie in the convex hull of its voxel
+    centres (the component itself where it spans no volume: a line, a plane)."""
+    from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+    points = np.argwhere(component)
+    if len(points) < 4:
+        return component
+    try:
+        corners = points[ConvexHull(points).vertices]
+        simplices = Delaunay(corners)
+    except QhullError:
+        return component
+    grid = np.indices(component.shape).reshape(3, -1).T
+    inside = simplices.find_simplex(grid) >= 0
+    return inside.reshape(component.shape) | component
 
 
 #: Where a predicted lesion's background SUV is read: the median SUV in a shell this thick,

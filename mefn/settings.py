@@ -21,6 +21,7 @@ from mefn.postprocess import (
     DEFAULT_REVIEW_THRESHOLD,
     HotSpotCheck,
     PetCheck,
+    check_lesion_shape,
     check_lesion_threshold,
 )
 from mefn.registry import resolve_hot_spot_check, resolve_pet_check
@@ -33,6 +34,7 @@ CARD_KEYS = (
     "tta_scales",
     "lesion_threshold",
     "min_lesion_ml",
+    "lesion_shape",
     "review_threshold",
     "review_below",
     "min_confidence",
@@ -81,6 +83,8 @@ class PostprocessSettings:
     the model, trained on smaller ones, misses at its own scale is found at a coarser one).
     lesion_threshold: a voxel is lesion when its probability of not being
     background reaches it (None: the argmax). min_lesion_ml: smaller lesions are dropped.
+    lesion_shape: what is done to the lesions' outlines after that
+    (:func:`~mefn.postprocess.reshape_lesions`: ``"none"``, ``"hull"``, ``"largest_hull"``).
     review_threshold: lesions whose mean uncertainty reaches it are flagged (weights without a
     lesion confidence model). review_below: with a lesion confidence model, lesions whose
     confidence is below it are flagged (None: the model's card's choice, else
@@ -95,6 +99,7 @@ class PostprocessSettings:
     tta_scales: tuple[float, ...] = (1.0,)
     lesion_threshold: float | None = None
     min_lesion_ml: float = 0.0
+    lesion_shape: str = "none"
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD
     review_below: float | None = None
     min_confidence: float = 0.0
@@ -105,6 +110,7 @@ class PostprocessSettings:
         object.__setattr__(self, "tta_axes", check_tta_axes(self.tta_axes))
         object.__setattr__(self, "tta_scales", check_tta_scales(self.tta_scales))
         check_lesion_threshold(self.lesion_threshold)
+        check_lesion_shape(self.lesion_shape)
         for name in ("min_lesion_ml", "review_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
@@ -180,6 +186,8 @@ class PostprocessSettings:
                 changes[key] = None if value is None else float(value)
             elif key == "min_confidence":  # None in a card: no floor
                 changes[key] = 0.0 if value is None else value
+            elif key == "lesion_shape":  # None in a card: as drawn
+                changes[key] = "none" if value is None else value
             else:
                 changes[key] = float(value)
         return replace(self, **changes)
@@ -190,6 +198,7 @@ class PostprocessSettings:
             "tta_scales": list(self.tta_scales),
             "lesion_threshold": self.lesion_threshold,
             "min_lesion_ml": self.min_lesion_ml,
+            "lesion_shape": self.lesion_shape,
             "review_threshold": self.review_threshold,
             "review_below": self.review_below,
             "min_confidence": self.min_confidence,

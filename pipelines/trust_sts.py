@@ -10,23 +10,28 @@ Stages (``--stage``):
   calibration reads kept in ``work_data/trust_sts/<row>/<case>.npz`` (model grid only) or
   ``<row>/x<scales>/<case>.npz`` (cases kept are skipped: resumable).
 - ``test``: for each fold, on the other four folds' cases: the test-time scales of
-  ``--tta-scales`` and the lesion probability threshold (:data:`THRESHOLDS`, the base card's
-  PET check after it) with the best mean Dice, then the lesion confidence and the voxel error
-  map (:func:`mefn.confidence.fit_trust`) on the masks they draw; all applied to this fold's
-  cases. Dice, lesion AUROC, ECE and risk-coverage and the voxel reliability near lesions
-  over the 25 held-out cases, against the raw evidential u; JSON to
+  ``--tta-scales``, the lesion probability threshold (:data:`THRESHOLDS`, the base card's PET
+  check after it) and the lesion shape of ``--lesion-shapes``
+  (:func:`mefn.postprocess.reshape_lesions`) with the best mean Dice, then the lesion confidence
+  and the voxel error map (:func:`mefn.confidence.fit_trust`) on the masks they draw; all
+  applied to this fold's cases. Dice, lesion AUROC, ECE and risk-coverage and the voxel
+  reliability near lesions over the 25 held-out cases, against the raw evidential u; JSON to
   ``campaigns/trust_sts/<row>.json``.
-- ``card``: the same chosen and fitted on all 25 held-out predictions and stored in the card
-  of the bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the scales and
-  the threshold in its ``postprocess``, the trust beside it. The fold adapters stand in for
-  the adapter trained on every case, as cross-validation does for nnU-Net's post-processing.
+- ``card``: the same chosen and fitted on all 25 held-out predictions and stored in the card of
+  the bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the scales, the
+  threshold and the shape in its ``postprocess``, the trust beside it. The fold adapters stand
+  in for the adapter trained on every case, as cross-validation does for nnU-Net's
+  post-processing.
 
 Usage (from the repository root; predict: about 5-10 s per case on one core; test and card
 hold the 25 kept cases in memory, about 3 GB)::
 
-    python -m pipelines.trust_sts --stage predict --row compacter --tta-scales "1;1,1.5;1,1.5,2"
-    python -m pipelines.trust_sts --stage test --row compacter --tta-scales "1;1,1.5;1,1.5,2"
-    python -m pipelines.trust_sts --stage card --row compacter --tta-scales "1;1,1.5;1,1.5,2"
+    S="1;1,1.5;1,1.5,2;1,1.5,2,3"
+    python -m pipelines.trust_sts --stage predict --row compacter --tta-scales "$S"
+    python -m pipelines.trust_sts --stage test --row compacter --tta-scales "$S" \
+        --lesion-shapes none,hull,largest_hull
+    python -m pipelines.trust_sts --stage card --row compacter --tta-scales "$S" \
+        --lesion-shapes none,hull,largest_hull
 
 Data: TCIA Soft-tissue-Sarcoma (Vallieres et al. 2015, DOI 10.7937/K9/TCIA.2015.7GO2GSKS,
 CC BY 3.0), the IBSI crops in ``../shared/data/sts``.
@@ -57,8 +62,8 @@ THRESHOLDS: tuple[float | None, ...] = (None, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.
 WORK = REPO / "work_data" / "trust_sts"
 OUT = REPO / "campaigns" / "trust_sts"
 Scales = tuple[float, ...]
-#: a setting the test and card stages choose: (test-time scales, lesion threshold)
-Setting = tuple[Scales, float | None]
+#: a setting the test and card stages choose: (test-time scales, lesion threshold, lesion shape)
+Setting = tuple[Scales, float | None, str]
 
 
 def parse_scale_settings(text: str) -> list[Scales]:
@@ -69,6 +74,19 @@ def parse_scale_settings(text: str) -> list[Scales]:
     if not settings:
         raise SystemExit(f"trust_sts: --tta-scales names no setting: {text!r}")
     return settings
+
+
+def parse_shapes(text: str) -> tuple[str, ...]:
+    """``"none,hull"`` -> ``("none", "hull")``, each one of mefn.postprocess.LESION_SHAPES."""
+    from mefn.postprocess import LESION_SHAPES
+
+    shapes = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [s for s in shapes if s not in LESION_SHAPES]
+    if not shapes or unknown:
+        raise SystemExit(
+            f"trust_sts: --lesion-shapes expects some of {', '.join(LESION_SHAPES)}, found {text!r}"
+        )
+    return shapes
 
 
 def kept_dir(row: str, scales: Scales) -> Path:
@@ -132,7 +150,14 @@ class _Kept:
     their masks at each threshold drawn once (the nested fit reads every case in four of the
     five folds)."""
 
-    def __init__(self, row: str, cases: list[str], check: Any, scales: list[Scales]) -> None:
+    def __init__(
+        self,
+        row: str,
+        cases: list[str],
+        check: Any,
+        scales: list[Scales],
+        shapes: tuple[str, ...] = ("none",),
+    ) -> None:
         self.cases: dict[tuple[str, Scales], Any] = {}
         for setting in scales:
             paths = [kept_dir(row, setting) / f"{c}.npz" for c in cases]
@@ -143,25 +168,28 @@ class _Kept:
                     f"{setting} (first: {missing[0]}); run --stage predict first"
                 )
             self.cases.update({(p.stem, setting): load_kept(p) for p in paths})
-        self.settings: list[Setting] = [(s, t) for s in scales for t in THRESHOLDS]
+        self.settings: list[Setting] = [
+            (s, t, shape) for shape in shapes for s in scales for t in THRESHOLDS
+        ]
         self.check = check
         self._drawn: dict[tuple[str, Setting], TrustCase] = {}
 
     def at(self, name: str, setting: Setting) -> TrustCase:
         """Case ``name`` at the setting's scales with its mask drawn again from the kept
-        lesion probability at its threshold, then the PET check (what the Predictor does
-        with that card)."""
+        lesion probability at its threshold, then the PET check and the lesion shape (what
+        the Predictor does with that card)."""
         from mefn.confidence import TrustCase
-        from mefn.postprocess import apply_pet_check, mask_from_probabilities
+        from mefn.postprocess import apply_pet_check, mask_from_probabilities, reshape_lesions
 
         key = (name, setting)
         if key not in self._drawn:
-            scales, threshold = setting
+            scales, threshold, shape = setting
             case = self.cases[(name, scales)]
             p = case.maps.lesion_probability
             mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
             if self.check.active:
                 mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
+            mask = reshape_lesions(mask, shape)
             self._drawn[key] = TrustCase(mask, case.reference, case.maps)
         return self._drawn[key]
 
@@ -170,15 +198,17 @@ class _Kept:
         return dice(case.mask > 0, case.reference > 0)
 
     def best(self, names: list[str]) -> Setting:
-        """The setting (scales, then threshold of :data:`THRESHOLDS`) with the best mean Dice
-        over ``names`` (the first of equals: fewer scales, then the higher threshold)."""
+        """The setting (shape, scales, then threshold of :data:`THRESHOLDS`) with the best mean
+        Dice over ``names`` (the first of equals: the first shape given, fewer scales, then the
+        higher threshold)."""
         means = [float(np.mean([self.dice(c, s) for c in names])) for s in self.settings]
         return self.settings[int(np.argmax(means))]
 
 
 def _label(setting: Setting) -> str:
-    scales, threshold = setting
-    return f"x{','.join(f'{s:g}' for s in scales)} t={threshold}"
+    scales, threshold, shape = setting
+    label = f"x{','.join(f'{s:g}' for s in scales)} t={threshold}"
+    return label if shape == "none" else f"{label} {shape}"
 
 
 def _adapter_pet_check() -> Any:
@@ -193,15 +223,15 @@ def _adapter_pet_check() -> Any:
     return PostprocessSettings.from_card({"postprocess": tuned}, base=base).pet_check
 
 
-def test(row: str, scales: list[Scales]) -> dict[str, Any]:
-    """Nested by fold: scales, threshold and trust fitted on four folds' held-out
-    predictions, scored on the fifth's."""
+def test(row: str, scales: list[Scales], shapes: tuple[str, ...] = ("none",)) -> dict[str, Any]:
+    """Nested by fold: scales, threshold, lesion shape and trust fitted on four folds'
+    held-out predictions, scored on the fifth's."""
     from mefn.confidence import fit_trust
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
     all_cases = [c for f in folds for c in f]
-    kept = _Kept(row, all_cases, _adapter_pet_check(), scales)
+    kept = _Kept(row, all_cases, _adapter_pet_check(), scales, shapes)
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
     held_dice: dict[str, float] = {}
@@ -210,16 +240,23 @@ def test(row: str, scales: list[Scales]) -> dict[str, Any]:
         setting = kept.best(others)
         lesion_model, voxel_model, summary = fit_trust(kept.at(c, setting) for c in others)
         fitted.append(
-            {"fold": k, "tta_scales": list(setting[0]), "lesion_threshold": setting[1], **summary}
+            {
+                "fold": k,
+                "tta_scales": list(setting[0]),
+                "lesion_threshold": setting[1],
+                "lesion_shape": setting[2],
+                **summary,
+            }
         )
         for name in held:
             tally.add(kept.at(name, setting), lesion_model, voxel_model, name)
             held_dice[name] = kept.dice(name, setting)
-    plain: Setting = (scales[0], None)
+    plain: Setting = (scales[0], None, "none")
     result = {
         "row": row,
         "cases": len(all_cases),
         "tta_scales_tried": [list(s) for s in scales],
+        "lesion_shapes_tried": list(shapes),
         "dice_nested": {
             "mean": float(np.mean(list(held_dice.values()))),
             "median": float(np.median(list(held_dice.values()))),
@@ -240,40 +277,48 @@ def test(row: str, scales: list[Scales]) -> dict[str, Any]:
     return result
 
 
-def card(row: str, card_path: Path, scales: list[Scales]) -> dict[str, Any]:
-    """Choose the scales and threshold and fit the trust on all held-out predictions; store
-    them in ``card_path``."""
+def card(
+    row: str, card_path: Path, scales: list[Scales], shapes: tuple[str, ...] = ("none",)
+) -> dict[str, Any]:
+    """Choose the scales, threshold and lesion shape and fit the trust on all held-out
+    predictions; store them in ``card_path``."""
     from mefn.confidence import fit_trust, trust_record
     from mefn.data.datasets import load_folds
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    kept = _Kept(row, cases, _adapter_pet_check(), scales)
+    kept = _Kept(row, cases, _adapter_pet_check(), scales, shapes)
     setting = kept.best(cases)
     lesion, voxel, summary = fit_trust(kept.at(c, setting) for c in cases)
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
     summary["tta_scales"] = list(setting[0])
     summary["lesion_threshold"] = setting[1]
+    summary["lesion_shape"] = setting[2]
     record = trust_record(lesion, voxel, summary)
     content = json.loads(card_path.read_text(encoding="utf-8"))
     content.pop("note", None)  # "not calibrated" no longer holds
     post = content.setdefault("postprocess", {})
     post["tta_scales"] = list(setting[0])
     post["lesion_threshold"] = setting[1]
+    post["lesion_shape"] = setting[2]
     tested = OUT / f"{row}.json"  # the test stage's nested figures, when run on these settings
     if tested.is_file():
         result = json.loads(tested.read_text(encoding="utf-8"))
-        if result.get("tta_scales_tried") == [list(s) for s in scales]:
+        same = result.get("tta_scales_tried") == [list(s) for s in scales]
+        if same and result.get("lesion_shapes_tried", ["none"]) == list(shapes):
             content.setdefault("cross_validation", {})["with_postprocess"] = {
                 "dice_mean": result["dice_nested"]["mean"],
                 "dice_median": result["dice_nested"]["median"],
                 "per_case": result["dice_nested"]["per_case"],
                 "chosen_per_fold": [
-                    {k: f[k] for k in ("fold", "tta_scales", "lesion_threshold")}
+                    {
+                        k: f.get(k, "none")
+                        for k in ("fold", "tta_scales", "lesion_threshold", "lesion_shape")
+                    }
                     for f in result["fitted_per_fold"]
                 ],
-                "scored": "each fold's held-out cases with the scales and threshold chosen on "
-                "the other four folds (python -m pipelines.trust_sts --stage test)",
+                "scored": "each fold's held-out cases with the scales, threshold and lesion "
+                "shape chosen on the other four folds (python -m pipelines.trust_sts --stage test)",
             }
     # an adapter's card keeps the settings mefn segment reads under postprocess
     content["lesion_confidence"] = record["lesion_confidence"]
@@ -300,6 +345,12 @@ def main() -> int:
         "separated by ';' (e.g. \"1;1,1.5;1,1.5,2\"; default: the model grid only)",
     )
     parser.add_argument(
+        "--lesion-shapes",
+        default="none",
+        help="lesion shapes (mefn.postprocess.reshape_lesions) to choose among with the scales "
+        "and threshold in test and card, comma-separated (e.g. none,hull,largest_hull)",
+    )
+    parser.add_argument(
         "--card",
         type=Path,
         default=REPO / "mefn" / "weights" / "adapters" / "sts" / "card.json",
@@ -307,16 +358,17 @@ def main() -> int:
     )
     args = parser.parse_args()
     scales = parse_scale_settings(args.tta_scales)
+    shapes = parse_shapes(args.lesion_shapes)
     if args.stage == "predict":
         predict(args.row, args.data, args.campaign, args.threads, scales)
     elif args.stage == "test":
         from mefn.fileutil import atomic_write_text
 
-        result = test(args.row, scales)
+        result = test(args.row, scales, shapes)
         OUT.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OUT / f"{args.row}.json", json.dumps(result, indent=1))
     else:
-        card(args.row, args.card, scales)
+        card(args.row, args.card, scales, shapes)
     return 0
 
 

@@ -307,3 +307,41 @@ def test_names_moved_out_of_inference_still_import_from_it() -> None:
                 assert getattr(inference_module, name) is getattr(module, name), name
                 n_moved += 1
     assert n_moved == 13
+
+
+def test_the_lesion_shape_comes_from_the_card_and_fills_the_hull(tmp_path) -> None:
+    """A lesion drawn with a cold tunnel through it: "hull" fills the tunnel, "none" keeps
+    it; the card's ``lesion_shape`` is the default, the argument overrides it."""
+    import json
+
+    import numpy as np
+
+    weights = make_tiny_weights(tmp_path)
+    case = tiny_case(tmp_path)
+
+    def fake(image, keys=None):
+        shape = image.shape[1:]
+        lesion = np.zeros(shape, np.float32)
+        box = tuple(slice(n // 4, n // 4 + max(6, n // 2)) for n in shape)
+        lesion[box] = 0.9
+        inner = tuple(slice(b.start + 2, b.stop - 2) for b in box[:2])
+        lesion[inner[0], inner[1], box[2]] = 0.0  # a tunnel along z: open, not a hole
+        maps = {
+            "prob": np.stack([1 - lesion, lesion]),
+            "uncertainty": np.full((1, *shape), 0.1, np.float32),
+        }
+        return {k: v for k, v in maps.items() if keys is None or k in keys}
+
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["lesion_shape"] = "hull"
+    card_path.write_text(json.dumps(card))
+    hull = Predictor(weights, device="cpu")
+    plain = Predictor(weights, device="cpu", lesion_shape="none")
+    assert hull.lesion_shape == "hull" and hull.settings()["lesion_shape"] == "hull"
+    masks = {}
+    for name, predictor in (("hull", hull), ("none", plain)):
+        predictor.predict_model_space = fake  # type: ignore[method-assign]
+        masks[name] = predictor.predict(case).mask > 0
+    assert masks["none"].any() and (masks["hull"] >= masks["none"]).all()
+    assert masks["hull"].sum() > masks["none"].sum()

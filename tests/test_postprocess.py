@@ -10,8 +10,10 @@ from mefn.postprocess import (
     apply_pet_check,
     lesion_table,
     mask_from_probabilities,
+    reshape_lesions,
     suv_peak,
 )
+from mefn.settings import PostprocessSettings
 
 
 def _geo(shape, spacing=(2.0, 2.0, 2.0), origin=(10.0, -5.0, 3.0), direction=None):
@@ -352,3 +354,40 @@ def test_drop_unconfident_removes_lesions_below_the_floor_and_says_where() -> No
                      confidence=(model, maps), confidences=[0.5, 0.5])  # fmt: skip
     same, none, unscored = drop_unconfident(mask, model, maps, geo, 0.0)
     assert same is mask and none == () and unscored is None
+
+
+def test_reshape_lesions_fills_convex_hulls_and_keeps_the_largest() -> None:
+    mask = np.zeros((30, 30, 20), np.uint8)
+    # a hollow box with one side open (a rim of uptake around a cold core): not a closed hole
+    mask[2:12, 2:12, 2:12] = 1
+    mask[4:10, 4:10, 4:12] = 0
+    mask[20:23, 20:23, 10:13] = 1  # a small second lesion, 27 voxels
+    mask[25, 2:6, 2] = 2  # a line of another label: spans no volume, left as it is
+    hull = reshape_lesions(mask, "hull")
+    assert (hull[2:12, 2:12, 2:12] == 1).all()  # the cold core is filled
+    assert (hull[20:23, 20:23, 10:13] == 1).all() and (hull == 1).sum() == 1000 + 27
+    assert (hull == 2).sum() == 4
+    largest = reshape_lesions(mask, "largest_hull")
+    assert (largest == 1).sum() == 1000 and (largest[20:23, 20:23, 10:13] == 0).all()
+    assert (largest == 2).sum() == 4  # each label keeps its own largest lesion
+    assert np.array_equal(reshape_lesions(mask, "none"), mask)
+    assert (mask[4:10, 4:10, 4:12] == 0).all()  # the input is not changed
+
+
+def test_reshape_lesions_never_takes_another_label_s_voxels() -> None:
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[1:10, 1:10, 1] = 1
+    mask[1:10, 1:10, 9] = 1
+    mask[1:10, 1, 1:10] = 1  # a U shape of label 1 whose hull holds the box
+    mask[5, 5, 5] = 2
+    out = reshape_lesions(mask, "hull")
+    assert out[5, 5, 5] == 2 and out[5, 5, 4] == 1
+
+
+def test_an_unknown_lesion_shape_is_refused_in_one_line() -> None:
+    with pytest.raises(InputError, match="lesion_shape must be one of none, hull, largest_hull"):
+        reshape_lesions(np.zeros((2, 2, 2), np.uint8), "convex")
+    with pytest.raises(InputError, match="found 'fill'"):
+        PostprocessSettings(lesion_shape="fill")
+    settings = PostprocessSettings.from_card({"postprocess": {"lesion_shape": "hull"}})
+    assert settings.lesion_shape == "hull" and settings.to_json()["lesion_shape"] == "hull"

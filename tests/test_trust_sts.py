@@ -81,10 +81,43 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
         "fold": 0,
         "tta_scales": [1.0, 2.0],
         "lesion_threshold": None,
+        "lesion_shape": "none",
     }
     assert "voxel_error" in written and "review_below" not in written  # settings: postprocess
     assert written["postprocess"]["review_below"] == 0.5
     assert written["postprocess"]["min_confidence"] == 0.0
+
+
+def test_the_lesion_shape_is_chosen_on_the_other_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folds = [[f"C{k}{i}" for i in range(3)] for k in range(5)]
+    folds_file = tmp_path / "folds.yaml"
+    folds_file.write_text("folds:\n" + "".join(f"  - [{', '.join(f)}]\n" for f in folds))
+    monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
+    monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
+    monkeypatch.setattr(trust_sts, "THRESHOLDS", (None, 0.3))
+    rng = np.random.default_rng(1)
+    for case in [c for f in folds for c in f]:
+        path = tmp_path / "work" / "row" / f"{case}.npz"
+        _keep(path, rng)
+        with np.load(path) as z:
+            kept = dict(z)
+        # a cold slot through the true lesion, open on one side: no hole to fill, but inside
+        # its convex hull
+        kept["lesion_probability"][3:7, 4, 2:8] = 0.02
+        np.savez(path, **kept)
+    plain = trust_sts.test("row", [(1.0,)])
+    shaped = trust_sts.test("row", [(1.0,)], ("none", "hull"))
+    assert shaped["lesion_shapes_tried"] == ["none", "hull"]
+    assert all(f["lesion_shape"] == "hull" for f in shaped["fitted_per_fold"])
+    assert shaped["dice_nested"]["mean"] > plain["dice_nested"]["mean"]
+    assert shaped["dice_nested"]["mean"] == pytest.approx(
+        shaped["dice_by_setting"]["x1 t=None hull"]
+    )
+    assert trust_sts.parse_shapes("none, largest_hull") == ("none", "largest_hull")
+    with pytest.raises(SystemExit, match="expects some of none, hull, largest_hull"):
+        trust_sts.parse_shapes("convex")
 
 
 def test_scale_settings_are_parsed_and_kept_apart() -> None:

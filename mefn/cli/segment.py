@@ -146,6 +146,15 @@ def _add_postprocess_arguments(g: Any) -> None:
         "weights, in their card; 0 if the card has none)",
     )
     g.add_argument(
+        "--lesion-shape",
+        choices=("none", "hull", "largest_hull"),
+        default=None,
+        help="after the lesion floor: 'hull' fills each lesion's convex hull (a tumour whose "
+        "cold part the network left out is outlined whole), 'largest_hull' keeps only the "
+        "largest lesion and fills its hull (one tumour per study), 'none' keeps the outlines "
+        "as drawn (default: the card's choice; 'none' if it has none)",
+    )
+    g.add_argument(
         "--lesion-threshold",
         type=float,
         default=None,
@@ -494,6 +503,7 @@ def _build_predictor(
         review_below=args.review_below,
         min_confidence=args.min_confidence,
         min_lesion_ml=args.min_lesion_ml,
+        lesion_shape=args.lesion_shape,
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
         tta_scales=tta_scales,
