@@ -205,6 +205,22 @@ class _Kept:
         return self.settings[int(np.argmax(means))]
 
 
+def _fit(kept: _Kept, names: list[str], setting: Setting, where: str) -> Any:
+    """:func:`mefn.confidence.fit_trust` on ``names`` at ``setting``; a setting that leaves
+    no false (or no true) lesion to learn from is named in the one-line error."""
+    from mefn.confidence import fit_trust
+    from mefn.errors import InputError
+
+    try:
+        return fit_trust(kept.at(c, setting) for c in names)
+    except InputError as exc:
+        raise SystemExit(
+            f"trust_sts: {where}, setting {_label(setting)} (the best Dice): {exc}; a shape "
+            "that keeps one lesion per study (largest_hull) leaves no false lesion to learn "
+            "from: leave it out of --lesion-shapes"
+        ) from None
+
+
 def _label(setting: Setting) -> str:
     scales, threshold, shape = setting
     label = f"x{','.join(f'{s:g}' for s in scales)} t={threshold}"
@@ -226,7 +242,6 @@ def _adapter_pet_check() -> Any:
 def test(row: str, scales: list[Scales], shapes: tuple[str, ...] = ("none",)) -> dict[str, Any]:
     """Nested by fold: scales, threshold, lesion shape and trust fitted on four folds'
     held-out predictions, scored on the fifth's."""
-    from mefn.confidence import fit_trust
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
@@ -238,7 +253,7 @@ def test(row: str, scales: list[Scales], shapes: tuple[str, ...] = ("none",)) ->
     for k, held in enumerate(folds):
         others = [c for j, f in enumerate(folds) if j != k for c in f]
         setting = kept.best(others)
-        lesion_model, voxel_model, summary = fit_trust(kept.at(c, setting) for c in others)
+        lesion_model, voxel_model, summary = _fit(kept, others, setting, f"fold {k}")
         fitted.append(
             {
                 "fold": k,
@@ -282,14 +297,14 @@ def card(
 ) -> dict[str, Any]:
     """Choose the scales, threshold and lesion shape and fit the trust on all held-out
     predictions; store them in ``card_path``."""
-    from mefn.confidence import fit_trust, trust_record
+    from mefn.confidence import trust_record
     from mefn.data.datasets import load_folds
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
     kept = _Kept(row, cases, _adapter_pet_check(), scales, shapes)
     setting = kept.best(cases)
-    lesion, voxel, summary = fit_trust(kept.at(c, setting) for c in cases)
+    lesion, voxel, summary = _fit(kept, cases, setting, "all cases")
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
     summary["tta_scales"] = list(setting[0])
     summary["lesion_threshold"] = setting[1]

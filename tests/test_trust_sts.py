@@ -165,3 +165,20 @@ def test_predict_reads_each_case_once_for_every_scale_setting_it_lacks(
         assert kept.reference.any() and kept.maps.lesion_probability.shape == ct.shape
     trust_sts.predict("full", data, tmp_path / "campaign", 1, settings)
     assert len(loads) == 5  # all kept: nothing read again
+
+
+def test_a_shape_that_leaves_no_false_lesion_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folds = [[f"C{k}{i}" for i in range(2)] for k in range(5)]
+    folds_file = tmp_path / "folds.yaml"
+    folds_file.write_text("folds:\n" + "".join(f"  - [{', '.join(f)}]\n" for f in folds))
+    monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
+    monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
+    monkeypatch.setattr(trust_sts, "THRESHOLDS", (None,))
+    rng = np.random.default_rng(2)
+    for case in [c for f in folds for c in f]:
+        _keep(tmp_path / "work" / "row" / f"{case}.npz", rng)
+    # the largest lesion of every case is its true one: no false lesion is left
+    with pytest.raises(SystemExit, match=r"fold 0, setting x1 t=None largest_hull .*no false"):
+        trust_sts.test("row", [(1.0,)], ("largest_hull",))
