@@ -88,14 +88,20 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
     assert written["postprocess"]["min_confidence"] == 0.0
 
 
-def test_the_lesion_shape_is_chosen_on_the_other_folds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folds = [[f"C{k}{i}" for i in range(3)] for k in range(5)]
+def _folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_fold: int) -> list[list[str]]:
+    """Five folds of ``per_fold`` cases, written where trust_sts reads them."""
+    folds = [[f"C{k}{i}" for i in range(per_fold)] for k in range(5)]
     folds_file = tmp_path / "folds.yaml"
     folds_file.write_text("folds:\n" + "".join(f"  - [{', '.join(f)}]\n" for f in folds))
     monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
     monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
+    return folds
+
+
+def test_the_lesion_shape_is_chosen_on_the_other_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folds = _folds(tmp_path, monkeypatch, 3)
     monkeypatch.setattr(trust_sts, "THRESHOLDS", (None, 0.3))
     rng = np.random.default_rng(1)
     for case in [c for f in folds for c in f]:
@@ -170,11 +176,7 @@ def test_predict_reads_each_case_once_for_every_scale_setting_it_lacks(
 def test_a_shape_that_leaves_no_false_lesion_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folds = [[f"C{k}{i}" for i in range(2)] for k in range(5)]
-    folds_file = tmp_path / "folds.yaml"
-    folds_file.write_text("folds:\n" + "".join(f"  - [{', '.join(f)}]\n" for f in folds))
-    monkeypatch.setattr(trust_sts, "FOLDS", folds_file)
-    monkeypatch.setattr(trust_sts, "WORK", tmp_path / "work")
+    folds = _folds(tmp_path, monkeypatch, 2)
     monkeypatch.setattr(trust_sts, "THRESHOLDS", (None,))
     rng = np.random.default_rng(2)
     for case in [c for f in folds for c in f]:
