@@ -148,20 +148,17 @@ def reshape_lesions(mask: np.ndarray, shape: str) -> np.ndarray:
     out = mask.copy()
     if shape == "none":
         return out
-    for label in (int(v) for v in np.unique(mask) if v != 0):
-        components = cc3d.connected_components(mask == label, connectivity=CONNECTIVITY)
-        boxes = ndimage.find_objects(components)
-        keep = range(1, len(boxes) + 1)
-        if shape == "largest_hull" and len(boxes) > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            largest = int(np.argmax(sizes)) + 1
-            out[(components != 0) & (components != largest)] = 0
-            keep = range(largest, largest + 1)
-        for index in keep:
-            box = boxes[index - 1]
-            if box is None:
-                continue
-            hull = _convex_hull(components[box] == index)
+    by_label: dict[int, list[tuple[tuple[slice, ...], np.ndarray]]] = {}
+    for label, box, component in iter_lesions(mask):
+        by_label.setdefault(label, []).append((box, component))
+    for label, lesions in by_label.items():  # label by label, as a hull may fill freed voxels
+        if shape == "largest_hull" and len(lesions) > 1:
+            largest = int(np.argmax([int(component.sum()) for _box, component in lesions]))
+            for box, component in lesions[:largest] + lesions[largest + 1 :]:
+                out[box][component] = 0
+            lesions = [lesions[largest]]
+        for box, component in lesions:
+            hull = _convex_hull(component)
             out[box][hull & (out[box] == 0)] = label
     return out
 
