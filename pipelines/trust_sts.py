@@ -147,8 +147,9 @@ def predict(row: str, data: Path, campaign: Path, threads: int, settings: list[S
 
 class _Kept:
     """The kept held-out predictions of ``row`` at each scale setting, each read once, and
-    their masks at each threshold drawn once (the nested fit reads every case in four of the
-    five folds)."""
+    the Dice of each case at each setting computed once (the nested choice reads every case
+    in four of the five folds). Masks are drawn again when asked for, not kept: every
+    setting's masks of every case would take ~11 GB."""
 
     def __init__(
         self,
@@ -172,7 +173,7 @@ class _Kept:
             (s, t, shape) for shape in shapes for s in scales for t in THRESHOLDS
         ]
         self.check = check
-        self._drawn: dict[tuple[str, Setting], TrustCase] = {}
+        self._dice: dict[tuple[str, Setting], float] = {}
 
     def at(self, name: str, setting: Setting) -> TrustCase:
         """Case ``name`` at the setting's scales with its mask drawn again from the kept
@@ -181,21 +182,21 @@ class _Kept:
         from mefn.confidence import TrustCase
         from mefn.postprocess import apply_pet_check, mask_from_probabilities, reshape_lesions
 
-        key = (name, setting)
-        if key not in self._drawn:
-            scales, threshold, shape = setting
-            case = self.cases[(name, scales)]
-            p = case.maps.lesion_probability
-            mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
-            if self.check.active:
-                mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
-            mask = reshape_lesions(mask, shape)
-            self._drawn[key] = TrustCase(mask, case.reference, case.maps)
-        return self._drawn[key]
+        scales, threshold, shape = setting
+        case = self.cases[(name, scales)]
+        p = case.maps.lesion_probability
+        mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
+        if self.check.active:
+            mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
+        mask = reshape_lesions(mask, shape)
+        return TrustCase(mask, case.reference, case.maps)
 
     def dice(self, name: str, setting: Setting) -> float:
-        case = self.at(name, setting)
-        return dice(case.mask > 0, case.reference > 0)
+        key = (name, setting)
+        if key not in self._dice:
+            case = self.at(name, setting)
+            self._dice[key] = dice(case.mask > 0, case.reference > 0)
+        return self._dice[key]
 
     def best(self, names: list[str]) -> Setting:
         """The setting (shape, scales, then threshold of :data:`THRESHOLDS`) with the best mean
