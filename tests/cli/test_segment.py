@@ -348,7 +348,7 @@ def test_corrupt_and_foreign_weights(tmp_path, c_case, tiny_weights, capsys):
     )
     err = capsys.readouterr().err
     assert "not a valid safetensors weights file" in err and err.count("\n") == 1
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # no output folder left behind
     # a valid safetensors file of another network
     import torch
     from safetensors.torch import save_file
@@ -398,7 +398,24 @@ def test_adapter_for_another_model_is_refused(tmp_path, c_case, tiny_weights, ca
     assert code == 1
     err = capsys.readouterr().err
     assert "was trained on base model 0000000000000000" in err and err.count("\n") == 1
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # no output folder left behind
+
+
+def test_unknown_adapter_name_leaves_no_output_folder(tmp_path, c_case, tiny_weights, capsys):
+    out = tmp_path / "out"
+    code = _run(
+        "segment",
+        str(tmp_path / "c_0000.nii.gz"),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_weights),
+        "--adapter",
+        "nosuch",
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "adapter 'nosuch' not found" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_usage_errors(tmp_path, capsys):
