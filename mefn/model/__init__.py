@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import mefn.model._monai  # noqa: F401  # first: MONAI without transformers (see there)
 from mefn.model.baselines import DynUNetBaseline
 from mefn.model.blocks import pad_to_divisor, use_onednn_convolutions
 from mefn.model.config import LossConfig, ModelConfig
