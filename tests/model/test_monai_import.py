@@ -1,4 +1,4 @@
-"""MONAI is imported without Hugging Face transformers, which stays importable for peft."""
+"""MONAI is imported without Hugging Face transformers and pyplot, both importable after."""
 
 import subprocess
 import sys
@@ -13,14 +13,16 @@ def _python(code: str) -> str:
 
 def test_segmenting_imports_monai_but_not_transformers():
     code = (
-        "import sys, mefn.inference; print('monai' in sys.modules, 'transformers' in sys.modules)"
+        "import sys, mefn.inference; "
+        "print('monai' in sys.modules, 'transformers' in sys.modules, "
+        "'matplotlib.pyplot' in sys.modules)"
     )
-    assert _python(code) == "True False"
+    assert _python(code) == "True False False"
 
 
-def test_transformers_and_peft_import_afterwards():
+def test_transformers_peft_and_pyplot_import_afterwards():
     code = (
-        "import mefn.model, transformers, peft, sys; "
+        "import mefn.model, transformers, peft, matplotlib.pyplot, sys; "
         "print(type(sys.modules['transformers']).__name__ != 'NoneType', hasattr(peft, 'LoraConfig'))"
     )
     assert _python(code) == "True True"
