@@ -390,12 +390,12 @@ def run(args: argparse.Namespace) -> int:
     first_case = load_case(files=jobs[0]) if len(jobs) == 1 else None
     # torchrun: each process takes its share of the cases, each case written once.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    jobs = jobs[rank::world]
+    if not args.overwrite:
+        _refuse_existing_outputs(jobs, Path(args.output), args)
     # the weights and adapter next: a wrong name or file fails before any folder is made
     predictor = _build_predictor(args, tta_axes, tta_scales, pet_overrides, spot_overrides, world)
     outdir = check_writable_dir(args.output)  # created once inputs and weights are known good
-    jobs = jobs[rank::world]
-    if not args.overwrite:
-        _refuse_existing_outputs(jobs, outdir, args)
     failures = _segment_cases(predictor, jobs, first_case, outdir, args)
     return _finish(len(jobs), failures, outdir, args.quiet)
 

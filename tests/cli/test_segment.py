@@ -305,6 +305,9 @@ def test_existing_outputs_need_overwrite(tmp_path, c_case, tiny_weights, capsys)
     assert _run(*args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert (out / "c_mask.nii.gz").stat().st_mtime_ns == before
+    # refused before any weights or adapter load: a wrong adapter name is not reached
+    assert _run(*args, "--adapter", "nosuch") == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert _run(*args, "--overwrite") == 0
 
 
@@ -376,7 +379,7 @@ def test_corrupt_and_foreign_weights(tmp_path, c_case, tiny_weights, capsys):
     assert "no model card" in capsys.readouterr().err
 
 
-def test_adapter_for_another_model_is_refused(tmp_path, c_case, tiny_weights, capsys):
+def test_a_wrong_adapter_is_refused_before_any_output(tmp_path, c_case, tiny_weights, capsys):
     from mefn.adapters import AdapterConfig, inject_adapters, save_adapter
     from mefn.config import from_dict
     from mefn.model import ModelConfig, build_model
@@ -385,36 +388,22 @@ def test_adapter_for_another_model_is_refused(tmp_path, c_case, tiny_weights, ca
     cfg = from_dict(AdapterConfig, {"type": "bottleneck"})
     inject_adapters(net, cfg)
     save_adapter(net, tmp_path / "adapter", base_model_hash="0" * 64)
-    code = _run(
-        "segment",
-        str(tmp_path / "c_0000.nii.gz"),
-        "-o",
-        str(tmp_path / "out"),
-        "--model",
-        str(tiny_weights),
-        "--adapter",
-        str(tmp_path / "adapter"),
-    )
-    assert code == 1
-    err = capsys.readouterr().err
-    assert "was trained on base model 0000000000000000" in err and err.count("\n") == 1
-    assert not (tmp_path / "out").exists()  # no output folder left behind
-
-
-def test_unknown_adapter_name_leaves_no_output_folder(tmp_path, c_case, tiny_weights, capsys):
     out = tmp_path / "out"
-    code = _run(
+    args = [
         "segment",
         str(tmp_path / "c_0000.nii.gz"),
         "-o",
         str(out),
         "--model",
         str(tiny_weights),
-        "--adapter",
-        "nosuch",
-    )
+    ]
+    assert _run(*args, "--adapter", str(tmp_path / "adapter")) == 1
     err = capsys.readouterr().err
-    assert code == 2 and "adapter 'nosuch' not found" in err and err.count("\n") == 1
+    assert "was trained on base model 0000000000000000" in err and err.count("\n") == 1
+    assert not out.exists()  # no output folder left behind
+    assert _run(*args, "--adapter", "nosuch") == 2
+    err = capsys.readouterr().err
+    assert "adapter 'nosuch' not found" in err and err.count("\n") == 1
     assert not out.exists()
 
 
