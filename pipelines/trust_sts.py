@@ -149,8 +149,9 @@ def predict(row: str, data: Path, campaign: Path, threads: int, settings: list[S
 class _Kept:
     """The kept held-out predictions of ``row`` at each scale setting, each read once, and
     the Dice of each case at each setting computed once (the nested choice reads every case
-    in four of the five folds). Masks are drawn again when asked for, not kept: every
-    setting's masks of every case would take ~11 GB."""
+    in four of the five folds). Only the masks of the settings :meth:`best` chose are kept
+    (the fits read them again, fold after fold); every setting's masks of every case would
+    take ~11 GB."""
 
     def __init__(
         self,
@@ -175,22 +176,29 @@ class _Kept:
         ]
         self.check = check
         self._dice: dict[tuple[str, Setting], float] = {}
+        self._keep: set[Setting] = set()  # the settings best() chose
+        self._chosen: dict[tuple[str, Setting], TrustCase] = {}  # and their masks
 
     def at(self, name: str, setting: Setting) -> TrustCase:
         """Case ``name`` at the setting's scales with its mask drawn again from the kept
         lesion probability at its threshold, then the PET check and the lesion shape (what
-        the Predictor does with that card)."""
+        the Predictor does with that card); kept when ``setting`` is one :meth:`best` chose."""
         from mefn.confidence import TrustCase
         from mefn.postprocess import apply_pet_check, mask_from_probabilities, reshape_lesions
 
+        key = (name, setting)
+        if key in self._chosen:
+            return self._chosen[key]
         scales, threshold, shape = setting
         case = self.cases[(name, scales)]
         p = case.maps.lesion_probability
         mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
         if self.check.active:
             mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
-        mask = reshape_lesions(mask, shape)
-        return TrustCase(mask, case.reference, case.maps)
+        drawn = TrustCase(reshape_lesions(mask, shape), case.reference, case.maps)
+        if setting in self._keep:
+            self._chosen[key] = drawn
+        return drawn
 
     def dice(self, name: str, setting: Setting) -> float:
         key = (name, setting)
@@ -204,7 +212,9 @@ class _Kept:
         Dice over ``names`` (the first of equals: the first shape given, fewer scales, then the
         higher threshold)."""
         means = [float(np.mean([self.dice(c, s) for c in names])) for s in self.settings]
-        return self.settings[int(np.argmax(means))]
+        chosen = self.settings[int(np.argmax(means))]
+        self._keep.add(chosen)
+        return chosen
 
 
 def _fit(kept: _Kept, names: list[str], setting: Setting, where: str) -> Any:

@@ -114,7 +114,17 @@ def test_the_lesion_shape_is_chosen_on_the_other_folds(
         kept["lesion_probability"][3:7, 4, 2:8] = 0.02
         np.savez(path, **kept)
     plain = trust_sts.test("row", [(1.0,)])
+    import mefn.postprocess
+
+    drawn = []
+    reshape = mefn.postprocess.reshape_lesions
+    monkeypatch.setattr(
+        mefn.postprocess, "reshape_lesions", lambda m, s: drawn.append(s) or reshape(m, s)
+    )
     shaped = trust_sts.test("row", [(1.0,)], ("none", "hull"))
+    # every (case, setting) drawn once for its Dice, a chosen setting's masks at most once
+    # more, then kept for the five fits and the tally (redrawn in every fold: 15 * 4 + 75)
+    assert len(drawn) <= 15 * 4 + 15
     assert shaped["lesion_shapes_tried"] == ["none", "hull"]
     assert all(f["lesion_shape"] == "hull" for f in shaped["fitted_per_fold"])
     assert shaped["dice_nested"]["mean"] > plain["dice_nested"]["mean"]
