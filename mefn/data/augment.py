@@ -202,6 +202,10 @@ class PatchSampler:
 
     def _affine(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
+
+        from mefn.model._monai import import_monai
+
+        import_monai()  # MONAI without transformers, as everywhere in mefn (first use only)
         from monai.transforms import Affine
 
         a, rng = self.augment, self.rng

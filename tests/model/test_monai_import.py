@@ -22,7 +22,19 @@ def test_segmenting_imports_monai_but_not_transformers():
 
 def test_transformers_peft_and_pyplot_import_afterwards():
     code = (
-        "import mefn.model, transformers, peft, matplotlib.pyplot, sys; "
-        "print(type(sys.modules['transformers']).__name__ != 'NoneType', hasattr(peft, 'LoraConfig'))"
+        "import mefn.model, transformers, peft, matplotlib.pyplot; "
+        "print(transformers.__name__, peft.LoraConfig.__name__, matplotlib.pyplot.__name__)"
     )
-    assert _python(code) == "True True"
+    assert _python(code) == "transformers LoraConfig matplotlib.pyplot"
+
+
+def test_the_affine_augmentation_imports_monai_without_transformers():
+    code = (
+        "import sys, types, numpy as np; "
+        "from mefn.data.augment import AugmentConfig, PatchSampler; "
+        "me = types.SimpleNamespace(augment=AugmentConfig(), rng=np.random.default_rng(0)); "
+        "image, label = PatchSampler._affine(me, np.ones((2, 8, 8, 8), np.float32), "
+        "np.ones((8, 8, 8), np.uint8)); "
+        "print(image.shape, 'transformers' in sys.modules)"
+    )
+    assert _python(code) == "(2, 8, 8, 8) False"
