@@ -49,6 +49,7 @@ from mefn.postprocess import (
     apply_pet_check,
     drop_unconfident,
     find_hot_spots,
+    keep_small_lesion_cores,
     lesion_table,
     mask_from_probabilities,
     remove_small_components,
@@ -258,6 +259,12 @@ class Predictor:
         (:func:`mefn.postprocess.reshape_lesions`): ``"hull"`` fills each lesion's convex
         hull, ``"largest_hull"`` keeps the largest lesion and fills its hull, ``"none"``
         leaves them as drawn. Default: the card's ``lesion_shape``, else ``"none"``.
+    small_lesion_ml, small_lesion_threshold:
+        After the PET check, lesions smaller than ``small_lesion_ml`` (mL) keep only their
+        core, the voxels whose lesion probability reaches ``small_lesion_threshold``
+        (:func:`mefn.postprocess.keep_small_lesion_cores`): a low ``lesion_threshold`` then
+        outlines large tumours' cold parts without drawing small ones too wide. Default: the
+        card's (the sarcoma adapter's card sets both), else off.
     tta_axes:
         Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
         the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
@@ -301,6 +308,8 @@ class Predictor:
         min_confidence: float | None = None,
         min_lesion_ml: float | None = None,
         lesion_shape: str | None = None,
+        small_lesion_ml: float | None = None,
+        small_lesion_threshold: float | None = None,
         tta_axes: Sequence[int] | None = None,
         tta_scales: Sequence[float] | None = None,
         lesion_threshold: float | None = None,
@@ -342,6 +351,8 @@ class Predictor:
             lesion_threshold=lesion_threshold,
             min_lesion_ml=min_lesion_ml,
             lesion_shape=lesion_shape,
+            small_lesion_ml=small_lesion_ml,
+            small_lesion_threshold=small_lesion_threshold,
             review_threshold=review_threshold,
             review_below=review_below,
             min_confidence=min_confidence,
@@ -369,6 +380,20 @@ class Predictor:
     @property
     def lesion_shape(self) -> str:
         return self.postprocess.lesion_shape
+
+    @property
+    def small_lesion_ml(self) -> float:
+        return self.postprocess.small_lesion_ml
+
+    @property
+    def small_lesion_threshold(self) -> float | None:
+        return self.postprocess.small_lesion_threshold
+
+    @property
+    def _small_cores(self) -> bool:
+        """Whether small lesions are cut down to their cores (which reads the lesion
+        probability)."""
+        return self.small_lesion_ml > 0 and self.small_lesion_threshold is not None
 
     @property
     def review_threshold(self) -> float:
@@ -573,15 +598,7 @@ class Predictor:
         mask, unc = maps.mask, maps.uncertainty
         with clock("suv"):
             suv = _suv_on_grid(case, target)
-        with clock("pet_check"):
-            if self.pet_check.active:
-                mask = apply_pet_check(mask, suv, target.spacing_mm, self.pet_check)
-        with clock("lesion_floor"):
-            min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
-            mask = remove_small_components(mask, min_vox)
-        if self.lesion_shape != "none":
-            with clock("lesion_shape"):
-                mask = reshape_lesions(mask, self.lesion_shape)
+        mask = self._shape_lesions(mask, suv, maps.lesion_probability, target, clock)
         delivered, evidence = unc, None
         if trust:
             assert maps.lesion_probability is not None  # kept for the trust models
@@ -640,6 +657,37 @@ class Predictor:
             timings=clock.seconds,
         )
 
+    def _shape_lesions(
+        self,
+        mask: np.ndarray,
+        suv: np.ndarray,
+        lesion_probability: np.ndarray | None,
+        target: Geometry,
+        clock: _StageClock,
+    ) -> np.ndarray:
+        """The drawn mask after the PET check, the small lesions' cores, the lesion floor and
+        the lesion shape, in that order."""
+        with clock("pet_check"):
+            if self.pet_check.active:
+                mask = apply_pet_check(mask, suv, target.spacing_mm, self.pet_check)
+        if self._small_cores:
+            assert lesion_probability is not None  # kept for the small lesions' cores
+            with clock("small_lesions"):
+                mask = keep_small_lesion_cores(
+                    mask,
+                    lesion_probability,
+                    target.voxel_volume_ml,
+                    self.small_lesion_ml,
+                    self.small_lesion_threshold,
+                )
+        with clock("lesion_floor"):
+            min_vox = int(np.ceil(self.min_lesion_ml / target.voxel_volume_ml))
+            mask = remove_small_components(mask, min_vox)
+        if self.lesion_shape != "none":
+            with clock("lesion_shape"):
+                mask = reshape_lesions(mask, self.lesion_shape)
+        return mask
+
     def _to_output_grid(
         self,
         out: dict[str, np.ndarray],
@@ -672,7 +720,7 @@ class Predictor:
             # 1 - p(background) for the hot spots (float16 keeps it at a quarter of prob) and
             # the trust models (float32: they read small error probabilities)
             lesion_prob: np.ndarray | None = None
-            if self.hot_spots.enabled or trust:
+            if self.hot_spots.enabled or trust or self._small_cores:
                 lesion_prob = np.subtract(1.0, prob[0], dtype=np.float32)
                 if not trust:
                     lesion_prob = lesion_prob.astype(np.float16)

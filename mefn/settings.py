@@ -35,6 +35,8 @@ CARD_KEYS = (
     "lesion_threshold",
     "min_lesion_ml",
     "lesion_shape",
+    "small_lesion_ml",
+    "small_lesion_threshold",
     "review_threshold",
     "review_below",
     "min_confidence",
@@ -82,7 +84,11 @@ class PostprocessSettings:
     the maps of the scale that gives it the highest lesion probability (a large lesion that
     the model, trained on smaller ones, misses at its own scale is found at a coarser one).
     lesion_threshold: a voxel is lesion when its probability of not being
-    background reaches it (None: the argmax). min_lesion_ml: smaller lesions are dropped.
+    background reaches it (None: the argmax). small_lesion_ml, small_lesion_threshold: after
+    the PET check, lesions smaller than small_lesion_ml keep only the voxels whose lesion
+    probability reaches small_lesion_threshold
+    (:func:`~mefn.postprocess.keep_small_lesion_cores`; 0 and None: off). min_lesion_ml: smaller
+    lesions are dropped.
     lesion_shape: what is done to the lesions' outlines after that
     (:func:`~mefn.postprocess.reshape_lesions`: ``"none"``, ``"hull"``, ``"largest_hull"``).
     review_threshold: lesions whose mean uncertainty reaches it are flagged (weights without a
@@ -100,6 +106,8 @@ class PostprocessSettings:
     lesion_threshold: float | None = None
     min_lesion_ml: float = 0.0
     lesion_shape: str = "none"
+    small_lesion_ml: float = 0.0
+    small_lesion_threshold: float | None = None
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD
     review_below: float | None = None
     min_confidence: float = 0.0
@@ -111,10 +119,18 @@ class PostprocessSettings:
         object.__setattr__(self, "tta_scales", check_tta_scales(self.tta_scales))
         check_lesion_threshold(self.lesion_threshold)
         check_lesion_shape(self.lesion_shape)
-        for name in ("min_lesion_ml", "review_threshold"):
+        for name in ("min_lesion_ml", "small_lesion_ml", "review_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a number >= 0, found {value!r}")
+        if self.small_lesion_threshold is not None:
+            check_lesion_threshold(self.small_lesion_threshold)
+        elif self.small_lesion_ml > 0:
+            raise InputError(
+                f"small_lesion_ml {self.small_lesion_ml} needs a small_lesion_threshold (the "
+                "lesion probability a small lesion's core reaches), found none; give e.g. 0.8, "
+                "or small_lesion_ml 0 to keep small lesions whole"
+            )
         below = self.review_below
         if below is not None and not (isinstance(below, int | float) and 0.0 < below <= 1.0):
             raise InputError(
@@ -167,7 +183,14 @@ class PostprocessSettings:
                 f"unknown post-processing settings {unknown}; expected some of "
                 f"{', '.join(CARD_KEYS)}"
             )
-        return self._merged(given, card_check=False)
+        merged = self._merged(given, card_check=False)
+        if "small_lesion_threshold" in given and merged.small_lesion_ml <= 0:
+            raise InputError(
+                f"small_lesion_threshold {given['small_lesion_threshold']} acts on lesions "
+                "smaller than small_lesion_ml, which is 0 (no card value); give small_lesion_ml "
+                "too, e.g. 400 (mL)"
+            )
+        return merged
 
     def _merged(self, values: Mapping[str, Any], card_check: bool) -> PostprocessSettings:
         changes: dict[str, Any] = {}
@@ -182,7 +205,7 @@ class PostprocessSettings:
                 changes[key] = tuple(value or ())
             elif key == "tta_scales":
                 changes[key] = tuple(value) if isinstance(value, Sequence) else value
-            elif key in ("lesion_threshold", "review_below"):
+            elif key in ("lesion_threshold", "small_lesion_threshold", "review_below"):
                 changes[key] = None if value is None else float(value)
             elif key == "min_confidence":  # None in a card: no floor
                 changes[key] = 0.0 if value is None else value
@@ -199,6 +222,8 @@ class PostprocessSettings:
             "lesion_threshold": self.lesion_threshold,
             "min_lesion_ml": self.min_lesion_ml,
             "lesion_shape": self.lesion_shape,
+            "small_lesion_ml": self.small_lesion_ml,
+            "small_lesion_threshold": self.small_lesion_threshold,
             "review_threshold": self.review_threshold,
             "review_below": self.review_below,
             "min_confidence": self.min_confidence,

@@ -11,28 +11,31 @@ Stages (``--stage``):
   ``<row>/x<scales>/<case>.npz`` (cases kept are skipped: resumable).
 - ``test``: for each fold, on the other four folds' cases: the test-time scales of
   ``--tta-scales``, the lesion probability threshold (:data:`THRESHOLDS`, the base card's PET
-  check after it) and the lesion shape of ``--lesion-shapes``
-  (:func:`mefn.postprocess.reshape_lesions`) with the best mean Dice, then the lesion confidence
+  check after it), the small lesions' cores of ``--small-lesions``
+  (:func:`mefn.postprocess.keep_small_lesion_cores`) and the lesion shape of
+  ``--lesion-shapes`` (:func:`mefn.postprocess.reshape_lesions`) with the best mean Dice, then the lesion confidence
   and the voxel error map (:func:`mefn.confidence.fit_trust`) on the masks they draw; all
   applied to this fold's cases. Dice, lesion AUROC, ECE and risk-coverage and the voxel
   reliability near lesions over the 25 held-out cases, against the raw evidential u; JSON to
   ``campaigns/trust_sts/<row>.json``.
 - ``card``: the same chosen and fitted on all 25 held-out predictions and stored in the card of
   the bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the scales, the
-  threshold and the shape in its ``postprocess``, the trust beside it. The fold adapters stand
+  threshold, the small lesions' cores and the shape in its ``postprocess``, the trust beside it. The fold adapters stand
   in for the adapter trained on every case, as cross-validation does for nnU-Net's
   post-processing.
 
 Usage (from the repository root; predict: about 5-10 s per case and scale setting on one core;
 test and card hold the 25 kept cases of every scale setting in memory: 8.1 GB peak with the
-four settings below, 17 minutes for the test stage on 2 cores)::
+four settings below; scoring every setting takes 10-20 s per case and scale setting with the
+grid below, on one core)::
 
     S="1;1,1.5;1,1.5,2;1,1.5,2,3"
+    SM="none;400@0.8;300@0.8;600@0.8;400@0.9"
     python -m pipelines.trust_sts --stage predict --row compacter --tta-scales "$S"
     python -m pipelines.trust_sts --stage test --row compacter --tta-scales "$S" \
-        --lesion-shapes none,hull,largest_hull
+        --lesion-shapes none,hull --small-lesions "$SM"
     python -m pipelines.trust_sts --stage card --row compacter --tta-scales "$S" \
-        --lesion-shapes none,hull,largest_hull
+        --lesion-shapes none,hull --small-lesions "$SM"
 
 Data: TCIA Soft-tissue-Sarcoma (Vallieres et al. 2015, DOI 10.7937/K9/TCIA.2015.7GO2GSKS,
 CC BY 3.0), the IBSI crops in ``../shared/data/sts``.
@@ -63,8 +66,12 @@ THRESHOLDS: tuple[float | None, ...] = (None, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.
 WORK = REPO / "work_data" / "trust_sts"
 OUT = REPO / "campaigns" / "trust_sts"
 Scales = tuple[float, ...]
-#: a setting the test and card stages choose: (test-time scales, lesion threshold, lesion shape)
-Setting = tuple[Scales, float | None, str]
+#: small lesions cut to their cores (mefn.postprocess.keep_small_lesion_cores): (below this
+#: many mL, the core's lesion probability), or None: kept whole
+Small = tuple[float, float] | None
+#: a setting the test and card stages choose: (test-time scales, lesion threshold, lesion
+#: shape, small lesions' cores)
+Setting = tuple[Scales, float | None, str, Small]
 
 
 def parse_scale_settings(text: str) -> list[Scales]:
@@ -88,6 +95,31 @@ def parse_shapes(text: str) -> tuple[str, ...]:
             f"trust_sts: --lesion-shapes expects some of {', '.join(LESION_SHAPES)}, found {text!r}"
         )
     return shapes
+
+
+def parse_small(text: str) -> tuple[Small, ...]:
+    """``"none;400@0.8;300@0.9"`` -> ``(None, (400.0, 0.8), (300.0, 0.9))``: small-lesion
+    settings (mL, core probability) to choose among, ``none`` keeping small lesions whole."""
+    settings: list[Small] = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        if part == "none":
+            settings.append(None)
+            continue
+        try:
+            ml, threshold = (float(v) for v in part.split("@"))
+        except ValueError:
+            ml = threshold = float("nan")
+        if not (ml > 0 and 0 < threshold < 1):
+            raise SystemExit(
+                f"trust_sts: --small-lesions expects 'none' or ML@P settings (ML > 0 mL, P in "
+                f"(0, 1)) separated by ';', e.g. \"none;400@0.8\", found {part!r}"
+            )
+        settings.append((ml, threshold))
+    if not settings:
+        raise SystemExit(f"trust_sts: --small-lesions names no setting: {text!r}")
+    return tuple(settings)
 
 
 def kept_dir(row: str, scales: Scales) -> Path:
@@ -160,6 +192,7 @@ class _Kept:
         check: Any,
         scales: list[Scales],
         shapes: tuple[str, ...] = ("none",),
+        smalls: tuple[Small, ...] = (None,),
     ) -> None:
         self.cases: dict[tuple[str, Scales], Any] = {}
         for setting in scales:
@@ -172,7 +205,11 @@ class _Kept:
                 )
             self.cases.update({(p.stem, setting): load_kept(p) for p in paths})
         self.settings: list[Setting] = [
-            (s, t, shape) for shape in shapes for s in scales for t in THRESHOLDS
+            (s, t, shape, small)
+            for shape in shapes
+            for small in smalls
+            for s in scales
+            for t in THRESHOLDS
         ]
         self.check = check
         self._dice: dict[tuple[str, Setting], float] = {}
@@ -181,31 +218,58 @@ class _Kept:
 
     def at(self, name: str, setting: Setting) -> TrustCase:
         """Case ``name`` at the setting's scales with its mask drawn again from the kept
-        lesion probability at its threshold, then the PET check and the lesion shape (what
-        the Predictor does with that card); kept when ``setting`` is one :meth:`best` chose."""
-        from mefn.confidence import TrustCase
-        from mefn.postprocess import apply_pet_check, mask_from_probabilities, reshape_lesions
+        lesion probability at its threshold, then the PET check, the small lesions' cores and
+        the lesion shape (what the Predictor does with that card); kept when ``setting`` is
+        one :meth:`best` chose."""
+        chosen = self._chosen.get((name, setting))
+        return chosen if chosen is not None else self._finish(name, setting, None)
 
-        key = (name, setting)
-        if key in self._chosen:
-            return self._chosen[key]
-        scales, threshold, shape = setting
+    def _draw(self, name: str, scales: Scales, threshold: float | None) -> np.ndarray:
+        """The mask at ``threshold`` after the PET check (what every shape and small-lesion
+        setting starts from)."""
+        from mefn.postprocess import apply_pet_check, mask_from_probabilities
+
         case = self.cases[(name, scales)]
         p = case.maps.lesion_probability
         mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
         if self.check.active:
             mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
-        drawn = TrustCase(reshape_lesions(mask, shape), case.reference, case.maps)
+        return mask
+
+    def _finish(self, name: str, setting: Setting, drawn: np.ndarray | None) -> TrustCase:
+        """Case ``name`` with ``drawn`` (from :meth:`_draw`) cut and reshaped as ``setting``
+        says; kept when :meth:`best` chose it."""
+        from mefn.confidence import TrustCase
+        from mefn.postprocess import keep_small_lesion_cores, reshape_lesions
+
+        scales, threshold, shape, small = setting
+        if drawn is None:
+            drawn = self._draw(name, scales, threshold)
+        case = self.cases[(name, scales)]
+        if small is not None:
+            voxel_ml = float(np.prod(case.maps.spacing_mm)) / 1000.0
+            drawn = keep_small_lesion_cores(
+                drawn, case.maps.lesion_probability, voxel_ml, small[0], small[1]
+            )
+        result = TrustCase(reshape_lesions(drawn, shape), case.reference, case.maps)
         if setting in self._keep:
-            self._chosen[key] = drawn
-        return drawn
+            self._chosen[(name, setting)] = result
+        return result
 
     def dice(self, name: str, setting: Setting) -> float:
-        key = (name, setting)
-        if key not in self._dice:
-            case = self.at(name, setting)
-            self._dice[key] = dice(case.mask > 0, case.reference > 0)
-        return self._dice[key]
+        """The Dice of case ``name`` at ``setting``; the first asked of a case scores it at
+        every setting, each threshold's mask drawn once for all shapes and small-lesion
+        settings."""
+        if (name, setting) not in self._dice:
+            by_draw: dict[tuple[Scales, float | None], list[Setting]] = {}
+            for s in self.settings:
+                by_draw.setdefault((s[0], s[1]), []).append(s)
+            for (scales, threshold), settings in by_draw.items():
+                drawn = self._draw(name, scales, threshold)
+                for s in settings:
+                    case = self._finish(name, s, drawn)
+                    self._dice[(name, s)] = dice(case.mask > 0, case.reference > 0)
+        return self._dice[(name, setting)]
 
     def best(self, names: list[str]) -> Setting:
         """The setting (shape, scales, then threshold of :data:`THRESHOLDS`) with the best mean
@@ -234,9 +298,23 @@ def _fit(kept: _Kept, names: list[str], setting: Setting, where: str) -> Any:
 
 
 def _label(setting: Setting) -> str:
-    scales, threshold, shape = setting
+    scales, threshold, shape, small = setting
     label = f"x{','.join(f'{s:g}' for s in scales)} t={threshold}"
+    if small is not None:
+        label += f" cores<{small[0]:g}mL@{small[1]:g}"
     return label if shape == "none" else f"{label} {shape}"
+
+
+def _setting_record(setting: Setting) -> dict[str, Any]:
+    """``setting`` by the names of the card's post-processing settings."""
+    scales, threshold, shape, small = setting
+    return {
+        "tta_scales": list(scales),
+        "lesion_threshold": threshold,
+        "lesion_shape": shape,
+        "small_lesion_ml": 0.0 if small is None else small[0],
+        "small_lesion_threshold": None if small is None else small[1],
+    }
 
 
 def _adapter_pet_check() -> Any:
@@ -251,14 +329,19 @@ def _adapter_pet_check() -> Any:
     return PostprocessSettings.from_card({"postprocess": tuned}, base=base).pet_check
 
 
-def test(row: str, scales: list[Scales], shapes: tuple[str, ...] = ("none",)) -> dict[str, Any]:
+def test(
+    row: str,
+    scales: list[Scales],
+    shapes: tuple[str, ...] = ("none",),
+    smalls: tuple[Small, ...] = (None,),
+) -> dict[str, Any]:
     """Nested by fold: scales, threshold, lesion shape and trust fitted on four folds'
     held-out predictions, scored on the fifth's."""
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
     all_cases = [c for f in folds for c in f]
-    kept = _Kept(row, all_cases, _adapter_pet_check(), scales, shapes)
+    kept = _Kept(row, all_cases, _adapter_pet_check(), scales, shapes, smalls)
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
     held_dice: dict[str, float] = {}
@@ -269,21 +352,20 @@ def test(row: str, scales: list[Scales], shapes: tuple[str, ...] = ("none",)) ->
         fitted.append(
             {
                 "fold": k,
-                "tta_scales": list(setting[0]),
-                "lesion_threshold": setting[1],
-                "lesion_shape": setting[2],
+                **_setting_record(setting),
                 **summary,
             }
         )
         for name in held:
             tally.add(kept.at(name, setting), lesion_model, voxel_model, name)
             held_dice[name] = kept.dice(name, setting)
-    plain: Setting = (scales[0], None, "none")
+    plain = kept.settings[0]  # the first setting: first shape, no cut, model grid, argmax
     result = {
         "row": row,
         "cases": len(all_cases),
         "tta_scales_tried": [list(s) for s in scales],
         "lesion_shapes_tried": list(shapes),
+        "small_lesions_tried": [None if x is None else list(x) for x in smalls],
         "dice_nested": {
             "mean": float(np.mean(list(held_dice.values()))),
             "median": float(np.median(list(held_dice.values()))),
@@ -305,7 +387,11 @@ def test(row: str, scales: list[Scales], shapes: tuple[str, ...] = ("none",)) ->
 
 
 def card(
-    row: str, card_path: Path, scales: list[Scales], shapes: tuple[str, ...] = ("none",)
+    row: str,
+    card_path: Path,
+    scales: list[Scales],
+    shapes: tuple[str, ...] = ("none",),
+    smalls: tuple[Small, ...] = (None,),
 ) -> dict[str, Any]:
     """Choose the scales, threshold and lesion shape and fit the trust on all held-out
     predictions; store them in ``card_path``."""
@@ -314,25 +400,23 @@ def card(
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    kept = _Kept(row, cases, _adapter_pet_check(), scales, shapes)
+    kept = _Kept(row, cases, _adapter_pet_check(), scales, shapes, smalls)
     setting = kept.best(cases)
     lesion, voxel, summary = _fit(kept, cases, setting, "all cases")
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
-    summary["tta_scales"] = list(setting[0])
-    summary["lesion_threshold"] = setting[1]
-    summary["lesion_shape"] = setting[2]
+    summary.update(_setting_record(setting))
     record = trust_record(lesion, voxel, summary)
     content = json.loads(card_path.read_text(encoding="utf-8"))
     content.pop("note", None)  # "not calibrated" no longer holds
     post = content.setdefault("postprocess", {})
-    post["tta_scales"] = list(setting[0])
-    post["lesion_threshold"] = setting[1]
-    post["lesion_shape"] = setting[2]
+    post.update(_setting_record(setting))
     tested = OUT / f"{row}.json"  # the test stage's nested figures, when run on these settings
     if tested.is_file():
         result = json.loads(tested.read_text(encoding="utf-8"))
         same = result.get("tta_scales_tried") == [list(s) for s in scales]
-        if same and result.get("lesion_shapes_tried", ["none"]) == list(shapes):
+        same = same and result.get("lesion_shapes_tried", ["none"]) == list(shapes)
+        tried = [None if x is None else list(x) for x in smalls]
+        if same and result.get("small_lesions_tried", [None]) == tried:
             content.setdefault("cross_validation", {})["with_postprocess"] = {
                 "dice_mean": result["dice_nested"]["mean"],
                 "dice_median": result["dice_nested"]["median"],
@@ -340,7 +424,7 @@ def card(
                 "chosen_per_fold": [
                     {
                         k: f.get(k, "none")
-                        for k in ("fold", "tta_scales", "lesion_threshold", "lesion_shape")
+                        for k in ("fold", *_setting_record(setting))
                     }
                     for f in result["fitted_per_fold"]
                 ],
@@ -378,6 +462,13 @@ def main() -> int:
         "and threshold in test and card, comma-separated (e.g. none,hull,largest_hull)",
     )
     parser.add_argument(
+        "--small-lesions",
+        default="none",
+        help="small-lesion settings (mefn.postprocess.keep_small_lesion_cores) to choose among "
+        "in test and card: 'none' or ML@P (lesions under ML mL keep the voxels of lesion "
+        "probability >= P), separated by ';' (e.g. \"none;400@0.8;300@0.8\")",
+    )
+    parser.add_argument(
         "--card",
         type=Path,
         default=REPO / "mefn" / "weights" / "adapters" / "sts" / "card.json",
@@ -386,16 +477,17 @@ def main() -> int:
     args = parser.parse_args()
     scales = parse_scale_settings(args.tta_scales)
     shapes = parse_shapes(args.lesion_shapes)
+    smalls = parse_small(args.small_lesions)
     if args.stage == "predict":
         predict(args.row, args.data, args.campaign, args.threads, scales)
     elif args.stage == "test":
         from mefn.fileutil import atomic_write_text
 
-        result = test(args.row, scales, shapes)
+        result = test(args.row, scales, shapes, smalls)
         OUT.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OUT / f"{args.row}.json", json.dumps(result, indent=1))
     else:
-        card(args.row, args.card, scales, shapes)
+        card(args.row, args.card, scales, shapes, smalls)
     return 0
 
 

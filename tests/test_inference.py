@@ -345,3 +345,49 @@ def test_the_lesion_shape_comes_from_the_card_and_fills_the_hull(tmp_path) -> No
         masks[name] = predictor.predict(case).mask > 0
     assert masks["none"].any() and (masks["hull"] >= masks["none"]).all()
     assert masks["hull"].sum() > masks["none"].sum()
+
+
+def test_small_lesions_are_cut_to_their_cores_from_the_card(tmp_path) -> None:
+    """A low threshold draws the whole (20 mL) case as one lesion around a hot core: with the
+    card's ``small_lesion_ml`` above its volume only the core stays; below it, or with the
+    setting turned off by the caller, the lesion stays whole."""
+    import json
+
+    import numpy as np
+
+    weights = make_tiny_weights(tmp_path)
+    case = tiny_case(tmp_path)
+
+    def fake(image, keys=None):
+        lesion = np.full(image.shape[1:], 0.4, np.float32)
+        lesion[1:3, 1:3, 1:2] = 0.95
+        maps = {
+            "prob": np.stack([1 - lesion, lesion]),
+            "uncertainty": np.full((1, *lesion.shape), 0.1, np.float32),
+        }
+        return {k: v for k, v in maps.items() if keys is None or k in keys}
+
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["postprocess"] = {
+        "lesion_threshold": 0.3,
+        "small_lesion_ml": 30,
+        "small_lesion_threshold": 0.8,
+        "hot_spots": {"enabled": False},  # the cores alone need the lesion probability
+    }
+    card_path.write_text(json.dumps(card))
+    sizes = {}
+    for name, kwargs in (
+        ("cores", {}),
+        ("large", {"small_lesion_ml": 10.0}),
+        ("off", {"small_lesion_ml": 0.0}),
+    ):
+        predictor = Predictor(weights, device="cpu", **kwargs)
+        predictor.predict_model_space = fake  # type: ignore[method-assign]
+        pred = predictor.predict(case)
+        sizes[name] = int((pred.mask > 0).sum())
+        assert pred.settings["small_lesion_threshold"] == 0.8
+        assert ("small_lesions" in pred.timings) == (name != "off")
+    whole = int(np.prod(case.target_geometry.shape))
+    assert sizes["large"] == sizes["off"] == whole
+    assert 0 < sizes["cores"] < whole // 4

@@ -8,6 +8,7 @@ from mefn.io.volume import Geometry
 from mefn.postprocess import (
     PetCheck,
     apply_pet_check,
+    keep_small_lesion_cores,
     lesion_table,
     mask_from_probabilities,
     reshape_lesions,
@@ -391,3 +392,34 @@ def test_an_unknown_lesion_shape_is_refused_in_one_line() -> None:
         PostprocessSettings(lesion_shape="fill")
     settings = PostprocessSettings.from_card({"postprocess": {"lesion_shape": "hull"}})
     assert settings.lesion_shape == "hull" and settings.to_json()["lesion_shape"] == "hull"
+
+
+def test_small_lesions_keep_their_cores_and_large_ones_stay_whole() -> None:
+    """Two lesions drawn at a low threshold: the small one (27 voxels, 0.216 mL at 2 mm) is cut
+    down to its core (p >= 0.8), the large one (512 voxels) keeps its cold rim; a small lesion
+    without a core is removed; each label's lesions are judged on their own."""
+    mask = np.zeros((24, 24, 24), np.uint8)
+    prob = np.zeros(mask.shape, np.float32)
+    mask[2:5, 2:5, 2:5] = 1
+    prob[2:5, 2:5, 2:5] = 0.4
+    prob[3, 3, 3] = 0.9  # the small lesion's core
+    mask[10:18, 10:18, 10:18] = 1
+    prob[10:18, 10:18, 10:18] = 0.3
+    mask[2:5, 20:23, 2:5] = 1
+    prob[2:5, 20:23, 2:5] = 0.5  # small, no core
+    mask[20:22, 2:4, 20:22] = 2
+    prob[20:22, 2:4, 20:22] = 0.95  # another label, small, all core
+    out = keep_small_lesion_cores(mask, prob, 0.008, below_ml=1.0, threshold=0.8)
+    assert out[3, 3, 3] == 1 and (out[2:5, 2:5, 2:5] > 0).sum() == 1
+    assert (out[10:18, 10:18, 10:18] == 1).all()  # 4.1 mL: as drawn
+    assert not out[2:5, 20:23, 2:5].any()
+    assert (out[20:22, 2:4, 20:22] == 2).all()
+    assert mask.sum() == 27 + 512 + 27 + 2 * 8  # the input is not changed
+    assert np.array_equal(keep_small_lesion_cores(mask, prob, 0.008, 0.0, 0.8), mask)
+    assert np.array_equal(keep_small_lesion_cores(mask, prob, 0.008, 1.0, None), mask)
+    bigger = keep_small_lesion_cores(mask, prob, 0.008, below_ml=5.0, threshold=0.8)
+    assert not bigger[10:18, 10:18, 10:18].any()  # now small too, and without a core
+    with pytest.raises(ValueError, match="both must be on one grid"):
+        keep_small_lesion_cores(mask, prob[:-1], 0.008, 1.0, 0.8)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        keep_small_lesion_cores(mask, prob, 0.008, 1.0, 1.2)

@@ -87,3 +87,22 @@ def test_min_confidence_is_a_probability_below_one_and_null_means_none() -> None
         PostprocessSettings.from_card({"min_confidence": 1.0})
     with pytest.raises(InputError, match="found 'high'"):
         PostprocessSettings().with_overrides(min_confidence="high")
+
+
+def test_the_small_lesion_core_needs_both_a_volume_and_a_threshold() -> None:
+    card = {"postprocess": {"small_lesion_ml": 400, "small_lesion_threshold": 0.8}}
+    settings = PostprocessSettings.from_card(card)
+    assert (settings.small_lesion_ml, settings.small_lesion_threshold) == (400.0, 0.8)
+    assert PostprocessSettings.from_card({"postprocess": settings.to_json()}) == settings
+    assert settings.with_overrides(small_lesion_threshold=0.9).small_lesion_threshold == 0.9
+    assert settings.with_overrides(small_lesion_ml=0).small_lesion_ml == 0.0  # off
+    with pytest.raises(CheckpointError, match="small_lesion_ml 400.0 needs a small_lesion_thr"):
+        PostprocessSettings.from_card({"small_lesion_ml": 400})
+    with pytest.raises(CheckpointError, match="between 0 and 1"):
+        PostprocessSettings.from_card({**card["postprocess"], "small_lesion_threshold": 1.0})
+    with pytest.raises(InputError, match="small_lesion_ml must be a number >= 0, found -1"):
+        PostprocessSettings(small_lesion_ml=-1, small_lesion_threshold=0.8)
+    with pytest.raises(InputError, match="which is 0 .* give small_lesion_ml too"):
+        PostprocessSettings().with_overrides(small_lesion_threshold=0.8)
+    both = PostprocessSettings().with_overrides(small_lesion_ml=2, small_lesion_threshold=0.7)
+    assert (both.small_lesion_ml, both.small_lesion_threshold) == (2.0, 0.7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,10 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
         "tta_scales": [1.0, 2.0],
         "lesion_threshold": None,
         "lesion_shape": "none",
+        "small_lesion_ml": 0.0,
+        "small_lesion_threshold": None,
     }
+    assert written["postprocess"]["small_lesion_ml"] == 0.0  # small lesions kept whole
     assert "voxel_error" in written and "review_below" not in written  # settings: postprocess
     assert written["postprocess"]["review_below"] == 0.5
     assert written["postprocess"]["min_confidence"] == 0.0
@@ -98,21 +102,33 @@ def _folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_fold: int) -> li
     return folds
 
 
-def test_the_lesion_shape_is_chosen_on_the_other_folds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _keep_edited(
+    tmp_path: Path, folds: list[list[str]], seed: int, edit: Callable[[np.ndarray], None]
 ) -> None:
-    folds = _folds(tmp_path, monkeypatch, 3)
-    monkeypatch.setattr(trust_sts, "THRESHOLDS", (None, 0.3))
-    rng = np.random.default_rng(1)
+    """Every case of ``folds`` kept (:func:`_keep`) with ``edit`` applied to its lesion
+    probability."""
+    rng = np.random.default_rng(seed)
     for case in [c for f in folds for c in f]:
         path = tmp_path / "work" / "row" / f"{case}.npz"
         _keep(path, rng)
         with np.load(path) as z:
             kept = dict(z)
+        edit(kept["lesion_probability"])
+        np.savez(path, **kept)
+
+
+def test_the_lesion_shape_is_chosen_on_the_other_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folds = _folds(tmp_path, monkeypatch, 3)
+    monkeypatch.setattr(trust_sts, "THRESHOLDS", (None, 0.3))
+
+    def slot(p: np.ndarray) -> None:
         # a cold slot through the true lesion, open on one side: no hole to fill, but inside
         # its convex hull
-        kept["lesion_probability"][3:7, 4, 2:8] = 0.02
-        np.savez(path, **kept)
+        p[3:7, 4, 2:8] = 0.02
+
+    _keep_edited(tmp_path, folds, 1, slot)
     plain = trust_sts.test("row", [(1.0,)])
     import mefn.postprocess
 
@@ -134,6 +150,56 @@ def test_the_lesion_shape_is_chosen_on_the_other_folds(
     assert trust_sts.parse_shapes("none, largest_hull") == ("none", "largest_hull")
     with pytest.raises(SystemExit, match="expects some of none, hull, largest_hull"):
         trust_sts.parse_shapes("convex")
+
+
+def test_the_small_lesions_cores_are_chosen_on_the_other_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The true lesion (6 voxels wide, 14 mL) is drawn with a cold rim (8 wide, 33 mL) at a
+    threshold that keeps the larger false lesion (47 mL) whole: cutting lesions under 40 mL
+    to their cores outlines it exactly; the card stores the choice."""
+    folds = _folds(tmp_path, monkeypatch, 3)
+    monkeypatch.setattr(trust_sts, "THRESHOLDS", (0.3,))
+
+    def rim(p: np.ndarray) -> None:
+        core = p[2:8, 2:8, 2:8].copy()
+        p[1:9, 1:9, 1:9] = 0.35
+        p[2:8, 2:8, 2:8] = np.maximum(core, 0.85)  # the true lesion's hot core
+        p[11:20, 11:20, 11:20] = np.maximum(p[11:20, 11:20, 11:20], 0.4)  # false, large
+
+    _keep_edited(tmp_path, folds, 3, rim)
+    smalls = trust_sts.parse_small("none; 40@0.8")
+    assert smalls == (None, (40.0, 0.8))
+    result = trust_sts.test("row", [(1.0,)], ("none",), smalls)
+    assert all(f["small_lesion_ml"] == 40.0 for f in result["fitted_per_fold"])
+    assert result["small_lesions_tried"] == [None, [40.0, 0.8]]
+    by_setting = result["dice_by_setting"]
+    # the true lesion (216 voxels) outlined exactly beside the false one (729): as against 512
+    assert by_setting["x1 t=0.3 cores<40mL@0.8"] == pytest.approx(432 / (432 + 729))
+    assert by_setting["x1 t=0.3"] == pytest.approx(432 / (512 + 216 + 729))
+    assert not all(les["true"] for les in result["per_lesion"])  # false lesions to learn from
+    monkeypatch.setattr(trust_sts, "OUT", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "row.json").write_text(json.dumps(result))
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    trust_sts.card("row", card, [(1.0,)], ("none",), smalls)
+    written = json.loads(card.read_text())
+    assert written["postprocess"]["small_lesion_ml"] == 40.0
+    assert written["postprocess"]["small_lesion_threshold"] == 0.8
+    assert (
+        written["cross_validation"]["with_postprocess"]["chosen_per_fold"][0][
+            "small_lesion_threshold"
+        ]
+        == 0.8
+    )
+    from mefn.settings import PostprocessSettings
+
+    settings = PostprocessSettings.from_card(written)  # a card mefn segment reads
+    assert (settings.small_lesion_ml, settings.small_lesion_threshold) == (40.0, 0.8)
+    for text in ("40", "0@0.8", "40@1", ""):
+        with pytest.raises(SystemExit, match="--small-lesions"):
+            trust_sts.parse_small(text)
 
 
 def test_scale_settings_are_parsed_and_kept_apart() -> None:

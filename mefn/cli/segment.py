@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,9 @@ def add_parser(sub: Any) -> None:
     )
     _add_io_arguments(p.add_argument_group("inputs and outputs"))
     _add_model_arguments(p.add_argument_group("model"))
-    _add_postprocess_arguments(p.add_argument_group("post-processing"))
+    post = p.add_argument_group("post-processing")
+    _add_postprocess_arguments(post)
+    _add_small_lesion_arguments(post)
     _add_hot_spot_arguments(p.add_argument_group("hot spots (PET uptake the mask leaves out)"))
     _add_performance_arguments(p.add_argument_group("performance"))
     p.set_defaults(func=run)
@@ -195,6 +198,26 @@ def _add_postprocess_arguments(g: Any) -> None:
         metavar="MM",
         help="how far --pet-refine may grow a lesion beyond the network's outline (default: "
         "the weights' card, else 8)",
+    )
+
+
+def _add_small_lesion_arguments(g: Any) -> None:
+    g.add_argument(
+        "--small-lesion-ml",
+        type=float,
+        default=None,
+        metavar="ML",
+        help="lesions smaller than ML keep only their core, the voxels whose lesion "
+        "probability reaches --small-lesion-threshold (applied after the PET check; default: "
+        "the card's; 0 keeps small lesions whole)",
+    )
+    g.add_argument(
+        "--small-lesion-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="the lesion probability, in (0, 1), a small lesion's core reaches (with "
+        "--small-lesion-ml; default: the card's)",
     )
 
 
@@ -424,6 +447,19 @@ def _check_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
     check_lesion_threshold(args.lesion_threshold)
+    small = args.small_lesion_threshold
+    if small is not None and not 0.0 < small < 1.0:
+        raise InputError(
+            f"--small-lesion-threshold must be a probability between 0 and 1 (exclusive), "
+            f"found {small}; use e.g. 0.8"
+        )
+    if args.small_lesion_ml is not None and not (
+        math.isfinite(args.small_lesion_ml) and args.small_lesion_ml >= 0
+    ):
+        raise InputError(
+            f"--small-lesion-ml must be a volume in mL >= 0, found {args.small_lesion_ml}; "
+            "e.g. 400, or 0 to keep small lesions whole"
+        )
     PostprocessSettings().with_overrides(  # the scalar settings, refused as they would be later
         review_threshold=args.review_threshold,
         review_below=args.review_below,
@@ -505,6 +541,8 @@ def _build_predictor(
         min_confidence=args.min_confidence,
         min_lesion_ml=args.min_lesion_ml,
         lesion_shape=args.lesion_shape,
+        small_lesion_ml=args.small_lesion_ml,
+        small_lesion_threshold=args.small_lesion_threshold,
         lesion_threshold=args.lesion_threshold,
         tta_axes=tta_axes,
         tta_scales=tta_scales,
