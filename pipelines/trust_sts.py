@@ -10,8 +10,9 @@ Stages (``--stage``):
   calibration reads kept in ``work_data/trust_sts/<row>/<case>.npz`` (model grid only) or
   ``<row>/x<scales>/<case>.npz`` (cases kept are skipped: resumable).
 - ``test``: for each fold, on the other four folds' cases: the test-time scales of
-  ``--tta-scales``, the lesion probability threshold (:data:`THRESHOLDS`, the base card's PET
-  check after it), the small lesions' cores of ``--small-lesions``
+  ``--tta-scales``, the lesion probability threshold (``--thresholds``, default
+  :data:`THRESHOLDS`), the PET outline of ``--pet-outlines`` (the base card's PET check, each
+  lesion then redrawn on the PET or not), the small lesions' cores of ``--small-lesions``
   (:func:`mefn.postprocess.keep_small_lesion_cores`) and the lesion shape of
   ``--lesion-shapes`` (:func:`mefn.postprocess.reshape_lesions`) with the best mean Dice, then the lesion confidence
   and the voxel error map (:func:`mefn.confidence.fit_trust`) on the masks they draw; all
@@ -20,22 +21,21 @@ Stages (``--stage``):
   ``campaigns/trust_sts/<row>.json``.
 - ``card``: the same chosen and fitted on all 25 held-out predictions and stored in the card of
   the bundled adapter (``mefn/weights/adapters/sts/card.json``; ``--card``): the scales, the
-  threshold, the small lesions' cores and the shape in its ``postprocess``, the trust beside it. The fold adapters stand
+  threshold, the PET outline, the small lesions' cores and the shape in its ``postprocess``
+  (every setting's Dice read from the test stage's result on the same grid), the trust beside it. The fold adapters stand
   in for the adapter trained on every case, as cross-validation does for nnU-Net's
   post-processing.
 
 Usage (from the repository root; predict: about 5-10 s per case and scale setting on one core;
-test and card hold the 25 kept cases of every scale setting in memory: 8.1 GB peak with the
-four settings below; scoring every setting takes 10-20 s per case and scale setting with the
-grid below, on one core)::
+test and card hold the 25 kept cases of every scale setting in memory, about 2 GB each; a PET
+outline takes 1-5 s per case to draw, so the grid sets the time: ``--workers 2`` halves it)::
 
     S="1;1,1.5;1,1.5,2;1,1.5,2,3"
-    SM="none;400@0.8;300@0.8;600@0.8;400@0.9"
     python -m pipelines.trust_sts --stage predict --row compacter --tta-scales "$S"
-    python -m pipelines.trust_sts --stage test --row compacter --tta-scales "$S" \
-        --lesion-shapes none,hull --small-lesions "$SM"
-    python -m pipelines.trust_sts --stage card --row compacter --tta-scales "$S" \
-        --lesion-shapes none,hull --small-lesions "$SM"
+    GRID=(--tta-scales "1;1,1.5,2,3" --thresholds none,0.4,0.3 --lesion-shapes none,hull
+          --pet-outlines "none;0.25@16;0.2@16;0.15@16;0.2@24")
+    python -m pipelines.trust_sts --stage test --row compacter "${GRID[@]}" --workers 2
+    python -m pipelines.trust_sts --stage card --row compacter "${GRID[@]}"
 
 Data: TCIA Soft-tissue-Sarcoma (Vallieres et al. 2015, DOI 10.7937/K9/TCIA.2015.7GO2GSKS,
 CC BY 3.0), the IBSI crops in ``../shared/data/sts``.
@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,9 +71,64 @@ Scales = tuple[float, ...]
 #: small lesions cut to their cores (mefn.postprocess.keep_small_lesion_cores): (below this
 #: many mL, the core's lesion probability), or None: kept whole
 Small = tuple[float, float] | None
+#: the PET outline (mefn.postprocess.PetCheck refine_fraction, refine_mm), or None: the network's
+Outline = tuple[float, float] | None
 #: a setting the test and card stages choose: (test-time scales, lesion threshold, lesion
-#: shape, small lesions' cores)
-Setting = tuple[Scales, float | None, str, Small]
+#: shape, small lesions' cores, PET outline)
+Setting = tuple[Scales, float | None, str, Small, Outline]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The settings the test and card stages choose among: test-time scales, lesion shapes,
+    small lesions' cores, PET outlines and lesion thresholds (None: :data:`THRESHOLDS`)."""
+
+    scales: tuple[Scales, ...]
+    shapes: tuple[str, ...] = ("none",)
+    smalls: tuple[Small, ...] = (None,)
+    outlines: tuple[Outline, ...] = (None,)
+    thresholds: tuple[float | None, ...] | None = None
+
+    def settings(self) -> list[Setting]:
+        """Every setting, in the order ties are broken (the first of equals wins): the first
+        shape, no cut, no outline, fewer scales, then the higher threshold."""
+        return [
+            (s, t, shape, small, outline)
+            for shape in self.shapes
+            for small in self.smalls
+            for outline in self.outlines
+            for s in self.scales
+            for t in (THRESHOLDS if self.thresholds is None else self.thresholds)
+        ]
+
+    def tried(self) -> dict[str, Any]:
+        """The grid as the test stage's result records it."""
+        return {
+            "tta_scales_tried": [list(s) for s in self.scales],
+            "lesion_shapes_tried": list(self.shapes),
+            "small_lesions_tried": [None if x is None else list(x) for x in self.smalls],
+            "pet_outlines_tried": [None if x is None else list(x) for x in self.outlines],
+            "thresholds_tried": list(THRESHOLDS if self.thresholds is None else self.thresholds),
+        }
+
+
+def parse_thresholds(text: str) -> tuple[float | None, ...]:
+    """``"none,0.4,0.3"`` -> ``(None, 0.4, 0.3)`` (``none``: the argmax)."""
+    values: list[float | None] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            value = None if part == "none" else float(part)
+        except ValueError:
+            value = float("nan")
+        if value is not None and not 0 < value < 1:
+            raise SystemExit(
+                f"trust_sts: --thresholds expects 'none' or probabilities in (0, 1), "
+                f"comma-separated, found {part!r}"
+            )
+        values.append(value)
+    if not values:
+        raise SystemExit(f"trust_sts: --thresholds names none: {text!r}")
+    return tuple(values)
 
 
 def parse_scale_settings(text: str) -> list[Scales]:
@@ -97,10 +154,11 @@ def parse_shapes(text: str) -> tuple[str, ...]:
     return shapes
 
 
-def parse_small(text: str) -> tuple[Small, ...]:
-    """``"none;400@0.8;300@0.9"`` -> ``(None, (400.0, 0.8), (300.0, 0.9))``: small-lesion
-    settings (mL, core probability) to choose among, ``none`` keeping small lesions whole."""
-    settings: list[Small] = []
+def _parse_pairs(
+    text: str, flag: str, form: str, valid: Any, example: str
+) -> tuple[tuple[float, float] | None, ...]:
+    """``"none;A@B;..."`` -> ``(None, (A, B), ...)``, each pair checked by ``valid``."""
+    settings: list[tuple[float, float] | None] = []
     for part in (p.strip() for p in text.split(";")):
         if not part:
             continue
@@ -108,18 +166,43 @@ def parse_small(text: str) -> tuple[Small, ...]:
             settings.append(None)
             continue
         try:
-            ml, threshold = (float(v) for v in part.split("@"))
+            a, b = (float(v) for v in part.split("@"))
         except ValueError:
-            ml = threshold = float("nan")
-        if not (ml > 0 and 0 < threshold < 1):
+            a = b = float("nan")
+        if not valid(a, b):
             raise SystemExit(
-                f"trust_sts: --small-lesions expects 'none' or ML@P settings (ML > 0 mL, P in "
-                f"(0, 1)) separated by ';', e.g. \"none;400@0.8\", found {part!r}"
+                f"trust_sts: {flag} expects 'none' or {form} settings separated by ';', e.g. "
+                f'"{example}", found {part!r}'
             )
-        settings.append((ml, threshold))
+        settings.append((a, b))
     if not settings:
-        raise SystemExit(f"trust_sts: --small-lesions names no setting: {text!r}")
+        raise SystemExit(f"trust_sts: {flag} names no setting: {text!r}")
     return tuple(settings)
+
+
+def parse_small(text: str) -> tuple[Small, ...]:
+    """``"none;400@0.8;300@0.9"`` -> ``(None, (400.0, 0.8), (300.0, 0.9))``: small-lesion
+    settings (mL, core probability) to choose among, ``none`` keeping small lesions whole."""
+    return _parse_pairs(
+        text,
+        "--small-lesions",
+        "ML@P (ML > 0 mL, P in (0, 1))",
+        lambda ml, p: ml > 0 and 0 < p < 1,
+        "none;400@0.8",
+    )
+
+
+def parse_outlines(text: str) -> tuple[Outline, ...]:
+    """``"none;0.2@16"`` -> ``(None, (0.2, 16.0))``: PET outlines (the fraction between
+    background and SUVmax, how far in mm a lesion may grow) to choose among, ``none`` keeping
+    the network's outline."""
+    return _parse_pairs(
+        text,
+        "--pet-outlines",
+        "F@MM (F in (0, 1), MM >= 0)",
+        lambda f, mm: 0 < f < 1 and mm >= 0,
+        "none;0.2@16",
+    )
 
 
 def kept_dir(row: str, scales: Scales) -> Path:
@@ -190,12 +273,10 @@ class _Kept:
         row: str,
         cases: list[str],
         check: Any,
-        scales: list[Scales],
-        shapes: tuple[str, ...] = ("none",),
-        smalls: tuple[Small, ...] = (None,),
+        grid: Grid,
     ) -> None:
         self.cases: dict[tuple[str, Scales], Any] = {}
-        for setting in scales:
+        for setting in grid.scales:
             paths = [kept_dir(row, setting) / f"{c}.npz" for c in cases]
             missing = [p.stem for p in paths if not p.exists()]
             if missing:
@@ -204,14 +285,8 @@ class _Kept:
                     f"{setting} (first: {missing[0]}); run --stage predict first"
                 )
             self.cases.update({(p.stem, setting): load_kept(p) for p in paths})
-        self.settings: list[Setting] = [
-            (s, t, shape, small)
-            for shape in shapes
-            for small in smalls
-            for s in scales
-            for t in THRESHOLDS
-        ]
-        self.check = check
+        self.settings = grid.settings()
+        self.check = replace(check, refine_fraction=None)  # the outline is a choice
         self._dice: dict[tuple[str, Setting], float] = {}
         self._keep: set[Setting] = set()  # the settings best() chose
         self._chosen: dict[tuple[str, Setting], TrustCase] = {}  # and their masks
@@ -224,16 +299,20 @@ class _Kept:
         chosen = self._chosen.get((name, setting))
         return chosen if chosen is not None else self._finish(name, setting, None)
 
-    def _draw(self, name: str, scales: Scales, threshold: float | None) -> np.ndarray:
-        """The mask at ``threshold`` after the PET check (what every shape and small-lesion
-        setting starts from)."""
+    def _draw(self, name: str, setting: Setting) -> np.ndarray:
+        """The mask at the setting's threshold after the PET check and its PET outline (what
+        every shape and small-lesion setting starts from)."""
         from mefn.postprocess import apply_pet_check, mask_from_probabilities
 
+        scales, threshold, _shape, _small, outline = setting
         case = self.cases[(name, scales)]
         p = case.maps.lesion_probability
         mask = mask_from_probabilities(np.stack([1.0 - p, p]), 0, threshold)
-        if self.check.active:
-            mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, self.check)
+        check = self.check
+        if outline is not None:
+            check = replace(check, refine_fraction=outline[0], refine_mm=outline[1])
+        if check.active:
+            mask = apply_pet_check(mask, case.maps.suv, case.maps.spacing_mm, check)
         return mask
 
     def _finish(self, name: str, setting: Setting, drawn: np.ndarray | None) -> TrustCase:
@@ -242,9 +321,9 @@ class _Kept:
         from mefn.confidence import TrustCase
         from mefn.postprocess import keep_small_lesion_cores, reshape_lesions
 
-        scales, threshold, shape, small = setting
+        scales, _threshold, shape, small, _outline = setting
         if drawn is None:
-            drawn = self._draw(name, scales, threshold)
+            drawn = self._draw(name, setting)
         case = self.cases[(name, scales)]
         if small is not None:
             voxel_ml = float(np.prod(case.maps.spacing_mm)) / 1000.0
@@ -258,18 +337,45 @@ class _Kept:
 
     def dice(self, name: str, setting: Setting) -> float:
         """The Dice of case ``name`` at ``setting``; the first asked of a case scores it at
-        every setting, each threshold's mask drawn once for all shapes and small-lesion
-        settings."""
+        every setting (:meth:`score_case`)."""
         if (name, setting) not in self._dice:
-            by_draw: dict[tuple[Scales, float | None], list[Setting]] = {}
-            for s in self.settings:
-                by_draw.setdefault((s[0], s[1]), []).append(s)
-            for (scales, threshold), settings in by_draw.items():
-                drawn = self._draw(name, scales, threshold)
-                for s in settings:
-                    case = self._finish(name, s, drawn)
-                    self._dice[(name, s)] = dice(case.mask > 0, case.reference > 0)
+            self._dice.update({(name, s): d for s, d in self.score_case(name).items()})
         return self._dice[(name, setting)]
+
+    def score_case(self, name: str) -> dict[Setting, float]:
+        """The Dice of case ``name`` at every setting, each threshold and outline's mask
+        drawn once for all shapes and small-lesion settings."""
+        by_draw: dict[tuple[Any, ...], list[Setting]] = {}
+        for s in self.settings:
+            by_draw.setdefault((s[0], s[1], s[4]), []).append(s)
+        scores: dict[Setting, float] = {}
+        for settings in by_draw.values():
+            drawn = self._draw(name, settings[0])
+            for s in settings:
+                case = self._finish(name, s, drawn)
+                scores[s] = dice(case.mask > 0, case.reference > 0)
+        return scores
+
+    def score(self, names: list[str], workers: int = 1) -> None:
+        """Every setting's Dice of ``names`` computed ahead, in ``workers`` processes forked
+        from this one (they share the kept maps)."""
+        todo = [n for n in names if (n, self.settings[0]) not in self._dice]
+        if workers <= 1 or len(todo) < 2:
+            for name in todo:
+                self.dice(name, self.settings[0])
+            return
+        global _SCORING
+        _SCORING = self
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for name, scores in zip(todo, pool.map(_score_case, todo, chunksize=1)):
+                    self._dice.update({(name, s): d for s, d in scores.items()})
+        finally:
+            _SCORING = None
+
+    def keep(self, setting: Setting) -> None:
+        """Keep the masks of ``setting`` once drawn (a setting chosen)."""
+        self._keep.add(setting)
 
     def best(self, names: list[str]) -> Setting:
         """The setting (shape, scales, then threshold of :data:`THRESHOLDS`) with the best mean
@@ -277,8 +383,16 @@ class _Kept:
         higher threshold)."""
         means = [float(np.mean([self.dice(c, s) for c in names])) for s in self.settings]
         chosen = self.settings[int(np.argmax(means))]
-        self._keep.add(chosen)
+        self.keep(chosen)
         return chosen
+
+
+_SCORING: _Kept | None = None  # the kept predictions forked workers score
+
+
+def _score_case(name: str) -> dict[Setting, float]:
+    assert _SCORING is not None  # set by _Kept.score before the fork
+    return _SCORING.score_case(name)
 
 
 def _fit(kept: _Kept, names: list[str], setting: Setting, where: str) -> Any:
@@ -298,8 +412,10 @@ def _fit(kept: _Kept, names: list[str], setting: Setting, where: str) -> Any:
 
 
 def _label(setting: Setting) -> str:
-    scales, threshold, shape, small = setting
+    scales, threshold, shape, small, outline = setting
     label = f"x{','.join(f'{s:g}' for s in scales)} t={threshold}"
+    if outline is not None:
+        label += f" pet@{outline[0]:g}<{outline[1]:g}mm"
     if small is not None:
         label += f" cores<{small[0]:g}mL@{small[1]:g}"
     return label if shape == "none" else f"{label} {shape}"
@@ -307,13 +423,14 @@ def _label(setting: Setting) -> str:
 
 def _setting_record(setting: Setting) -> dict[str, Any]:
     """``setting`` by the names of the card's post-processing settings."""
-    scales, threshold, shape, small = setting
+    scales, threshold, shape, small, outline = setting
     return {
         "tta_scales": list(scales),
         "lesion_threshold": threshold,
         "lesion_shape": shape,
         "small_lesion_ml": 0.0 if small is None else small[0],
         "small_lesion_threshold": None if small is None else small[1],
+        "pet_refine": None if outline is None else list(outline),
     }
 
 
@@ -329,19 +446,16 @@ def _adapter_pet_check() -> Any:
     return PostprocessSettings.from_card({"postprocess": tuned}, base=base).pet_check
 
 
-def test(
-    row: str,
-    scales: list[Scales],
-    shapes: tuple[str, ...] = ("none",),
-    smalls: tuple[Small, ...] = (None,),
-) -> dict[str, Any]:
-    """Nested by fold: scales, threshold, lesion shape and trust fitted on four folds'
-    held-out predictions, scored on the fifth's."""
+def test(row: str, grid: Grid, workers: int = 1) -> dict[str, Any]:
+    """Nested by fold: the setting of ``grid`` and the trust fitted on four folds' held-out
+    predictions, scored on the fifth's; every setting's Dice computed in ``workers``
+    processes."""
     from mefn.data.datasets import load_folds
 
     folds = load_folds(FOLDS)
     all_cases = [c for f in folds for c in f]
-    kept = _Kept(row, all_cases, _adapter_pet_check(), scales, shapes, smalls)
+    kept = _Kept(row, all_cases, _adapter_pet_check(), grid)
+    kept.score(all_cases, workers)
     tally = TrustTally()
     fitted: list[dict[str, Any]] = []
     held_dice: dict[str, float] = {}
@@ -363,9 +477,7 @@ def test(
     result = {
         "row": row,
         "cases": len(all_cases),
-        "tta_scales_tried": [list(s) for s in scales],
-        "lesion_shapes_tried": list(shapes),
-        "small_lesions_tried": [None if x is None else list(x) for x in smalls],
+        **grid.tried(),
         "dice_nested": {
             "mean": float(np.mean(list(held_dice.values()))),
             "median": float(np.median(list(held_dice.values()))),
@@ -386,22 +498,27 @@ def test(
     return result
 
 
-def card(
-    row: str,
-    card_path: Path,
-    scales: list[Scales],
-    shapes: tuple[str, ...] = ("none",),
-    smalls: tuple[Small, ...] = (None,),
-) -> dict[str, Any]:
-    """Choose the scales, threshold and lesion shape and fit the trust on all held-out
-    predictions; store them in ``card_path``."""
+def card(row: str, card_path: Path, grid: Grid, workers: int = 1) -> dict[str, Any]:
+    """Choose the setting of ``grid`` and fit the trust on all held-out predictions; store
+    them in ``card_path``. The test stage's result on the same grid, when there is one,
+    gives every setting's mean Dice over all cases (not computed again) and its nested
+    figures to the card."""
     from mefn.confidence import trust_record
     from mefn.data.datasets import load_folds
     from mefn.fileutil import atomic_write_text
 
     cases = [c for f in load_folds(FOLDS) for c in f]
-    kept = _Kept(row, cases, _adapter_pet_check(), scales, shapes, smalls)
-    setting = kept.best(cases)
+    kept = _Kept(row, cases, _adapter_pet_check(), grid)
+    tested = OUT / f"{row}.json"  # the test stage's figures, when run on this grid
+    result = json.loads(tested.read_text(encoding="utf-8")) if tested.is_file() else None
+    if result is not None and all(result.get(k) == v for k, v in grid.tried().items()):
+        means = [result["dice_by_setting"][_label(s)] for s in kept.settings]
+        setting = kept.settings[int(np.argmax(means))]  # as kept.best(cases) chooses
+        kept.keep(setting)
+    else:
+        result = None
+        kept.score(cases, workers)
+        setting = kept.best(cases)
     lesion, voxel, summary = _fit(kept, cases, setting, "all cases")
     summary["data"] = f"held-out predictions of the {row} fold adapters (25 sarcoma crops)"
     summary.update(_setting_record(setting))
@@ -409,28 +526,26 @@ def card(
     content = json.loads(card_path.read_text(encoding="utf-8"))
     content.pop("note", None)  # "not calibrated" no longer holds
     post = content.setdefault("postprocess", {})
-    post.update(_setting_record(setting))
-    tested = OUT / f"{row}.json"  # the test stage's nested figures, when run on these settings
-    if tested.is_file():
-        result = json.loads(tested.read_text(encoding="utf-8"))
-        same = result.get("tta_scales_tried") == [list(s) for s in scales]
-        same = same and result.get("lesion_shapes_tried", ["none"]) == list(shapes)
-        tried = [None if x is None else list(x) for x in smalls]
-        if same and result.get("small_lesions_tried", [None]) == tried:
-            content.setdefault("cross_validation", {})["with_postprocess"] = {
-                "dice_mean": result["dice_nested"]["mean"],
-                "dice_median": result["dice_nested"]["median"],
-                "per_case": result["dice_nested"]["per_case"],
-                "chosen_per_fold": [
-                    {
-                        k: f.get(k, "none")
-                        for k in ("fold", *_setting_record(setting))
-                    }
-                    for f in result["fitted_per_fold"]
-                ],
-                "scored": "each fold's held-out cases with the scales, threshold and lesion "
-                "shape chosen on the other four folds (python -m pipelines.trust_sts --stage test)",
-            }
+    chosen = _setting_record(setting)
+    refine = chosen.pop("pet_refine")
+    post.update(chosen)
+    post["pet_check"] = {  # the check the choice was made with, and the chosen outline
+        **kept.check.to_json(),
+        "refine_fraction": None if refine is None else refine[0],
+        **({} if refine is None else {"refine_mm": refine[1]}),
+    }
+    if result is not None:
+        content.setdefault("cross_validation", {})["with_postprocess"] = {
+            "dice_mean": result["dice_nested"]["mean"],
+            "dice_median": result["dice_nested"]["median"],
+            "per_case": result["dice_nested"]["per_case"],
+            "chosen_per_fold": [
+                {k: f.get(k) for k in ("fold", *_setting_record(setting))}
+                for f in result["fitted_per_fold"]
+            ],
+            "scored": "each fold's held-out cases with the post-processing chosen on the other "
+            "four folds (python -m pipelines.trust_sts --stage test)",
+        }
     # an adapter's card keeps the settings mefn segment reads under postprocess
     content["lesion_confidence"] = record["lesion_confidence"]
     content["voxel_error"] = record["voxel_error"]
@@ -469,6 +584,26 @@ def main() -> int:
         "probability >= P), separated by ';' (e.g. \"none;400@0.8;300@0.8\")",
     )
     parser.add_argument(
+        "--pet-outlines",
+        default="none",
+        help="PET outlines (mefn.postprocess.PetCheck refine_fraction and refine_mm) to choose "
+        "among in test and card: 'none' or F@MM (each lesion redrawn at F between background "
+        "and SUVmax, within MM mm of the network's), separated by ';' (e.g. \"none;0.2@16\")",
+    )
+    parser.add_argument(
+        "--thresholds",
+        default=None,
+        help="lesion thresholds to choose among in test and card, comma-separated ('none': the "
+        "argmax; default: " + ",".join("none" if t is None else f"{t:g}" for t in THRESHOLDS) + ")",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="test and card: processes that score the settings (forked: they share the kept "
+        "maps; each adds its own working memory)",
+    )
+    parser.add_argument(
         "--card",
         type=Path,
         default=REPO / "mefn" / "weights" / "adapters" / "sts" / "card.json",
@@ -477,17 +612,23 @@ def main() -> int:
     args = parser.parse_args()
     scales = parse_scale_settings(args.tta_scales)
     shapes = parse_shapes(args.lesion_shapes)
-    smalls = parse_small(args.small_lesions)
+    grid = Grid(
+        tuple(scales),
+        shapes,
+        parse_small(args.small_lesions),
+        parse_outlines(args.pet_outlines),
+        None if args.thresholds is None else parse_thresholds(args.thresholds),
+    )
     if args.stage == "predict":
         predict(args.row, args.data, args.campaign, args.threads, scales)
     elif args.stage == "test":
         from mefn.fileutil import atomic_write_text
 
-        result = test(args.row, scales, shapes, smalls)
+        result = test(args.row, grid, args.workers)
         OUT.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OUT / f"{args.row}.json", json.dumps(result, indent=1))
     else:
-        card(args.row, args.card, scales, shapes, smalls)
+        card(args.row, args.card, grid, args.workers)
     return 0
 
 

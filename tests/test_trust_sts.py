@@ -49,11 +49,11 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
         _keep(tmp_path / "work" / "row" / f"{case}.npz", rng, true_size=4)
         _keep(tmp_path / "work" / "row" / "x1-2" / f"{case}.npz", rng)
     with pytest.raises(SystemExit, match=r"8 case\(s\) not predicted for row at scales \(1.0,\)"):
-        trust_sts.test("row", [model_grid])
+        trust_sts.test("row", trust_sts.Grid((model_grid,)))
     for case in folds[4]:
         _keep(tmp_path / "work" / "row" / f"{case}.npz", rng, true_size=4)
         _keep(tmp_path / "work" / "row" / "x1-2" / f"{case}.npz", rng)
-    result = trust_sts.test("row", [model_grid])
+    result = trust_sts.test("row", trust_sts.Grid((model_grid,)))
     assert result["cases"] == 40 and len(result["per_lesion"]) == 80
     assert [f["fold"] for f in result["fitted_per_fold"]] == [0, 1, 2, 3, 4]
     assert all(f["cases"] == 32 for f in result["fitted_per_fold"])  # the other four folds
@@ -61,7 +61,10 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
     assert all(f["lesion_threshold"] is None for f in result["fitted_per_fold"])  # first of ties
     assert result["dice_nested"]["mean"] == pytest.approx(result["dice_by_setting"]["x1 t=None"])
     assert result["lesions"]["auroc"] > 0.75  # the evidence lies for a tenth
-    both = trust_sts.test("row", [model_grid, two])  # the scales are chosen on four folds too
+    # the scales are chosen on four folds too; two forked workers score as one process does
+    both = trust_sts.test("row", trust_sts.Grid((model_grid, two)), workers=2)
+    one = trust_sts.test("row", trust_sts.Grid((model_grid, two)))
+    assert one["dice_by_setting"] == both["dice_by_setting"] and one["lesions"] == both["lesions"]
     assert all(f["tta_scales"] == [1.0, 2.0] for f in both["fitted_per_fold"])
     assert both["dice_nested"]["mean"] > result["dice_nested"]["mean"]
     assert both["dice_nested"]["mean"] == pytest.approx(both["dice_by_setting"]["x1,2 t=None"])
@@ -70,7 +73,13 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(trust_sts, "OUT", tmp_path / "out")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "row.json").write_text(json.dumps(both))  # what --stage test wrote
-    trust_sts.card("row", card, [model_grid, two])
+
+    def not_again(self, name):
+        raise AssertionError(f"{name} scored again: the test stage's Dice are on record")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trust_sts._Kept, "score_case", not_again)
+        trust_sts.card("row", card, trust_sts.Grid((model_grid, two)))
     written = json.loads(card.read_text())
     assert "note" not in written and written["name"] == "sts"
     assert written["lesion_confidence"]["fitted_on"]["cases"] == 40
@@ -85,6 +94,7 @@ def test_nested_by_fold_then_into_the_card(tmp_path: Path, monkeypatch: pytest.M
         "lesion_shape": "none",
         "small_lesion_ml": 0.0,
         "small_lesion_threshold": None,
+        "pet_refine": None,
     }
     assert written["postprocess"]["small_lesion_ml"] == 0.0  # small lesions kept whole
     assert "voxel_error" in written and "review_below" not in written  # settings: postprocess
@@ -103,17 +113,24 @@ def _folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_fold: int) -> li
 
 
 def _keep_edited(
-    tmp_path: Path, folds: list[list[str]], seed: int, edit: Callable[[np.ndarray], None]
+    tmp_path: Path,
+    folds: list[list[str]],
+    seed: int,
+    edit: Callable[[np.ndarray], None],
+    true_size: int = 6,
+    suv: Callable[[np.ndarray], None] | None = None,
 ) -> None:
     """Every case of ``folds`` kept (:func:`_keep`) with ``edit`` applied to its lesion
-    probability."""
+    probability (and ``suv`` to its SUV)."""
     rng = np.random.default_rng(seed)
     for case in [c for f in folds for c in f]:
         path = tmp_path / "work" / "row" / f"{case}.npz"
-        _keep(path, rng)
+        _keep(path, rng, true_size)
         with np.load(path) as z:
             kept = dict(z)
         edit(kept["lesion_probability"])
+        if suv is not None:
+            suv(kept["suv"])
         np.savez(path, **kept)
 
 
@@ -129,7 +146,7 @@ def test_the_lesion_shape_is_chosen_on_the_other_folds(
         p[3:7, 4, 2:8] = 0.02
 
     _keep_edited(tmp_path, folds, 1, slot)
-    plain = trust_sts.test("row", [(1.0,)])
+    plain = trust_sts.test("row", trust_sts.Grid(((1.0,),)))
     import mefn.postprocess
 
     drawn = []
@@ -137,7 +154,7 @@ def test_the_lesion_shape_is_chosen_on_the_other_folds(
     monkeypatch.setattr(
         mefn.postprocess, "reshape_lesions", lambda m, s: drawn.append(s) or reshape(m, s)
     )
-    shaped = trust_sts.test("row", [(1.0,)], ("none", "hull"))
+    shaped = trust_sts.test("row", trust_sts.Grid(((1.0,),), ("none", "hull")))
     # every (case, setting) drawn once for its Dice, a chosen setting's masks at most once
     # more, then kept for the five fits and the tally (redrawn in every fold: 15 * 4 + 75)
     assert len(drawn) <= 15 * 4 + 15
@@ -170,7 +187,7 @@ def test_the_small_lesions_cores_are_chosen_on_the_other_folds(
     _keep_edited(tmp_path, folds, 3, rim)
     smalls = trust_sts.parse_small("none; 40@0.8")
     assert smalls == (None, (40.0, 0.8))
-    result = trust_sts.test("row", [(1.0,)], ("none",), smalls)
+    result = trust_sts.test("row", trust_sts.Grid(((1.0,),), smalls=smalls))
     assert all(f["small_lesion_ml"] == 40.0 for f in result["fitted_per_fold"])
     assert result["small_lesions_tried"] == [None, [40.0, 0.8]]
     by_setting = result["dice_by_setting"]
@@ -183,7 +200,7 @@ def test_the_small_lesions_cores_are_chosen_on_the_other_folds(
     (tmp_path / "out" / "row.json").write_text(json.dumps(result))
     card = tmp_path / "card.json"
     card.write_text("{}")
-    trust_sts.card("row", card, [(1.0,)], ("none",), smalls)
+    trust_sts.card("row", card, trust_sts.Grid(((1.0,),), smalls=smalls))
     written = json.loads(card.read_text())
     assert written["postprocess"]["small_lesion_ml"] == 40.0
     assert written["postprocess"]["small_lesion_threshold"] == 0.8
@@ -202,7 +219,49 @@ def test_the_small_lesions_cores_are_chosen_on_the_other_folds(
             trust_sts.parse_small(text)
 
 
+def test_the_pet_outline_is_chosen_on_the_other_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network outlines 4 of the true lesion's 6 voxels a side; the PET shows all 6: the
+    outline at 0.3 between background and SUVmax within 8 mm is chosen and outlines it
+    whole, and the card holds it in its PET check."""
+    folds = _folds(tmp_path, monkeypatch, 3)
+    monkeypatch.setattr(trust_sts, "THRESHOLDS", (None,))
+
+    def hot(suv: np.ndarray) -> None:
+        suv[2:8, 2:8, 2:8] = 8.0  # the whole true lesion, as the PET shows it
+
+    _keep_edited(tmp_path, folds, 4, lambda p: None, true_size=4, suv=hot)
+    outlines = trust_sts.parse_outlines("none;0.3@8")
+    assert outlines == (None, (0.3, 8.0))
+    result = trust_sts.test("row", trust_sts.Grid(((1.0,),), outlines=outlines))
+    assert all(f["pet_refine"] == [0.3, 8.0] for f in result["fitted_per_fold"])
+    assert result["pet_outlines_tried"] == [None, [0.3, 8.0]]
+    by_setting = result["dice_by_setting"]
+    assert by_setting["x1 t=None pet@0.3<8mm"] > by_setting["x1 t=None"]
+    monkeypatch.setattr(trust_sts, "OUT", tmp_path / "out")
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    trust_sts.card("row", card, trust_sts.Grid(((1.0,),), outlines=outlines), workers=2)
+    written = json.loads(card.read_text())["postprocess"]
+    assert written["pet_check"]["refine_fraction"] == 0.3
+    assert written["pet_check"]["refine_mm"] == 8.0
+    assert "pet_refine" not in written
+    from mefn.settings import PostprocessSettings
+
+    check = PostprocessSettings.from_card({"postprocess": written}).pet_check
+    assert (check.refine_fraction, check.refine_mm) == (0.3, 8.0)
+    assert trust_sts.parse_outlines("none;") == (None,)
+    for text in ("0.3", "1@8", "0.3@-1"):
+        with pytest.raises(SystemExit, match="--pet-outlines expects 'none' or F@MM"):
+            trust_sts.parse_outlines(text)
+
+
 def test_scale_settings_are_parsed_and_kept_apart() -> None:
+    assert trust_sts.parse_thresholds("none, 0.4,0.3") == (None, 0.4, 0.3)
+    for text in ("0", "half", ","):
+        with pytest.raises(SystemExit, match="--thresholds"):
+            trust_sts.parse_thresholds(text)
     assert trust_sts.parse_scale_settings("1; 1,1.5 ;2,1") == [(1.0,), (1.0, 1.5), (1.0, 2.0)]
     assert trust_sts.kept_dir("r", (1.0,)) == trust_sts.WORK / "r"
     assert trust_sts.kept_dir("r", (1.0, 1.5)) == trust_sts.WORK / "r" / "x1-1.5"
@@ -259,4 +318,4 @@ def test_a_shape_that_leaves_no_false_lesion_is_named(
         _keep(tmp_path / "work" / "row" / f"{case}.npz", rng)
     # the largest lesion of every case is its true one: no false lesion is left
     with pytest.raises(SystemExit, match=r"fold 0, setting x1 t=None largest_hull .*no false"):
-        trust_sts.test("row", [(1.0,)], ("largest_hull",))
+        trust_sts.test("row", trust_sts.Grid(((1.0,),), ("largest_hull",)))
