@@ -28,7 +28,8 @@ def test_the_bundled_sarcoma_adapter_outlines_sts_001(shared_data: Path, tmp_pat
     predicted = sitk.GetArrayFromImage(mask) > 0
     truth = sitk.GetArrayFromImage(reference) > 0
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-    # measured 0.778 (200-step Compacter, one pass at test-time scales 1, 1.5, 2 and 3,
-    # threshold 0.4, each lesion's convex hull: its card's settings; 0.763 without the hull and
-    # the scale 3, 0.562 on the model grid alone); issue 19 asks 0.80
-    assert dice >= 0.72, f"Dice {dice:.3f} against the contour"
+    # measured 0.835 (200-step Compacter, one pass on the model grid, threshold 0.4, each
+    # lesion redrawn on the PET at 20 % between background and SUVmax within 24 mm, then its
+    # convex hull: its card's settings; 0.778 with test-time scales 1-3 and the hull alone,
+    # 0.562 on the model grid at the argmax); issue 19 asks 0.80
+    assert dice >= 0.80, f"Dice {dice:.3f} against the contour"
