@@ -264,7 +264,8 @@ class Predictor:
         core, the voxels whose lesion probability reaches ``small_lesion_threshold``
         (:func:`mefn.postprocess.keep_small_lesion_cores`): a low ``lesion_threshold`` then
         outlines large tumours' cold parts without drawing small ones too wide. Default: the
-        card's (the sarcoma adapter's card sets both), else off.
+        card's, else off (no bundled card sets them: on the sarcoma folds the cut cost the
+        lesion confidence its calibration, ``docs/history.md``).
     tta_axes:
         Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
         the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
