@@ -264,8 +264,8 @@ class Predictor:
         core, the voxels whose lesion probability reaches ``small_lesion_threshold``
         (:func:`mefn.postprocess.keep_small_lesion_cores`): a low ``lesion_threshold`` then
         outlines large tumours' cold parts without drawing small ones too wide. Default: the
-        card's, else off (no bundled card sets them: on the sarcoma folds the cut cost the
-        lesion confidence its calibration, ``docs/history.md``).
+        card's, else 0 mL (off) and 0.8. No bundled card cuts: on the sarcoma folds the cut
+        cost the lesion confidence its calibration (``docs/history.md``).
     tta_axes:
         Test-time mirroring, as nnU-Net's: model-space axes (0 = x, 1 = y, 2 = z) along which
         the image is also segmented mirrored; every subset of them is run (``(0, 1, 2)``:
@@ -387,14 +387,8 @@ class Predictor:
         return self.postprocess.small_lesion_ml
 
     @property
-    def small_lesion_threshold(self) -> float | None:
+    def small_lesion_threshold(self) -> float:
         return self.postprocess.small_lesion_threshold
-
-    @property
-    def _small_cores(self) -> bool:
-        """Whether small lesions are cut down to their cores (which reads the lesion
-        probability)."""
-        return self.small_lesion_ml > 0 and self.small_lesion_threshold is not None
 
     @property
     def review_threshold(self) -> float:
@@ -671,7 +665,7 @@ class Predictor:
         with clock("pet_check"):
             if self.pet_check.active:
                 mask = apply_pet_check(mask, suv, target.spacing_mm, self.pet_check)
-        if self._small_cores:
+        if self.small_lesion_ml > 0:
             assert lesion_probability is not None  # kept for the small lesions' cores
             with clock("small_lesions"):
                 mask = keep_small_lesion_cores(
@@ -721,7 +715,7 @@ class Predictor:
             # 1 - p(background) for the hot spots (float16 keeps it at a quarter of prob) and
             # the trust models (float32: they read small error probabilities)
             lesion_prob: np.ndarray | None = None
-            if self.hot_spots.enabled or trust or self._small_cores:
+            if self.hot_spots.enabled or trust or self.small_lesion_ml > 0:
                 lesion_prob = np.subtract(1.0, prob[0], dtype=np.float32)
                 if not trust:
                     lesion_prob = lesion_prob.astype(np.float16)

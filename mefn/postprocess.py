@@ -169,23 +169,23 @@ def keep_small_lesion_cores(
     lesion_probability: np.ndarray,
     voxel_volume_ml: float,
     below_ml: float,
-    threshold: float | None,
+    threshold: float,
 ) -> np.ndarray:
     """``mask`` with each lesion (18-connected component of a label) smaller than
     ``below_ml`` cut down to its core: the voxels whose ``lesion_probability`` reaches
     ``threshold``; a small lesion without a core is removed. Larger lesions are left as they
     are. A low lesion threshold finds the cold parts of large tumours, but draws small ones
-    too wide (test-time scales blur them): this keeps both. ``below_ml`` 0 or ``threshold``
-    None leaves the mask as it is. A new array; ``mask`` is unchanged."""
+    too wide (test-time scales blur them): this keeps both. ``below_ml`` 0 leaves the mask as
+    it is. A new array; ``mask`` is unchanged."""
     out = mask.copy()
-    if below_ml <= 0 or threshold is None:
+    if below_ml <= 0:
         return out
     if lesion_probability.shape != mask.shape:
         raise ValueError(
             f"lesion probability of shape {lesion_probability.shape} for a mask of shape "
             f"{mask.shape}; both must be on one grid"
         )
-    threshold = check_lesion_threshold(threshold)
+    check_lesion_threshold(threshold)
     most = below_ml / voxel_volume_ml  # fewer voxels than this: a small lesion
     for _label, box, component in iter_lesions(mask):
         if component.sum() < most:

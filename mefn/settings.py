@@ -87,7 +87,7 @@ class PostprocessSettings:
     background reaches it (None: the argmax). small_lesion_ml, small_lesion_threshold: after
     the PET check, lesions smaller than small_lesion_ml keep only the voxels whose lesion
     probability reaches small_lesion_threshold
-    (:func:`~mefn.postprocess.keep_small_lesion_cores`; 0 and None: off). min_lesion_ml: smaller
+    (:func:`~mefn.postprocess.keep_small_lesion_cores`; small_lesion_ml 0: off). min_lesion_ml: smaller
     lesions are dropped.
     lesion_shape: what is done to the lesions' outlines after that
     (:func:`~mefn.postprocess.reshape_lesions`: ``"none"``, ``"hull"``, ``"largest_hull"``).
@@ -107,7 +107,7 @@ class PostprocessSettings:
     min_lesion_ml: float = 0.0
     lesion_shape: str = "none"
     small_lesion_ml: float = 0.0
-    small_lesion_threshold: float | None = None
+    small_lesion_threshold: float = 0.8
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD
     review_below: float | None = None
     min_confidence: float = 0.0
@@ -123,13 +123,11 @@ class PostprocessSettings:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a number >= 0, found {value!r}")
-        if self.small_lesion_threshold is not None:
-            check_lesion_threshold(self.small_lesion_threshold)
-        elif self.small_lesion_ml > 0:
+        small = self.small_lesion_threshold
+        if not (isinstance(small, int | float) and 0.0 < small < 1.0):
             raise InputError(
-                f"small_lesion_ml {self.small_lesion_ml} needs a small_lesion_threshold (the "
-                "lesion probability a small lesion's core reaches), found none; give e.g. 0.8, "
-                "or small_lesion_ml 0 to keep small lesions whole"
+                f"small_lesion_threshold must be a probability between 0 and 1 (exclusive), "
+                f"found {small!r}; use e.g. 0.8"
             )
         below = self.review_below
         if below is not None and not (isinstance(below, int | float) and 0.0 < below <= 1.0):
@@ -205,7 +203,9 @@ class PostprocessSettings:
                 changes[key] = tuple(value or ())
             elif key == "tta_scales":
                 changes[key] = tuple(value) if isinstance(value, Sequence) else value
-            elif key in ("lesion_threshold", "small_lesion_threshold", "review_below"):
+            elif key == "small_lesion_threshold":  # None in a card: the default
+                changes[key] = type(self).small_lesion_threshold if value is None else value
+            elif key in ("lesion_threshold", "review_below"):
                 changes[key] = None if value is None else float(value)
             elif key == "min_confidence":  # None in a card: no floor
                 changes[key] = 0.0 if value is None else value

@@ -416,7 +416,6 @@ def test_small_lesions_keep_their_cores_and_large_ones_stay_whole() -> None:
     assert (out[20:22, 2:4, 20:22] == 2).all()
     assert mask.sum() == 27 + 512 + 27 + 2 * 8  # the input is not changed
     assert np.array_equal(keep_small_lesion_cores(mask, prob, 0.008, 0.0, 0.8), mask)
-    assert np.array_equal(keep_small_lesion_cores(mask, prob, 0.008, 1.0, None), mask)
     bigger = keep_small_lesion_cores(mask, prob, 0.008, below_ml=5.0, threshold=0.8)
     assert not bigger[10:18, 10:18, 10:18].any()  # now small too, and without a core
     with pytest.raises(ValueError, match="both must be on one grid"):

@@ -96,9 +96,11 @@ def test_the_small_lesion_core_needs_both_a_volume_and_a_threshold() -> None:
     assert PostprocessSettings.from_card({"postprocess": settings.to_json()}) == settings
     assert settings.with_overrides(small_lesion_threshold=0.9).small_lesion_threshold == 0.9
     assert settings.with_overrides(small_lesion_ml=0).small_lesion_ml == 0.0  # off
-    with pytest.raises(CheckpointError, match="small_lesion_ml 400.0 needs a small_lesion_thr"):
-        PostprocessSettings.from_card({"small_lesion_ml": 400})
-    with pytest.raises(CheckpointError, match="between 0 and 1"):
+    # the volume alone cuts at the default core; a card's None is that default
+    assert PostprocessSettings.from_card({"small_lesion_ml": 400}) == settings
+    none = {"small_lesion_ml": 400, "small_lesion_threshold": None}
+    assert PostprocessSettings.from_card(none) == settings
+    with pytest.raises(CheckpointError, match="small_lesion_threshold must be a probability"):
         PostprocessSettings.from_card({**card["postprocess"], "small_lesion_threshold": 1.0})
     with pytest.raises(InputError, match="small_lesion_ml must be a number >= 0, found -1"):
         PostprocessSettings(small_lesion_ml=-1, small_lesion_threshold=0.8)

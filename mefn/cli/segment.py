@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -217,7 +216,7 @@ def _add_small_lesion_arguments(g: Any) -> None:
         default=None,
         metavar="P",
         help="the lesion probability, in (0, 1), a small lesion's core reaches (with "
-        "--small-lesion-ml; default: the card's)",
+        "--small-lesion-ml; default: the card's, else 0.8)",
     )
 
 
@@ -447,25 +446,15 @@ def _check_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), found {args.overlap}")
     check_lesion_threshold(args.lesion_threshold)
-    small = args.small_lesion_threshold
-    if small is not None and not 0.0 < small < 1.0:
-        raise InputError(
-            f"--small-lesion-threshold must be a probability between 0 and 1 (exclusive), "
-            f"found {small}; use e.g. 0.8"
-        )
-    if args.small_lesion_ml is not None and not (
-        math.isfinite(args.small_lesion_ml) and args.small_lesion_ml >= 0
-    ):
-        raise InputError(
-            f"--small-lesion-ml must be a volume in mL >= 0, found {args.small_lesion_ml}; "
-            "e.g. 400, or 0 to keep small lesions whole"
-        )
     PostprocessSettings().with_overrides(  # the scalar settings, refused as they would be later
         review_threshold=args.review_threshold,
         review_below=args.review_below,
         min_confidence=args.min_confidence,
         min_lesion_ml=args.min_lesion_ml,
+        small_lesion_ml=args.small_lesion_ml,
     )
+    if args.small_lesion_threshold is not None:  # on its own: the card may set the volume
+        PostprocessSettings(small_lesion_threshold=args.small_lesion_threshold)
     return pet_check_overrides(args), hot_spot_overrides(args)
 
 

@@ -433,8 +433,8 @@ def test_usage_errors(tmp_path, capsys):
         ("--min-lesion-contrast", "-1", "min_contrast >= 0, found -1.0"),
         ("--pet-refine-mm", "nan", "refine_mm >= 0, found nan"),
         ("--min-confidence", "1", "min_confidence must be a probability in [0, 1), found 1.0"),
-        ("--small-lesion-threshold", "1.2", "--small-lesion-threshold must be a probability"),
-        ("--small-lesion-ml", "-1", "--small-lesion-ml must be a volume in mL >= 0, found -1"),
+        ("--small-lesion-threshold", "1.2", "small_lesion_threshold must be a probability"),
+        ("--small-lesion-ml", "-1", "small_lesion_ml must be a number >= 0, found -1.0"),
         ("--small-lesion-threshold", "0.8", "which is 0 (no card value); give small_lesion_ml"),
     ):
         assert _run("segment", *args, flag, value) == 2
